@@ -1,0 +1,20 @@
+"""RolloutRecorder: appends every scored batch to RUN_DIR/rollouts/*.parquet, on the driver's node, off the hot path."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+import ray
+
+
+@ray.remote(num_cpus=0)
+class RolloutRecorder:
+    def __init__(self, run_dir: str):
+        self.dir = Path(run_dir) / "rollouts"
+        self.dir.mkdir(parents=True, exist_ok=True)
+
+    def write(self, step: int, part: int, batch: pa.RecordBatch) -> int:
+        pq.write_table(pa.Table.from_batches([batch]), self.dir / f"step_{step:06d}_{part:03d}.parquet")
+        return batch.num_rows

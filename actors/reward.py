@@ -1,0 +1,25 @@
+"""RewardWorker: hosts the configured scorers; rollout batch in, scored batch (plus small stats) out."""
+
+from __future__ import annotations
+
+import pyarrow as pa
+import ray
+import torch
+
+from system.config import Config
+from system.rewards.scorers import build_scorers, score_batch
+
+
+@ray.remote
+class RewardWorker:
+    def __init__(self, cfg_dict: dict):
+        self.cfg = Config.model_validate(cfg_dict)
+        torch.set_num_threads(self.cfg.reward.torch_threads)
+        self.scorers = build_scorers(self.cfg.reward.scorers, self.cfg.model.trust_remote_code)
+
+    def ready(self) -> bool:
+        return True
+
+    @ray.method(num_returns=2)
+    def score(self, rollout: pa.RecordBatch) -> tuple[pa.RecordBatch, dict]:
+        return score_batch(rollout, self.scorers, self.cfg.reward.on_error)

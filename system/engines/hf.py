@@ -1,0 +1,82 @@
+"""The embedded CPU default engine: transformers `generate` on a model this process owns."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+import numpy as np
+import torch
+from transformers import PreTrainedModel
+
+from system.engines.base import Completion, SamplingSettings, truncate_at_stop
+
+
+class HFEngine:
+    """Samples with `model.generate` (left-padded batch) and reads per-token log-probs from its raw logits."""
+
+    def __init__(self, model: PreTrainedModel, pad_token_id: int, eos_token_id: int):
+        self.model = model.eval()
+        self.pad_token_id = pad_token_id
+        self.eos_token_id = eos_token_id
+        self.params = dict(self.model.named_parameters())
+
+    def _left_pad(self, seqs: list[np.ndarray]) -> tuple[torch.Tensor, torch.Tensor]:
+        width = max(len(s) for s in seqs)
+        ids = torch.full((len(seqs), width), self.pad_token_id, dtype=torch.long)
+        mask = torch.zeros((len(seqs), width), dtype=torch.long)
+        for i, s in enumerate(seqs):
+            if len(s):
+                ids[i, width - len(s):] = torch.as_tensor(s, dtype=torch.long)
+                mask[i, width - len(s):] = 1
+        return ids, mask
+
+    @torch.no_grad()
+    def generate(self, prompts: list[np.ndarray], sampling: SamplingSettings) -> list[list[Completion]]:
+        if not prompts:
+            return []
+        ids, mask = self._left_pad(prompts)
+        stop = {self.eos_token_id, *sampling.stop_token_ids}
+        torch.manual_seed(sampling.seed)
+        out = self.model.generate(
+            input_ids=ids, attention_mask=mask, do_sample=True, temperature=sampling.temperature,
+            top_p=sampling.top_p, top_k=0, max_new_tokens=sampling.max_new_tokens,
+            num_return_sequences=sampling.n, eos_token_id=sorted(stop), pad_token_id=self.pad_token_id,
+            output_logits=True, return_dict_in_generate=True,
+        )
+        new_tokens = out.sequences[:, ids.shape[1]:]
+        logits = torch.stack(out.logits, dim=1).float() / sampling.temperature  # [B*n, T, V]
+        logprobs = torch.log_softmax(logits, dim=-1).gather(-1, new_tokens.unsqueeze(-1)).squeeze(-1)
+        tokens_np = new_tokens.to(torch.int32).numpy()
+        logprobs_np = logprobs.numpy().astype(np.float32)
+        completions: list[list[Completion]] = []
+        for p in range(len(prompts)):
+            group = []
+            for j in range(sampling.n):
+                row = p * sampling.n + j
+                keep, reason = truncate_at_stop(tokens_np[row], stop)
+                group.append(Completion(tokens_np[row, :keep].copy(), logprobs_np[row, :keep].copy(), reason))
+            completions.append(group)
+        return completions
+
+    @torch.no_grad()
+    def load_weights(self, named_tensors: Iterable[tuple[str, torch.Tensor]]) -> int:
+        count = 0
+        for name, tensor in named_tensors:
+            param = self.params.get(name)
+            if param is None:
+                raise KeyError(f"engine has no parameter '{name}'")
+            if param.shape != tensor.shape:
+                raise ValueError(f"parameter '{name}': engine shape {tuple(param.shape)}, update {tuple(tensor.shape)}")
+            param.copy_(tensor)
+            count += 1
+        return count
+
+    @torch.no_grad()
+    def logprobs(self, prompts: list[np.ndarray], responses: list[np.ndarray], temperature: float) -> list[np.ndarray]:
+        out = []
+        for prompt, response in zip(prompts, responses, strict=True):
+            seq = torch.as_tensor(np.concatenate([prompt, response]), dtype=torch.long).unsqueeze(0)
+            logits = self.model(seq).logits[0, len(prompt) - 1: -1].float() / temperature
+            lp = torch.log_softmax(logits, -1).gather(-1, seq[0, len(prompt):].unsqueeze(-1)).squeeze(-1)
+            out.append(lp.numpy().astype(np.float32))
+        return out

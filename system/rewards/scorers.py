@@ -1,0 +1,124 @@
+"""Scorers turn a rollout batch into a scored batch: one `reward_<name>` column per component plus the weighted total.
+
+A scorer that raises or returns a non-finite value for a sample is never turned into zero: the sample is reported by its
+(prompt_id, sample_index) and, by policy, the step fails or the sample is quarantined (dropped and logged).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+import numpy as np
+import pyarrow as pa
+
+from system.config import ScorerConfig
+from system.errors import RewardError
+from system.rewards.functions import resolve_reward_fn
+from system.schema import REWARD_PREFIX, check_batch
+
+
+@dataclass
+class ScoreResult:
+    """Per-sample values of one scorer: `columns['reward']` is the component, other keys are extra columns."""
+
+    columns: dict[str, np.ndarray]
+    errors: dict[int, str] = field(default_factory=dict)  # row -> what went wrong
+
+
+class FunctionScorer:
+    def __init__(self, cfg: ScorerConfig):
+        self.name, self.weight, self.kwargs = cfg.name, cfg.weight, dict(cfg.kwargs)
+        self.fn = resolve_reward_fn(cfg.function or "")
+
+    def score(self, prompts: list[str], responses: list[str]) -> ScoreResult:
+        values = np.full(len(prompts), np.nan, dtype=np.float32)
+        errors: dict[int, str] = {}
+        for i, (p, r) in enumerate(zip(prompts, responses, strict=True)):
+            try:
+                values[i] = float(self.fn(p, r, **self.kwargs))
+            except Exception as e:  # noqa: BLE001 - any user reward error is reported with its sample id
+                errors[i] = f"raised {type(e).__name__}: {e}"
+        return ScoreResult({"reward": values}, errors)
+
+
+class ModelScorer:
+    """A reward model from a directory: a plain HF sequence classifier or any alignray reward model."""
+
+    def __init__(self, cfg: ScorerConfig, trust_remote_code: bool = False):
+        from system.rewards.models import load_reward_model
+
+        self.name, self.weight, self.batch_size = cfg.name, cfg.weight, cfg.batch_size
+        self.model = load_reward_model(cfg.path, trust_remote_code=trust_remote_code)
+
+    def score(self, prompts: list[str], responses: list[str]) -> ScoreResult:
+        parts: dict[str, list[np.ndarray]] = {}
+        for start in range(0, len(prompts), self.batch_size):
+            out = self.model.score(prompts[start:start + self.batch_size], responses[start:start + self.batch_size])
+            for key, value in out.items():
+                parts.setdefault(key, []).append(np.asarray(value, dtype=np.float32))
+        return ScoreResult({k: np.concatenate(v) for k, v in parts.items()})
+
+
+def build_scorers(configs: list[ScorerConfig], trust_remote_code: bool = False) -> list:
+    return [FunctionScorer(c) if c.type == "function" else ModelScorer(c, trust_remote_code) for c in configs]
+
+
+def _sample_id(batch: pa.RecordBatch, row: int) -> str:
+    return (f"prompt_id={batch.column('prompt_id')[row].as_py()} "
+            f"sample_index={batch.column('sample_index')[row].as_py()}")
+
+
+def score_batch(batch: pa.RecordBatch, scorers: list, on_error: str) -> tuple[pa.RecordBatch, dict]:
+    """Apply every scorer; returns the scored batch and small stats (means, quarantined samples) for the driver."""
+    check_batch(batch, "rollout", "reward worker input")
+    prompts = batch.column("prompt").to_pylist()
+    responses = batch.column("response").to_pylist()
+    total = np.zeros(batch.num_rows, dtype=np.float32)
+    columns: dict[str, np.ndarray] = {}
+    problems: dict[int, list[str]] = {}
+    for scorer in scorers:
+        result = scorer.score(prompts, responses)
+        main = result.columns["reward"]
+        for row, msg in result.errors.items():
+            problems.setdefault(row, []).append(f"reward '{scorer.name}' {msg}")
+        for row in np.flatnonzero(~np.isfinite(main)):
+            if int(row) not in result.errors:
+                problems.setdefault(int(row), []).append(f"reward '{scorer.name}' returned {main[row]}")
+        columns[REWARD_PREFIX + scorer.name] = main
+        for key, value in result.columns.items():
+            if key != "reward":
+                columns[f"{REWARD_PREFIX}{scorer.name}_{key}"] = value
+        total += scorer.weight * main
+    reports = [f"{_sample_id(batch, row)}: {'; '.join(msgs)}" for row, msgs in sorted(problems.items())]
+    if reports and on_error == "fail":
+        more = f" (and {len(reports) - 5} more)" if len(reports) > 5 else ""
+        raise RewardError("reward failed for " + " | ".join(reports[:5]) + more +
+                          " — set reward.on_error=quarantine to drop such samples instead")
+    scored = batch.append_column("reward", pa.array(total, type=pa.float32()))
+    for name, values in columns.items():
+        scored = scored.append_column(name, pa.array(values, type=pa.float32()))
+    if problems:
+        keep = np.setdiff1d(np.arange(batch.num_rows), np.fromiter(problems, dtype=np.int64))
+        scored = scored.take(pa.array(keep, type=pa.int64()))
+    check_batch(scored, "scored", "reward worker output")
+    return scored, batch_reward_stats(scored, reports)
+
+
+def batch_reward_stats(scored: pa.RecordBatch, quarantined: list[str]) -> dict:
+    """Scalars the driver logs: mean/std reward, per-component means, and the reward–length correlation."""
+    reward = scored.column("reward").to_numpy()
+    lengths = np.diff(np.asarray(scored.column("response_tokens").offsets)).astype(np.float64)
+    stats = {"reward/sum": float(reward.sum()), "reward/sumsq": float((reward.astype(np.float64) ** 2).sum()),
+             "count": int(scored.num_rows), "response_tokens": float(lengths.sum()), "quarantined": quarantined,
+             "reward/length_corr": _pearson(reward, lengths)}
+    for name in scored.schema.names:
+        if name.startswith(REWARD_PREFIX):
+            stats[f"reward/{name[len(REWARD_PREFIX):]}/sum"] = float(scored.column(name).to_numpy().sum())
+    return stats
+
+
+def _pearson(x: np.ndarray, y: np.ndarray) -> float:
+    if len(x) < 2 or np.std(x) == 0 or np.std(y) == 0:
+        return math.nan
+    return float(np.corrcoef(x.astype(np.float64), y)[0, 1])

@@ -1,0 +1,76 @@
+"""The run directory, a contract users and tools read:
+
+DIR/config.yaml        resolved config            DIR/metrics.jsonl      one JSON object per step
+DIR/rollouts/*.parquet one row per sample         DIR/checkpoints/step_N DeepSpeed state + hf/ + controller.json
+DIR/tb/                TensorBoard events         DIR/quarantine.jsonl   samples whose reward failed (by policy)
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from pathlib import Path
+
+from system.config import Config, dump_config
+
+
+def new_run_dir(root: str | Path = "runs") -> Path:
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    path = Path(root) / stamp
+    n = 1
+    while path.exists():
+        path, n = Path(root) / f"{stamp}-{n}", n + 1
+    return path
+
+
+def latest_checkpoint(run_dir: str | Path) -> Path | None:
+    steps = sorted((Path(run_dir) / "checkpoints").glob("step_*/controller.json"),
+                   key=lambda p: int(p.parent.name.split("_")[1]))
+    return steps[-1].parent if steps else None
+
+
+class RunLog:
+    def __init__(self, run_dir: str | Path, cfg: Config, resume_after: int | None = None):
+        """`resume_after`: the checkpoint step a resumed run restarts from; later metric lines are dropped."""
+        self.dir = Path(run_dir)
+        self.dir.mkdir(parents=True, exist_ok=True)
+        (self.dir / "config.yaml").write_text(dump_config(cfg))
+        kept = []
+        if resume_after is not None and (self.dir / "metrics.jsonl").exists():
+            kept = [m for m in read_metrics(self.dir) if m["step"] <= resume_after]
+        self._metrics = (self.dir / "metrics.jsonl").open("w")
+        for m in kept:
+            self._metrics.write(json.dumps(m) + "\n")
+        self._tb = None
+        try:
+            from torch.utils.tensorboard import SummaryWriter
+
+            self._tb = SummaryWriter(str(self.dir / "tb"))
+        except ImportError:  # tensorboard is a dependency; degrade to JSONL only if someone removed it
+            pass
+
+    def log(self, metrics: dict) -> None:
+        clean = {k: (None if isinstance(v, float) and not math.isfinite(v) else v) for k, v in metrics.items()}
+        self._metrics.write(json.dumps(clean) + "\n")
+        self._metrics.flush()
+        if self._tb is not None:
+            for k, v in metrics.items():
+                if isinstance(v, int | float) and k != "step" and math.isfinite(v):
+                    self._tb.add_scalar(k, v, metrics["step"])
+            self._tb.flush()
+
+    def quarantine(self, step: int, reports: list[str]) -> None:
+        with (self.dir / "quarantine.jsonl").open("a") as f:
+            for r in reports:
+                f.write(json.dumps({"step": step, "sample": r}) + "\n")
+
+    def close(self) -> None:
+        self._metrics.close()
+        if self._tb is not None:
+            self._tb.close()
+
+
+def read_metrics(run_dir: str | Path) -> list[dict]:
+    path = Path(run_dir) / "metrics.jsonl"
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]

@@ -1,0 +1,51 @@
+"""One step's metrics line (metrics.jsonl / TensorBoard / progress bar) from the small dicts the actors return."""
+
+from __future__ import annotations
+
+import math
+
+
+def _pooled_corr(stats: list[dict]) -> float:
+    """Sample-weighted mean of each batch's reward–length correlation (NaN batches skipped)."""
+    pairs = [(s["count"], s["reward/length_corr"]) for s in stats if math.isfinite(s["reward/length_corr"])]
+    total = sum(n for n, _ in pairs)
+    return sum(n * c for n, c in pairs) / total if total else math.nan
+
+
+def step_metrics(step: int, reward_stats: list[dict], learner: dict, rollout_meta: list[dict],
+                 timing: dict[str, float]) -> dict:
+    count = sum(s["count"] for s in reward_stats)
+    total = sum(s["reward/sum"] for s in reward_stats)
+    sumsq = sum(s["reward/sumsq"] for s in reward_stats)
+    mean = total / count if count else math.nan
+    var = max(sumsq / count - mean * mean, 0.0) if count else math.nan
+    tokens = sum(s["response_tokens"] for s in reward_stats)
+    versions = [m["policy_version"] for m in rollout_meta]
+    step_s = sum(timing.values())
+    metrics = {
+        "step": step,
+        "policy_version": max(versions),
+        "staleness": (step - 1) - min(versions),
+        "reward/mean": mean,
+        "reward/std": math.sqrt(var) if count else math.nan,
+        "reward/length_corr": _pooled_corr(reward_stats),
+        "samples": count,
+        "quarantined": sum(len(s["quarantined"]) for s in reward_stats),
+        "response_length/mean": tokens / count if count else math.nan,
+        "kl": learner.get("kl", math.nan),
+        "entropy": learner.get("entropy", math.nan),
+        "loss/policy": learner.get("loss/policy", math.nan),
+        "grad_norm": learner.get("grad_norm", math.nan),
+        **{f"timing/{k}": v for k, v in timing.items()},
+        "throughput/samples_per_s": count / step_s if step_s else math.nan,
+        "throughput/tokens_per_s": tokens / step_s if step_s else math.nan,
+        "throughput/generate_tokens_per_s": (sum(m["new_tokens"] for m in rollout_meta)
+                                             / max(sum(m["seconds"] for m in rollout_meta), 1e-9)),
+    }
+    for key in reward_stats[0]:
+        if key.startswith("reward/") and key.endswith("/sum") and key != "reward/sum":
+            name = key[len("reward/"):-len("/sum")]
+            metrics[f"reward/{name}/mean"] = sum(s[key] for s in reward_stats) / count if count else math.nan
+    for key, value in learner.items():
+        metrics.setdefault(key if "/" in key else f"learner/{key}", value)
+    return metrics
