@@ -62,6 +62,9 @@ class LearnerGroup:
     def load(self, step_dir: str) -> int:
         return ray.get([w.load.remote(step_dir) for w in self.ranks])[0]
 
+    def close(self) -> None:
+        release(self.ranks, self.pg)
+
 
 class RolloutPool:
     """Rollout workers, each in its own placement group so the pool can grow or shrink during a run."""
@@ -97,6 +100,10 @@ class RolloutPool:
     def names(self) -> list[str]:
         return list(self.workers)
 
+    def close(self) -> None:
+        for name in list(self.workers):
+            self.remove(name)
+
     def push_weights(self, update: WeightUpdate) -> list[dict]:
         """Every member loads the same buckets (the driver forwards refs only)."""
         return ray.get([w.update_weights.remote(update) for w in self.workers.values()])
@@ -115,3 +122,12 @@ class RewardGroup:
     def score(self, rollout_ref) -> tuple:
         """(scored batch ref, stats ref), round-robin over the workers."""
         return next(self._next).score.remote(rollout_ref)
+
+    def close(self) -> None:
+        release(self.workers, self.pg)
+
+
+def release(actors: list, pg: PlacementGroup) -> None:
+    for actor in actors:
+        ray.kill(actor, no_restart=True)
+    remove_placement_group(pg)

@@ -38,8 +38,11 @@ def _train(args: argparse.Namespace) -> int:
         bar.set_postfix({"reward": f"{m['reward/mean']:.3f}", "samples/s": f"{m['throughput/samples_per_s']:.1f}",
                          "v": m["policy_version"]})
 
-    history = controller.run(on_step=show)
-    bar.close()
+    try:
+        history = controller.run(on_step=show)
+    finally:
+        bar.close()
+        controller.close()
     if history:
         k = max(1, len(history) // 5)
         first = sum(m["reward/mean"] for m in history[:k]) / k

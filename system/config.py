@@ -67,6 +67,18 @@ class VllmConfig(Section):
     sleep_when_idle: bool = False
     """Colocated on GPU: release weights and KV cache while the learner trains (vLLM sleep mode)."""
     weight_transport: Literal["object_store", "cuda_ipc", "nccl"] = "object_store"
+    sleep_level: Literal[1, 2] = 1
+    """1: weights offloaded to CPU memory while asleep (always safe); 2: discarded (only when every wake-up is
+    followed by a weight update, i.e. train.sync_interval = 1)."""
+    multiprocessing: bool = False
+    """Run vLLM's engine core in a child process (VLLM_ENABLE_V1_MULTIPROCESSING); off keeps weight buckets
+    zero-copy and spawns nothing inside the rollout actor."""
+    prefix_caching: bool = True
+    """vLLM automatic prefix caching (the cache is reset after every weight update)."""
+    nccl_port: int = Field(29555, gt=0, lt=65536)
+    """TCPStore port on learner rank 0 where engines join the weight-broadcast group (weight_transport: nccl)."""
+    log_level: str = "WARNING"
+    """VLLM_LOGGING_LEVEL for the engine (unless already set in the environment)."""
 
 
 class RolloutConfig(Section):

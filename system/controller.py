@@ -121,7 +121,6 @@ class Controller:
                 on_step(metrics)
             if (cfg.save_interval and step % cfg.save_interval == 0) or step == cfg.steps:
                 self.save()
-        self.log.close()
         return history
 
     # ---- stages ------------------------------------------------------------------------------------------------
@@ -156,6 +155,15 @@ class Controller:
 
     def sync_weights(self) -> None:
         self.pool.push_weights(self.learners.weight_update(self.step))
+
+    def close(self) -> None:
+        """Stop every actor of this run and free its placement groups (the Ray cluster itself stays up)."""
+        self.log.close()
+        for part in (self.pool, self.rewards, self.learners):
+            part.close()
+        if self.recorder is not None:
+            ray.get(self.recorder.flush.remote())
+            ray.kill(self.recorder)
 
     # ---- checkpoints -------------------------------------------------------------------------------------------
     def save(self) -> Path:

@@ -66,6 +66,8 @@ class RunLog:
                 f.write(json.dumps({"step": step, "sample": r}) + "\n")
 
     def close(self) -> None:
+        if self._metrics.closed:
+            return
         self._metrics.close()
         if self._tb is not None:
             self._tb.close()

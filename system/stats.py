@@ -47,5 +47,6 @@ def step_metrics(step: int, reward_stats: list[dict], learner: dict, rollout_met
             name = key[len("reward/"):-len("/sum")]
             metrics[f"reward/{name}/mean"] = sum(s[key] for s in reward_stats) / count if count else math.nan
     for key, value in learner.items():
-        metrics.setdefault(key if "/" in key else f"learner/{key}", value)
+        if key not in metrics:
+            metrics[key if "/" in key else f"learner/{key}"] = value
     return metrics

@@ -16,8 +16,8 @@ def vowel_ratio(prompt: str, response: str, vowels: str = "aeiou") -> float:
 
 
 def length_target(prompt: str, response: str, target: int = 24) -> float:
-    """−|len(response) − target| / target, in bytes: 0 at the target length, −1 at twice it or at empty."""
-    return -abs(len(response.encode()) - target) / target
+    """−|len(response) − target| / target, in characters: 0 at the target length, −1 at twice it or at empty."""
+    return -abs(len(response) - target) / target
 
 
 def contains_keyword(prompt: str, response: str, keyword: str = "yes") -> float:

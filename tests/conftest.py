@@ -1,0 +1,31 @@
+"""Shared fixtures: one local Ray cluster per test session (real actors, loopback only), tiny configs."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+
+os.environ.setdefault("DS_ACCELERATOR", "cpu")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+
+@pytest.fixture(scope="session")
+def ray_cluster():
+    import ray
+
+    if not ray.is_initialized():
+        ray.init(num_cpus=8, include_dashboard=False, _node_ip_address="127.0.0.1",
+                 runtime_env={"env_vars": {"DS_ACCELERATOR": "cpu", "TOKENIZERS_PARALLELISM": "false"}},
+                 logging_level="WARNING")
+    yield ray
+    ray.shutdown()
+
+
+def tiny_overrides(**extra: object) -> list[str]:
+    """A quickstart that finishes in seconds: few prompts, short responses, progress bar off."""
+    base = {"train.steps": 3, "train.prompts_per_step": 4, "rollout.max_new_tokens": 8, "train.progress": False,
+            "rollout.samples_per_prompt": 2}
+    base.update(extra)
+    return [f"{k}={v}" for k, v in base.items()]
