@@ -83,3 +83,16 @@ def test_ledger_requeues_a_dead_workers_prompts_first():
     fresh = PromptLedger(PromptSampler(10, seed=0, shuffle=False))
     fresh.load_state_dict(state)
     assert fresh.dispatch(5, "w0") == [0, 1, 2, 6, 7]
+
+
+def test_cli_reports_bad_prompt_file_before_any_actor(tmp_path, capsys):
+    import ray
+
+    from system.cli import main
+
+    ray_was_up = ray.is_initialized()
+    path = write_lines(tmp_path / "p.jsonl", [GOOD, json.dumps({"prompt": ""})])
+    assert main(["train", "--run-dir", str(tmp_path / "run"), f"data.prompts={path}"]) == 2
+    err = capsys.readouterr().err
+    assert f"alignray: error: {path}:2: field 'prompt' is empty" in err and "Traceback" not in err
+    assert ray.is_initialized() == ray_was_up  # failed before connecting to (or starting) Ray
