@@ -68,6 +68,7 @@ class LearnerWorker:
         self.rank, self.world = rank, world_size
         torch.set_num_threads(self.cfg.learner.torch_threads)
         self.use_gpu = self.cfg.learner.num_gpus > 0 and torch.cuda.is_available()
+        self._weight_transport = None
         if not self.use_gpu:
             os.environ.setdefault("DS_ACCELERATOR", "cpu")
 
@@ -201,12 +202,22 @@ class LearnerWorker:
         return {n: p.detach().cpu() for n, p in params} if self.rank == 0 else None
 
     def weight_update(self, version: int) -> WeightUpdate | None:
-        """Pack the policy into buckets and put each in the object store once; rank 0 returns their refs."""
+        """Pack the policy into buckets and publish them once through the configured transport (object store: one
+        ray.put per bucket); rank 0 returns the handles (ObjectRefs by default), the other ranks None."""
         state = self._full_state()
         if state is None:
             return None
+        from system.transports import make_transport
+
         buckets = pack_state(state.items(), self.cfg.learner.weight_bucket_mb)
-        return WeightUpdate(version=version, handles=[ray.put(b) for b in buckets],
+        transport = self._weight_transport
+        if transport is None:  # kept: a CUDA IPC sender keeps its buffers alive, an NCCL sender its group
+            v = self.cfg.rollout.vllm
+            name = v.weight_transport if self.cfg.rollout.engine == "vllm" else "object_store"
+            transport = self._weight_transport = make_transport(
+                name, put=ray.put, world_size=1 + self.cfg.rollout.num_workers * v.tensor_parallel_size,
+                host=ray.util.get_node_ip_address(), port=v.nccl_port)
+        return WeightUpdate(version=version, handles=transport.publish(buckets), transport=transport.name,
                             num_tensors=len(state), nbytes=sum(b.nbytes for b in buckets))
 
     # ---- checkpoints -------------------------------------------------------------------------------------------

@@ -12,6 +12,7 @@ from system.config import Config
 from system.engines.base import SamplingSettings, build_rollout_batch
 from system.models import load_policy, load_tokenizer
 from system.schema import check_batch
+from system.transports import ObjectStoreTransport, make_transport
 from system.weights import WeightUpdate, unpack_bucket
 
 
@@ -34,6 +35,7 @@ class RolloutWorker:
         self.tokenizer = load_tokenizer(self.cfg.model)
         self.engine = make_engine(self.cfg, self.tokenizer)
         self.version = 0
+        self._receivers: dict = {}  # GPU transports, opened on first use and kept
 
     def ready(self) -> str:
         return self.name
@@ -57,11 +59,35 @@ class RolloutWorker:
                        "policy_version": self.version, "seconds": time.perf_counter() - t0}
 
     def update_weights(self, update: WeightUpdate) -> dict:
-        """Load every bucket of `update` in place and adopt its version; returns what moved and how long it took."""
+        """Load every bucket of `update` in place and adopt its version; returns what moved and how long it took.
+
+        Object store: the buckets are read here (zero-copy) and handed to the engine whole when it takes buckets
+        (vLLM: one collective RPC for the whole update). GPU transports: the vLLM workers open the handles themselves; an engine
+        without that ability receives them in this process."""
         t0 = time.perf_counter()
         count = 0
-        for handle in update.handles:
-            count += self.engine.load_weights(unpack_bucket(ray.get(handle)))
+        if update.transport == "object_store":
+            store = ObjectStoreTransport(get=ray.get)
+            buckets = [store.fetch(h) for h in update.handles]
+            if hasattr(self.engine, "load_buckets"):
+                count = self.engine.load_buckets(buckets)
+            else:
+                count = sum(self.engine.load_weights(unpack_bucket(b)) for b in buckets)
+        elif hasattr(self.engine, "load_handles"):
+            count = self.engine.load_handles(update.transport, update.handles)
+        else:
+            if update.transport not in self._receivers:
+                self._receivers[update.transport] = make_transport(update.transport)
+            receiver = self._receivers[update.transport]
+            count = sum(self.engine.load_weights(receiver.receive(h)) for h in update.handles)
         self.version = update.version
         return {"version": self.version, "tensors": count, "bytes": update.nbytes,
                 "seconds": time.perf_counter() - t0}
+
+    def sleep(self) -> bool:
+        """Colocated on a GPU: release the engine's weights and KV cache while the learner trains. False (a no-op)
+        where the engine or platform has no sleep mode; generation and weight loads wake it up again."""
+        return bool(getattr(self.engine, "sleep", lambda: False)())
+
+    def wake_up(self) -> bool:
+        return bool(getattr(self.engine, "wake_up", lambda: False)())

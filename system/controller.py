@@ -50,7 +50,7 @@ class RolloutJob:
 
 
 def connect(cfg: Config) -> None:
-    """An existing cluster (train.ray_address or RAY_ADDRESS), else a local Ray bound to loopback."""
+    """An existing cluster (train.ray_address or RAY_ADDRESS, e.g. `auto`), else a new local Ray on loopback."""
     if ray.is_initialized():
         return
     address = cfg.train.ray_address or os.environ.get("RAY_ADDRESS")
@@ -63,7 +63,7 @@ def connect(cfg: Config) -> None:
         return
     needed = (cfg.learner.num_ranks * cfg.learner.num_cpus + cfg.rollout.num_workers * cfg.rollout.num_cpus
               + cfg.reward.num_workers * cfg.reward.num_cpus)
-    ray.init(num_cpus=max(os.cpu_count() or 1, int(needed + 0.999)), include_dashboard=False,
+    ray.init(address="local", num_cpus=max(os.cpu_count() or 1, int(needed + 0.999)), include_dashboard=False,
              _node_ip_address="127.0.0.1", runtime_env=env, configure_logging=True, logging_level="WARNING")
 
 
