@@ -1,0 +1,40 @@
+"""Plain entry points behind `alignray rm eval` and `alignray rm bench` (the argparse wiring lives in system.cli)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from system.errors import ConfigError
+
+
+def rm_eval_main(model: str, data: str, out: str | None = None, batch_size: int = 32,
+                 trust_remote_code: bool = False) -> dict[str, Any]:
+    """Load a saved reward model and a preference file, print the diagnostics table, write JSON to `out`.
+
+    Attributes in the data (chosen_<a>/rejected_<a>) are auto-detected; length_tokens (with the model's tokenizer)
+    and length_chars are always added, since length is the most common spurious attribute."""
+    from .evaluate import evaluate_reward_model, format_table
+    from .models import load_reward_model
+    from .preference_data import load_preferences
+
+    reward_model = load_reward_model(model, trust_remote_code=trust_remote_code)
+    preferences = load_preferences(data, computed=["length_tokens", "length_chars"],
+                                   tokenizer=reward_model.tokenizer)
+    results = evaluate_reward_model(reward_model, preferences, batch_size)
+    results.update(model=str(model), data=str(data))
+    print(format_table(results))
+    if out:
+        Path(out).parent.mkdir(parents=True, exist_ok=True)
+        Path(out).write_text(json.dumps(results, indent=2))
+    return results
+
+
+def rm_bench_main(name: str, out: str | None = None, quick: bool = False) -> dict[str, Any]:
+    """Run one synthetic benchmark by name (see system.rewards.bench.BENCHMARKS)."""
+    from .bench import BENCHMARKS
+
+    if name not in BENCHMARKS:
+        raise ConfigError(f"unknown benchmark {name!r}: choose one of {', '.join(sorted(BENCHMARKS))}")
+    return BENCHMARKS[name](out=out, quick=quick)
