@@ -39,6 +39,18 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+def init_process_group(rank: int, world: int, master_addr: str, master_port: int, backend: str,
+                       use_gpu: bool) -> None:
+    """The env DeepSpeed expects (it otherwise tries MPI discovery), then its process group (gloo on CPU)."""
+    os.environ.update(MASTER_ADDR=master_addr, MASTER_PORT=str(master_port), RANK=str(rank), LOCAL_RANK="0",
+                      WORLD_SIZE=str(world))
+    import deepspeed
+
+    if backend == "auto":
+        backend = "nccl" if use_gpu else "gloo"
+    deepspeed.init_distributed(dist_backend=backend, auto_mpi_discovery=False)
+
+
 def ds_config(cfg: Config, world_size: int) -> dict:
     lc = cfg.learner
     return {
@@ -77,14 +89,9 @@ class LearnerWorker:
 
     def setup(self, master_addr: str, master_port: int) -> int:
         """Join the process group and build the DeepSpeed engines; returns the parameter count."""
-        os.environ.update(MASTER_ADDR=master_addr, MASTER_PORT=str(master_port), RANK=str(self.rank),
-                          LOCAL_RANK="0", WORLD_SIZE=str(self.world))
+        init_process_group(self.rank, self.world, master_addr, master_port, self.cfg.learner.backend, self.use_gpu)
         import deepspeed
 
-        backend = self.cfg.learner.backend
-        if backend == "auto":
-            backend = "nccl" if self.use_gpu else "gloo"
-        deepspeed.init_distributed(dist_backend=backend, auto_mpi_discovery=False)
         self.device = torch.device("cuda", torch.cuda.current_device()) if self.use_gpu else torch.device("cpu")
         tok = load_tokenizer(self.cfg.model)
         self.pad_id = tok.pad_token_id

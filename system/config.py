@@ -212,14 +212,14 @@ class Config(Section):
         return self
 
 
-def _format_validation_error(err: ValidationError, source: str) -> str:
+def format_validation_error(err: ValidationError, source: str, root: type[BaseModel] | None = None) -> str:
     lines = [f"invalid config ({source}):"]
     for e in err.errors():
         field = ".".join(str(p) for p in e["loc"]) or "<root>"
         msg = e["msg"]
         if e["type"] == "extra_forbidden":
             msg = "unknown field"
-            parent = _model_at(e["loc"][:-1])
+            parent = _model_at(e["loc"][:-1], root or Config)
             if parent is not None:
                 msg += f"; allowed: {', '.join(parent.model_fields)}"
         elif "input" in e and e["type"] not in ("missing",):
@@ -228,8 +228,7 @@ def _format_validation_error(err: ValidationError, source: str) -> str:
     return "\n".join(lines)
 
 
-def _model_at(loc: tuple) -> type[BaseModel] | None:
-    model: type[BaseModel] = Config
+def _model_at(loc: tuple, model: type[BaseModel]) -> type[BaseModel] | None:
     for part in loc:
         if isinstance(part, int):
             continue
@@ -306,7 +305,7 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
     try:
         return Config.model_validate(data)
     except ValidationError as e:
-        raise ConfigError(_format_validation_error(e, source)) from None
+        raise ConfigError(format_validation_error(e, source)) from None
 
 
 def dump_config(cfg: Config) -> str:

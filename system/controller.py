@@ -49,11 +49,11 @@ class RolloutJob:
     dispatched_at: float = field(default_factory=time.perf_counter)
 
 
-def connect(cfg: Config) -> None:
-    """An existing cluster (train.ray_address or RAY_ADDRESS, e.g. `auto`), else a new local Ray on loopback."""
+def connect_ray(address: str | None, num_cpus: float) -> None:
+    """An existing cluster (`address`, else RAY_ADDRESS, e.g. `auto`), else a new local Ray on loopback."""
     if ray.is_initialized():
         return
-    address = cfg.train.ray_address or os.environ.get("RAY_ADDRESS")
+    address = address or os.environ.get("RAY_ADDRESS")
     env_vars = {"TOKENIZERS_PARALLELISM": "false"}
     if os.environ.get("DS_ACCELERATOR"):
         env_vars["DS_ACCELERATOR"] = os.environ["DS_ACCELERATOR"]
@@ -61,10 +61,13 @@ def connect(cfg: Config) -> None:
     if address:
         ray.init(address=address, runtime_env=env, log_to_driver=True)
         return
-    needed = (cfg.learner.num_ranks * cfg.learner.num_cpus + cfg.rollout.num_workers * cfg.rollout.num_cpus
-              + cfg.reward.num_workers * cfg.reward.num_cpus)
-    ray.init(address="local", num_cpus=max(os.cpu_count() or 1, int(needed + 0.999)), include_dashboard=False,
+    ray.init(address="local", num_cpus=max(os.cpu_count() or 1, int(num_cpus + 0.999)), include_dashboard=False,
              _node_ip_address="127.0.0.1", runtime_env=env, configure_logging=True, logging_level="WARNING")
+
+
+def cpus_needed(cfg: Config) -> float:
+    return (cfg.learner.num_ranks * cfg.learner.num_cpus + cfg.rollout.num_workers * cfg.rollout.num_cpus
+            + cfg.reward.num_workers * cfg.reward.num_cpus)
 
 
 class Controller:
@@ -73,7 +76,7 @@ class Controller:
         self.prompts: PromptSet = load_prompts(cfg.data, load_tokenizer(cfg.model))  # validated before any actor
         checkpoint = latest_checkpoint(self.run_dir) if resume else None
         self.log = RunLog(self.run_dir, cfg, resume_after=_step_of(checkpoint))
-        connect(cfg)
+        connect_ray(cfg.train.ray_address, cpus_needed(cfg))
         self.learners = LearnerGroup(cfg)
         self.pool = RolloutPool(cfg)
         self.rewards = RewardGroup(cfg)

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import random
 from collections.abc import Callable
+from dataclasses import dataclass
 
 import numpy as np
 import torch
@@ -151,27 +152,46 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
+@dataclass(frozen=True)
+class Distributed:
+    """This process's place in a data-parallel run: each global batch of `batch_size × world` pairs is split so rank r
+    takes its own `batch_size` slice (every rank runs the same number of steps). `wrap(model, optimizer)` returns a
+    DeepSpeed engine (it all-reduces gradients, clips and steps)."""
+
+    rank: int = 0
+    world: int = 1
+    wrap: Callable | None = None
+
+
 def fit(model: RewardModel, cfg: RewardTrainConfig, data: PreferenceData, bins: np.ndarray | None = None,
-        order_seed: int | None = None, log: Callable[[str], None] | None = None) -> RewardModel:
+        order_seed: int | None = None, log: Callable[[str], None] | None = None,
+        dist: Distributed = Distributed()) -> RewardModel:
     """AdamW over the trainable parameters, `cfg.epochs` shuffled passes; `order_seed` sets the data order."""
     freeze_lower_layers(model, cfg.train_layers)
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+    engine = dist.wrap(model, optimizer) if dist.wrap is not None else None
     rng = np.random.default_rng(cfg.seed if order_seed is None else order_seed)
     model.train()
-    step = 0
+    step, stride = 0, cfg.batch_size * dist.world
     for epoch in range(cfg.epochs):
         order = rng.permutation(len(data))
-        for start in range(0, len(order) - 1, cfg.batch_size):
-            index = order[start : start + cfg.batch_size]
+        # single process: every batch of >= 2 pairs; distributed: only whole global batches, so ranks step together
+        stop = len(order) - 1 if dist.world == 1 else max(len(order) - stride + 1, 1)
+        for start in range(0, stop, stride):
+            index = order[start + dist.rank * cfg.batch_size: start + (dist.rank + 1) * cfg.batch_size]
             batch = {k: v.to(model.device) for k, v in
                      collate(model.tokenizer, data, index, cfg.max_length, bins).items()}
-            loss, stats = reward_loss(model, batch, cfg)
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            if cfg.grad_clip:
-                torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip)
-            optimizer.step()
+            loss, stats = reward_loss(engine or model, batch, cfg)
+            if engine is not None:
+                engine.backward(loss)
+                engine.step()
+            else:
+                optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                if cfg.grad_clip:
+                    torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip)
+                optimizer.step()
             step += 1
             if log is not None and step % 50 == 0:
                 log(f"epoch {epoch} step {step} " + " ".join(f"{k}={v:.4f}" for k, v in stats.items()))
@@ -185,7 +205,7 @@ def _merge_lora(model: RewardModel) -> RewardModel:
 
 
 def train_reward_model(cfg: RewardTrainConfig, data: PreferenceData, tokenizer=None,
-                       log: Callable[[str], None] | None = None) -> RewardModel:
+                       log: Callable[[str], None] | None = None, dist: Distributed = Distributed()) -> RewardModel:
     """Train the model cfg.kind describes on `data` and return it in eval mode (ready for `save`/`score`)."""
     if len(data) < 2:
         raise ValueError("training needs at least two preference pairs")
@@ -198,7 +218,7 @@ def train_reward_model(cfg: RewardTrainConfig, data: PreferenceData, tokenizer=N
             lora_r = (cfg.lora_r or 8) if cfg.ensemble_type == "lora" else cfg.lora_r
             member_cfg = cfg.model_copy(update={"kind": "bt", "lora_r": lora_r})
             member = build_reward_model(member_cfg, tokenizer)
-            members.append(_merge_lora(fit(member, member_cfg, data, order_seed=cfg.seed + i, log=log)))
+            members.append(_merge_lora(fit(member, member_cfg, data, order_seed=cfg.seed + i, log=log, dist=dist)))
         if cfg.ensemble_type == "warm":
             return warm_model(members)
         return EnsembleRewardModel(members, cfg.aggregation, cfg.aggregation_coef, cfg.aggregation_ddof)
@@ -207,7 +227,7 @@ def train_reward_model(cfg: RewardTrainConfig, data: PreferenceData, tokenizer=N
     seed_everything(cfg.seed)
     model = build_reward_model(cfg, tokenizer, data.rule_names)
     bins = attribute_bins(cfg, data, tokenizer) if cfg.kind == "causal" else None
-    model = _merge_lora(fit(model, cfg, data, bins, log=log))
+    model = _merge_lora(fit(model, cfg, data, bins, log=log, dist=dist))
     if isinstance(model, HeadsRewardModel) and model.role == "multihead":
         ratings = np.concatenate([data.rating_matrix(0), data.rating_matrix(1)])
         disc = Discretisation(cfg.encore_levels, cfg.encore_low, cfg.encore_high, cfg.encore_log_base)
