@@ -60,6 +60,10 @@ def test_causal_loss_adds_mmd_and_trains(tmp_path):
     assert stats["mmd"] >= 0 and loss.item() == pytest.approx(stats["bt_loss"] + stats["mmd"], rel=1e-4)
     model.save(tmp_path / "crm")
     assert load_reward_model(tmp_path / "crm").trained_with == "causal"
+    on_rep = cfg.model_copy(update={"mmd_on": "representation", "mmd_bandwidth": "median"})
+    loss, stats = reward_loss(model.train(), collate(model.tokenizer, data, np.arange(16), 32, bins), on_rep)
+    loss.backward()
+    assert stats["mmd"] > 0 and loss.item() == pytest.approx(stats["bt_loss"] + stats["mmd"], rel=1e-4)
 
 
 def test_multihead_encore_and_linear_head_ensemble(tmp_path):

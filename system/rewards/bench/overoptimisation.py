@@ -16,7 +16,6 @@ import time
 from typing import Any
 
 import numpy as np
-import torch
 from scipy.special import gammaln
 
 from ..backbones import TinyModelSpec
@@ -66,59 +65,61 @@ def best_of_n_gold(proxy: np.ndarray, gold: np.ndarray, n: int) -> float:
     return float(np.sum(np.exp(log_w) * gold[order]))
 
 
-def run(out: str | None = None, quick: bool = False) -> dict[str, Any]:
-    started = time.time()
-    quiet_transformers()
-    torch.manual_seed(0)
-    k = 5
-    train = make_train(300 if quick else 500, seed=0)
-    rng = np.random.default_rng(7)
-    pool = [response(rng, POOL_MAX_LEN) for _ in range(1500 if quick else 3000)]
-    pool_text, pool_gold = [t for t, _ in pool], np.array([g for _, g in pool])
+def seed_curves(train: PreferenceData, pool_text: list[str], pool_gold: np.ndarray, k: int, seed: int,
+                quick: bool) -> dict[str, list[float]]:
+    """Train k independent proxies and k same-init proxies (for WARM) with one seed; best-of-n gold per method."""
     tiny = TinyModelSpec(arch="bert", hidden_size=48, intermediate_size=96, num_hidden_layers=2,
                          num_attention_heads=4, max_position_embeddings=64)
     cfg = RewardTrainConfig(kind="ensemble", ensemble_type="independent", ensemble_size=k, tiny_model=tiny,
-                            epochs=4 if quick else 8, batch_size=32, lr=1e-3, max_length=48)
+                            epochs=4 if quick else 8, batch_size=32, lr=1e-3, max_length=48, seed=seed * 100)
     ensemble = train_reward_model(cfg, train)
-    # WARM: members from ONE initialisation that differ only in data order
     tokenizer = ensemble.members[0].tokenizer
-    same_init = []
+    same_init = []  # WARM: members from ONE initialisation that differ only in data order
     for i in range(k):
         seed_everything(cfg.seed)
         member_cfg = cfg.model_copy(update={"kind": "bt"})
-        same_init.append(fit(build_reward_model(member_cfg, tokenizer), member_cfg, train, order_seed=100 + i))
-    warm = warm_model(same_init)
-    prediction_ensemble = EnsembleRewardModel(same_init, "mean")
+        same_init.append(fit(build_reward_model(member_cfg, tokenizer), member_cfg, train, order_seed=cfg.seed + 50 + i))
     prompts = ["answer"] * len(pool_text)
     members = np.stack([m.score(prompts, pool_text, 256)["reward"] for m in ensemble.members])
     proxies = {
-        "single (mean of k curves)": None,
         "ensemble mean": aggregate(members, "mean"),
         "ensemble lcb (β=1)": aggregate(members, "lcb", 1.0),
         "worst-case (min)": aggregate(members, "worst_case"),
         "uncertainty-weighted (λ=0.5)": aggregate(members, "uncertainty_weighted", 0.5),
-        "WARM (weight average)": warm.score(prompts, pool_text, 256)["reward"],
-        "prediction ensemble (same init)": prediction_ensemble.score(prompts, pool_text, 256)["reward"],
+        "WARM (weight average)": warm_model(same_init).score(prompts, pool_text, 256)["reward"],
+        "prediction ensemble (same init)": EnsembleRewardModel(same_init, "mean").score(prompts, pool_text,
+                                                                                         256)["reward"],
         "gold (oracle)": pool_gold,
     }
-    curves: dict[str, list[float]] = {}
-    for name, proxy in proxies.items():
-        if proxy is None:
-            curves[name] = [float(np.mean([best_of_n_gold(m, pool_gold, n) for m in members])) for n in N_VALUES]
-        else:
-            curves[name] = [best_of_n_gold(proxy, pool_gold, n) for n in N_VALUES]
+    curves = {"single (mean of k curves)": [float(np.mean([best_of_n_gold(m, pool_gold, n) for m in members]))
+                                            for n in N_VALUES]}
+    curves.update({name: [best_of_n_gold(p, pool_gold, n) for n in N_VALUES] for name, p in proxies.items()})
+    return curves
+
+
+def run(out: str | None = None, quick: bool = False) -> dict[str, Any]:
+    started = time.time()
+    quiet_transformers()
+    k = 5
+    seeds = [0] if quick else [0, 1, 2]
+    train = make_train(300 if quick else 500, seed=0)
+    rng = np.random.default_rng(7)
+    pool = [response(rng, POOL_MAX_LEN) for _ in range(1500 if quick else 3000)]
+    pool_text, pool_gold = [t for t, _ in pool], np.array([g for _, g in pool])
+    per_seed = [seed_curves(train, pool_text, pool_gold, k, seed, quick) for seed in seeds]
+    curves = {name: np.mean([c[name] for c in per_seed], axis=0).tolist() for name in per_seed[0]}
     rows = [{"n": n, "kl": float(np.log(n) - (n - 1) / n), **{name: curves[name][j] for name in curves}}
             for j, n in enumerate(N_VALUES)]
     last = {name: c[-1] for name, c in curves.items()}
     single = last["single (mean of k curves)"]
-    results = {"n_values": list(N_VALUES), "curves": curves, "pool_size": len(pool_text),
+    results = {"n_values": list(N_VALUES), "curves": curves, "seeds": seeds, "pool_size": len(pool_text),
                "train_pairs": len(train), "flip_rate": FLIP_RATE,
                "pool_share_out_of_distribution": float(np.mean([len(t.split()) > TRAIN_MAX_LEN for t in pool_text])),
                "at_max_n": last,
+               "at_max_n_per_seed": [{name: c[name][-1] for name in c} for c in per_seed],
                "worst_case_beats_single": last["worst-case (min)"] > single,
                "uwo_beats_single": last["uncertainty-weighted (λ=0.5)"] > single,
                "warm_vs_prediction_ensemble": last["WARM (weight average)"] - last["prediction ensemble (same init)"]}
-    columns = ["n", "kl", *curves]
     table = format_rows(f"overoptimisation: gold reward of best-of-n (k={k}, {len(train)} train pairs, "
-                        f"{FLIP_RATE:.0%} flipped)", rows, columns)
+                        f"{FLIP_RATE:.0%} flipped, mean of {len(seeds)} training seeds)", rows, ["n", "kl", *curves])
     return finish("overoptimisation", results, table, out, started)
