@@ -12,7 +12,7 @@ import random
 import time
 import zlib
 from collections import deque
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import ray
@@ -39,14 +39,6 @@ class Shard:
     ref: ray.ObjectRef
     meta_ref: ray.ObjectRef
     meta: dict | None = None
-
-
-@dataclass
-class RolloutJob:
-    """The rollout batches of one step, in flight."""
-
-    shards: list[Shard] = field(default_factory=list)
-    dispatched_at: float = field(default_factory=time.perf_counter)
 
 
 def connect_ray(address: str | None, num_cpus: float) -> None:
@@ -79,6 +71,7 @@ class Controller:
         connect_ray(cfg.train.ray_address, cpus_needed(cfg))
         self.learners = LearnerGroup(cfg)
         self.pool = RolloutPool(cfg)
+        self.rollout_target = cfg.rollout.num_workers
         self.rewards = RewardGroup(cfg)
         self.recorder = RolloutRecorder.options(scheduling_strategy=ray.util.scheduling_strategies.
                                                 NodeAffinitySchedulingStrategy(ray.get_runtime_context()
@@ -93,7 +86,7 @@ class Controller:
     def run(self, on_step=None) -> list[dict]:
         cfg, history = self.cfg.train, []
         self.sync_weights()
-        in_flight: deque[RolloutJob] = deque()
+        in_flight: deque[list[Shard]] = deque()  # one entry per step: its rollout shards
         planned = self.step
         for step in range(self.step + 1, cfg.steps + 1):
             while len(in_flight) <= cfg.max_staleness and planned < cfg.steps:
@@ -127,24 +120,22 @@ class Controller:
         return history
 
     # ---- stages ------------------------------------------------------------------------------------------------
-    def dispatch(self, step: int) -> RolloutJob:
+    def dispatch(self, step: int) -> list[Shard]:
         """Split the step's prompts over the pool's current members; only ids and refs pass through here."""
-        job, names = RolloutJob(), self.pool.names()
+        names = self.pool.names()
         per_worker = _split(self.cfg.train.prompts_per_step, len(names))
-        for i, (name, k) in enumerate(zip(names, per_worker, strict=True)):
-            if k:
-                job.shards.append(self._launch(name, self.ledger.dispatch(k, name), step, i))
-        return job
+        return [self._launch(name, self.ledger.dispatch(k), step, i)
+                for i, (name, k) in enumerate(zip(names, per_worker, strict=True)) if k]
 
     def _launch(self, name: str, rows: list[int], step: int, part: int) -> Shard:
         seed = zlib.crc32(f"{self.cfg.train.seed}/{step}/{part}".encode())
         ref, meta_ref = self.pool.workers[name].generate.remote(ray.put(self.prompts.batch(rows)), seed)
         return Shard(name, rows, ref, meta_ref)
 
-    def collect(self, job: RolloutJob) -> list[Shard]:
-        """Wait for the job's rollouts; a dead worker's prompts are requeued and generated again on a fresh worker."""
+    def collect(self, shards: list[Shard]) -> list[Shard]:
+        """Wait for a step's rollouts; a dead worker is replaced and its prompts are requeued and generated again."""
         done: list[Shard] = []
-        pending = list(job.shards)
+        pending = list(shards)
         while pending:
             shard = pending.pop(0)
             try:
@@ -154,15 +145,14 @@ class Controller:
                 self.ledger.requeue(shard.rows)
                 if shard.worker in self.pool.workers:
                     self.pool.remove(shard.worker)
-                if not self.pool.workers:
-                    self.scale_rollout(1)
+                self.scale_rollout(self.rollout_target)
                 target = self.pool.names()[len(done) % len(self.pool.names())]
-                pending.append(self._launch(target, self.ledger.dispatch(len(shard.rows), target), self.step,
-                                            len(done)))
+                pending.append(self._launch(target, self.ledger.dispatch(len(shard.rows)), self.step, len(done)))
         return done
 
     def scale_rollout(self, num_workers: int) -> None:
-        """Grow or shrink the rollout pool during a run; new members first load the current weights."""
+        """Grow or shrink the rollout pool during a run (and keep it there); new members load the current weights."""
+        self.rollout_target = num_workers
         while len(self.pool.workers) > num_workers:
             self.pool.remove(self.pool.names()[-1])  # its in-flight shards fail in `collect` and are requeued
         if len(self.pool.workers) < num_workers:

@@ -70,19 +70,29 @@ def test_sampler_epochs_and_state():
     assert again.take(4) == sampler.take(4)
 
 
-def test_ledger_requeues_a_dead_workers_prompts_first():
+def test_ledger_requeues_lost_prompts_first():
     ledger = PromptLedger(PromptSampler(10, seed=0, shuffle=False))
-    a = ledger.dispatch(3, "w0")
-    b = ledger.dispatch(3, "w1")
+    a = ledger.dispatch(3)
+    b = ledger.dispatch(3)
     assert a == [0, 1, 2] and b == [3, 4, 5]
     ledger.requeue(a)
-    assert ledger.dispatch(4, "w2") == [0, 1, 2, 6]
+    assert ledger.dispatch(4) == [0, 1, 2, 6]
     ledger.consume(b)
     assert ledger.counts["consumed"] == 3 and set(ledger.in_flight) == {0, 1, 2, 6}
     state = ledger.state_dict()  # in-flight prompts are saved as not yet consumed
     fresh = PromptLedger(PromptSampler(10, seed=0, shuffle=False))
     fresh.load_state_dict(state)
-    assert fresh.dispatch(5, "w0") == [0, 1, 2, 6, 7]
+    assert fresh.dispatch(5) == [0, 1, 2, 6, 7]
+
+
+def test_ledger_counts_a_prompt_out_twice():
+    ledger = PromptLedger(PromptSampler(2, seed=0, shuffle=False))
+    first, second = ledger.dispatch(2), ledger.dispatch(2)  # the second epoch starts while the first is out
+    assert first == second == [0, 1] and ledger.in_flight == {0: 2, 1: 2}
+    ledger.consume(first)
+    assert ledger.in_flight == {0: 1, 1: 1}
+    ledger.consume(second)
+    assert not ledger.in_flight and ledger.counts["consumed"] == 4
 
 
 def test_cli_reports_bad_prompt_file_before_any_actor(tmp_path, capsys):
