@@ -23,7 +23,7 @@ from typing import Any, Protocol
 
 import torch
 
-from system.weights import Bucket, TensorSpec, unpack_bucket
+from system.weights import Bucket, TensorSpec, unpack_bucket, views
 
 NamedTensors = Iterator[tuple[str, torch.Tensor]]
 TRANSPORTS = ("object_store", "cuda_ipc", "nccl")
@@ -37,13 +37,6 @@ class Transport(Protocol):
 
     def receive(self, handle: Any) -> NamedTensors:
         """Receiver: the named tensors of one bucket (views; the engine copies them into its parameters)."""
-
-
-def views(specs: list[TensorSpec], flat: torch.Tensor) -> NamedTensors:
-    """Named views into a flat uint8 buffer on any device: the inverse of `pack_bucket`'s layout."""
-    for spec in specs:
-        yield spec.name, flat[spec.offset: spec.offset + spec.nbytes].view(getattr(torch, spec.dtype)).reshape(
-            spec.shape)
 
 
 class ObjectStoreTransport:

@@ -80,6 +80,13 @@ def pack_bucket(tensors: list[tuple[str, torch.Tensor]]) -> Bucket:
     return Bucket(specs, buffer)
 
 
+def views(specs: list[TensorSpec], flat: torch.Tensor) -> Iterator[tuple[str, torch.Tensor]]:
+    """Named views into a flat uint8 buffer on any device: the inverse of `pack_bucket`'s layout."""
+    for spec in specs:
+        yield spec.name, flat[spec.offset: spec.offset + spec.nbytes].view(getattr(torch, spec.dtype)).reshape(
+            spec.shape)
+
+
 def unpack_bucket(bucket: Bucket) -> Iterator[tuple[str, torch.Tensor]]:
     """Views into the bucket's buffer (no copy): the engine copies them into its own parameters."""
     import warnings
@@ -87,9 +94,7 @@ def unpack_bucket(bucket: Bucket) -> Iterator[tuple[str, torch.Tensor]]:
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", UserWarning)  # the object store hands out read-only memory
         flat = torch.from_numpy(bucket.buffer)
-    for spec in bucket.specs:
-        dtype = getattr(torch, spec.dtype)
-        yield spec.name, flat[spec.offset: spec.offset + spec.nbytes].view(dtype).reshape(spec.shape)
+    return views(bucket.specs, flat)
 
 
 def pack_state(named: Iterable[tuple[str, torch.Tensor]], bucket_mb: float) -> list[Bucket]:
