@@ -4,7 +4,7 @@
   log softmax(logits / T) at each sampled token, the quantity the learner recomputes (with top_p < 1 vLLM reports
   the log-prob renormalised over the nucleus, i.e. of the distribution it really sampled; TIS absorbs the gap).
 - Weights: the learner's buckets reach every vLLM worker through `LLM.collective_rpc` into our worker extension
-  (`system.engines.vllm_ext`), which calls the model's own `load_weights`. The prefix cache is reset afterwards:
+  (`system.engines.vllm_ext`), which runs vLLM's in-place layer-wise weight reload. The prefix cache is reset after:
   its KV blocks were computed with the old weights.
 - By default the engine core runs in this process (VLLM_ENABLE_V1_MULTIPROCESSING=0): a bucket read from the object
   store reaches the model as a view of shared memory, and nothing is spawned inside the Ray actor.

@@ -12,6 +12,7 @@ This module must not import vllm at module level: vLLM imports it by qualified n
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Iterable, Iterator
 from itertools import chain
 from typing import Any
@@ -22,6 +23,21 @@ from system.transports import make_transport, views
 from system.weights import TensorSpec
 
 SpecTuple = tuple[str, str, tuple[int, ...], int, int]
+RELOAD_LOGGER = "vllm.model_executor.model_loader.reload.layerwise"
+
+
+class _RotaryReloadFilter(logging.Filter):
+    """vLLM warns "RotaryEmbedding: Failed to load weights" on every in-place reload: its cos/sin cache is computed,
+    never in a checkpoint, and is put back unchanged. The parity tests cover correctness; the warning is noise."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not (record.args and record.args[0] == "RotaryEmbedding" and "Failed to load" in str(record.msg))
+
+
+def _quiet_rotary_reload_warning() -> None:
+    log = logging.getLogger(RELOAD_LOGGER)
+    if not any(isinstance(f, _RotaryReloadFilter) for f in log.filters):
+        log.addFilter(_RotaryReloadFilter())
 
 
 class AlignrayWorkerExtension:
@@ -31,6 +47,7 @@ class AlignrayWorkerExtension:
         """Reload the model's weights in place from `named` (all of one update: vLLM's layerwise reload processes
         a layer once all its tensors have arrived, so one update must not be split over several reloads);
         returns how many tensors were loaded."""
+        _quiet_rotary_reload_warning()
         count = 0
 
         def counted() -> Iterator[tuple[str, torch.Tensor]]:
