@@ -68,6 +68,8 @@ class Controller:
         self.prompts: PromptSet = load_prompts(cfg.data, load_tokenizer(cfg.model))  # validated before any actor
         checkpoint = latest_checkpoint(self.run_dir) if resume else None
         self.log = RunLog(self.run_dir, cfg, resume_after=_step_of(checkpoint))
+        if self.prompts.skipped:  # data.on_bad_row=skip: say what was dropped, once, where users look
+            self.log.note("skipped_prompts", {"source": self.prompts.source, **self.prompts.skipped})
         connect_ray(cfg.train.ray_address, cpus_needed(cfg))
         self.learners = LearnerGroup(cfg)
         self.pool = RolloutPool(cfg)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import math
+import sys
 import time
 from pathlib import Path
 
@@ -59,6 +60,11 @@ class RunLog:
                 if isinstance(v, int | float) and k != "step" and math.isfinite(v):
                     self._tb.add_scalar(k, v, metrics["step"])
             self._tb.flush()
+
+    def note(self, name: str, content: dict) -> None:
+        """A one-off fact about the run: printed to stderr and kept as DIR/<name>.json."""
+        print(f"alignray: {name}: {json.dumps(content)}", file=sys.stderr)
+        (self.dir / f"{name}.json").write_text(json.dumps(content, indent=2) + "\n")
 
     def quarantine(self, step: int, reports: list[str]) -> None:
         with (self.dir / "quarantine.jsonl").open("a") as f:

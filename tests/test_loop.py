@@ -42,9 +42,13 @@ def run(run_dir, resume=False, **overrides):
 
 @pytest.fixture(scope="module")
 def four_steps(ray_cluster, tmp_path_factory):
-    run_dir = tmp_path_factory.mktemp("loop") / "run"
-    history, ledger = run(run_dir, **{"train.steps": 4, "train.save_interval": 2})
-    return run_dir, history, ledger
+    """4 steps over a prompt file with one malformed line, skipped by policy; checkpoints at steps 2 and 4."""
+    root = tmp_path_factory.mktemp("loop")
+    lines = [json.dumps({"prompt": f"Tell me about thing {i}."}) for i in range(12)]
+    (root / "prompts.jsonl").write_text("\n".join(lines[:5] + ["{broken"] + lines[5:]) + "\n")
+    history, ledger = run(root / "run", **{"train.steps": 4, "train.save_interval": 2,
+                                           "data.prompts": str(root / "prompts.jsonl"), "data.on_bad_row": "skip"})
+    return root / "run", history, ledger
 
 
 def test_run_directory_contract(four_steps):
@@ -61,6 +65,9 @@ def test_run_directory_contract(four_steps):
     assert versions == [0, 1, 2, 3]  # sync mode: step s trains on samples of version s-1
     assert list((run_dir / "tb").glob("events.out.tfevents.*"))
     assert not ledger.in_flight and ledger.counts["consumed"] == 16
+    skipped = json.loads((run_dir / "skipped_prompts.json").read_text())
+    assert skipped["bad_json"] == 1 and skipped["source"].endswith("prompts.jsonl")
+    assert 6 not in table.column("prompt_id").to_pylist()  # line 6 was the broken one
 
 
 def test_checkpoint_has_deepspeed_state_and_hf_folder(four_steps):
