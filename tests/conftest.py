@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 
 import pytest
+import torch
 
 os.environ.setdefault("DS_ACCELERATOR", "cpu")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
@@ -29,3 +30,17 @@ def tiny_overrides(**extra: object) -> list[str]:
             "rollout.samples_per_prompt": 2}
     base.update(extra)
     return [f"{k}={v}" for k, v in base.items()]
+
+
+def t(x, dtype=None) -> torch.Tensor:
+    """A float32 tensor (or `dtype`) from nested lists: the hand-computed inputs of the algorithm tests."""
+    return torch.tensor(x, dtype=dtype or torch.float32)
+
+
+def ids(x) -> torch.Tensor:
+    return torch.tensor(x, dtype=torch.int64)
+
+
+def close(actual, expected, atol: float = 1e-5) -> None:
+    """`actual` equals the hand-computed `expected` within `atol` (no relative tolerance)."""
+    torch.testing.assert_close(actual, t(expected).to(actual.dtype), atol=atol, rtol=0)

@@ -6,6 +6,7 @@ import math
 
 import pytest
 import torch
+from conftest import close, ids, t
 
 from system.algorithms import (
     ALGORITHMS,
@@ -24,18 +25,6 @@ from system.algorithms import (
 )
 
 LN2 = math.log(2.0)
-
-
-def t(x, dtype=torch.float32) -> torch.Tensor:
-    return torch.tensor(x, dtype=dtype)
-
-
-def ids(x) -> torch.Tensor:
-    return torch.tensor(x, dtype=torch.int64)
-
-
-def close(actual: torch.Tensor, expected, atol: float = 1e-5) -> None:
-    torch.testing.assert_close(actual, t(expected).to(actual.dtype), atol=atol, rtol=0)
 
 
 # ----------------------------------------------------------------------------------------- kl
