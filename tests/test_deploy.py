@@ -29,3 +29,10 @@ def test_kuberay_manifests_keep_token_auth_and_loopback_dashboard():
         assert spec["headGroupSpec"]["rayStartParams"]["dashboard-host"] == "127.0.0.1"
     launcher = (DEPLOY / "cluster.yaml").read_text()
     assert launcher.count("RAY_AUTH_MODE=token ray start") == 2
+
+
+@pytest.mark.parametrize("path", sorted((DEPLOY / "configs" / "rm").glob("*.yaml")), ids=lambda p: p.name)
+def test_rm_configs_validate(path):
+    from system.rm_config import load_rm_config
+
+    assert load_rm_config(path).learner.num_ranks >= 1
