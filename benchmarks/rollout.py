@@ -4,7 +4,7 @@ Measures new tokens/s at several batch sizes (prompts × 1 sample; the tokens co
 samples </s> stops early in both engines) and the time of one weight update through the production path (learner packs buckets → object
 store → engine loads in place), with its bytes and GB/s. Prints a table and writes JSON.
 
-    .venv-vllm/bin/python benchmarks/rollout.py --out runs/bench/rollout.json
+    bash deploy/install.sh --test && .venv/bin/python benchmarks/rollout.py --out runs/bench/rollout.json
 
 CPU note: vLLM's CPU backend binds its OpenMP threads to the cores it is given; both engines get the same cores.
 """
