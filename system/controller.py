@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import os
 import random
+import sys
 import time
 import zlib
 from collections import deque
@@ -16,6 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import ray
+import yaml
 from ray.exceptions import ActorDiedError, ActorUnavailableError, RayActorError
 
 from actors.groups import LearnerGroup, RewardGroup, RolloutPool
@@ -74,6 +76,7 @@ class Controller:
         self.learners = LearnerGroup(cfg)
         self.pool = RolloutPool(cfg)
         self.rollout_target = cfg.rollout.num_workers
+        self._control_seen: int | None = None  # mtime of RUN_DIR/control.yaml when last read
         self.rewards = RewardGroup(cfg)
         self.recorder = RolloutRecorder.options(scheduling_strategy=ray.util.scheduling_strategies.
                                                 NodeAffinitySchedulingStrategy(ray.get_runtime_context()
@@ -91,6 +94,7 @@ class Controller:
         in_flight: deque[list[Shard]] = deque()  # one entry per step: its rollout shards
         planned = self.step
         for step in range(self.step + 1, cfg.steps + 1):
+            self.apply_control()
             while len(in_flight) <= cfg.max_staleness and planned < cfg.steps:
                 planned += 1
                 in_flight.append(self.dispatch(planned))
@@ -161,6 +165,23 @@ class Controller:
             update = self.learners.weight_update(self.step)
             while len(self.pool.workers) < num_workers:
                 self.pool.add(update)
+
+    def apply_control(self) -> None:
+        """Elastic scaling while a run goes on: `echo "rollout_workers: 3" > RUN_DIR/control.yaml` takes effect at the
+        next step (read when it changes; a bad file is reported once and ignored, never fatal)."""
+        path = self.run_dir / "control.yaml"
+        if not path.is_file() or path.stat().st_mtime_ns == self._control_seen:
+            return
+        self._control_seen = path.stat().st_mtime_ns
+        try:
+            wanted = int((yaml.safe_load(path.read_text()) or {})["rollout_workers"])
+            if wanted < 1:
+                raise ValueError("must be at least 1")
+        except (yaml.YAMLError, KeyError, TypeError, ValueError) as e:
+            print(f"alignray: ignoring {path}: expected 'rollout_workers: N' with N >= 1 ({e})", file=sys.stderr)
+            return
+        if wanted != self.rollout_target:
+            self.scale_rollout(wanted)
 
     def sync_weights(self) -> None:
         self.pool.push_weights(self.learners.weight_update(self.step))

@@ -109,7 +109,8 @@ def test_ppo_zero3_async_staleness_bound(ray_cluster, tmp_path):
 
 
 def test_dead_rollout_worker_loses_no_prompt_and_pool_scales(ray_cluster, tmp_path):
-    """Step 2's only worker is killed (its prompts are requeued onto a fresh one); after step 2 the pool grows to 2."""
+    """Step 2's only worker is killed (its prompts are requeued onto a fresh one); after step 2 the user asks for 2
+    workers through RUN_DIR/control.yaml and step 3 runs on both."""
     cfg = load_config(None, tiny_overrides(**{"train.steps": 3}))
     controller = Controller(cfg, tmp_path / "dead")
 
@@ -118,7 +119,7 @@ def test_dead_rollout_worker_loses_no_prompt_and_pool_scales(ray_cluster, tmp_pa
             for worker in controller.pool.workers.values():
                 ray.kill(worker, no_restart=True)
         if metrics["step"] == 2:
-            controller.scale_rollout(2)
+            (tmp_path / "dead" / "control.yaml").write_text("rollout_workers: 2\n")
 
     try:
         history = controller.run(on_step=chaos)
