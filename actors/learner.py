@@ -39,6 +39,20 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+def prepare_rank(torch_threads: int, num_gpus: float) -> bool:
+    """Per-rank process setup shared by the RL and reward-model learners; returns whether this rank uses a GPU."""
+    torch.set_num_threads(torch_threads)
+    use_gpu = num_gpus > 0 and torch.cuda.is_available()
+    if not use_gpu:
+        os.environ.setdefault("DS_ACCELERATOR", "cpu")
+    return use_gpu
+
+
+def rank_address() -> tuple[str, int]:
+    """Where rank 0 hosts the process-group rendezvous: this node's IP and a free port."""
+    return ray.util.get_node_ip_address(), free_port()
+
+
 def init_process_group(rank: int, world: int, master_addr: str, master_port: int, backend: str,
                        use_gpu: bool) -> None:
     """The env DeepSpeed expects (it otherwise tries MPI discovery), then its process group (gloo on CPU)."""
@@ -78,14 +92,11 @@ class LearnerWorker:
     def __init__(self, cfg_dict: dict, rank: int, world_size: int):
         self.cfg = Config.model_validate(cfg_dict)
         self.rank, self.world = rank, world_size
-        torch.set_num_threads(self.cfg.learner.torch_threads)
-        self.use_gpu = self.cfg.learner.num_gpus > 0 and torch.cuda.is_available()
+        self.use_gpu = prepare_rank(self.cfg.learner.torch_threads, self.cfg.learner.num_gpus)
         self._weight_transport = None
-        if not self.use_gpu:
-            os.environ.setdefault("DS_ACCELERATOR", "cpu")
 
     def address(self) -> tuple[str, int]:
-        return ray.util.get_node_ip_address(), free_port()
+        return rank_address()
 
     def setup(self, master_addr: str, master_port: int) -> int:
         """Join the process group and build the DeepSpeed engines; returns the parameter count."""
@@ -115,7 +126,7 @@ class LearnerWorker:
         """Split this rank's rows into the same number of micro-batches every rank uses."""
         mb = self.cfg.learner.micro_batch_size
         count = max(1, max(math.ceil(len(r) / mb) for r in all_rows))
-        return [chunk for chunk in np.array_split(rows, count)]
+        return list(np.array_split(rows, count))
 
     def _forward_each(self, fn, seq: SequenceBatch, chunks: list[np.ndarray]) -> torch.Tensor:
         """Run `fn(sub_batch)` on every micro-batch (a dummy row for an empty one, so ZeRO-3 ranks stay in step)."""

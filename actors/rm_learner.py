@@ -3,13 +3,11 @@ on its slice of each global batch (gradients all-reduced by DeepSpeed), and rank
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import ray
-import torch
 
-from actors.learner import free_port, init_process_group
+from actors.learner import init_process_group, prepare_rank, rank_address
 from system.rm_config import RmRunConfig
 
 
@@ -18,13 +16,10 @@ class RewardLearner:
     def __init__(self, cfg_dict: dict, rank: int, world: int):
         self.cfg = RmRunConfig.model_validate(cfg_dict)
         self.rank, self.world = rank, world
-        torch.set_num_threads(self.cfg.learner.torch_threads)
-        self.use_gpu = self.cfg.learner.num_gpus > 0 and torch.cuda.is_available()
-        if not self.use_gpu:
-            os.environ.setdefault("DS_ACCELERATOR", "cpu")
+        self.use_gpu = prepare_rank(self.cfg.learner.torch_threads, self.cfg.learner.num_gpus)
 
     def address(self) -> tuple[str, int]:
-        return ray.util.get_node_ip_address(), free_port()
+        return rank_address()
 
     def train(self, master_addr: str, master_port: int, out_dir: str) -> dict | None:
         """Train; rank 0 writes `out_dir` (loadable by `load_reward_model` and the RewardWorker) and returns a summary."""

@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import random
 from collections import Counter
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -54,30 +55,37 @@ class PromptSet:
         return check_batch(batch, "prompt", f"prompts from {self.source}")
 
 
-def _read_jsonl(path: Path, key: str) -> list[tuple[int, object]]:
-    if not path.is_file():
-        raise DataError(f"data.prompts: file not found: {path}")
-    rows = []
+def jsonl_records(path: Path) -> Iterator[tuple[int, object]]:
+    """(line number, parsed value) for every non-blank line; a line that is not JSON yields a BadRow instead, so
+    each caller decides whether that is fatal (preference data) or skippable by policy (prompts)."""
     with path.open(encoding="utf-8") as f:
         for lineno, line in enumerate(f, start=1):
             if not line.strip():
                 continue
             try:
-                obj = json.loads(line)
+                yield lineno, json.loads(line)
             except json.JSONDecodeError as e:
-                rows.append((lineno, BadRow("bad_json", f"{path}:{lineno}: not valid JSON ({e.msg} at column {e.colno})")))
-                continue
-            if not isinstance(obj, dict):
-                rows.append((lineno, BadRow("not_object", f"{path}:{lineno}: expected a JSON object, got {type(obj).__name__}")))
-            elif key not in obj:
-                rows.append((lineno, BadRow("missing_field", f"{path}:{lineno}: missing field '{key}' (fields: {sorted(obj)})")))
-            elif not isinstance(obj[key], str):
-                rows.append((lineno, BadRow("not_string", f"{path}:{lineno}: field '{key}' must be a string, "
-                                               f"got {type(obj[key]).__name__}")))
-            elif not obj[key].strip():
-                rows.append((lineno, BadRow("empty_prompt", f"{path}:{lineno}: field '{key}' is empty")))
-            else:
-                rows.append((lineno, obj[key]))
+                yield lineno, BadRow("bad_json", f"{path}:{lineno}: not valid JSON ({e.msg} at column {e.colno})")
+
+
+def _read_jsonl(path: Path, key: str) -> list[tuple[int, object]]:
+    if not path.is_file():
+        raise DataError(f"data.prompts: file not found: {path}")
+    rows = []
+    for lineno, obj in jsonl_records(path):
+        if isinstance(obj, BadRow):
+            rows.append((lineno, obj))
+        elif not isinstance(obj, dict):
+            rows.append((lineno, BadRow("not_object", f"{path}:{lineno}: expected a JSON object, got {type(obj).__name__}")))
+        elif key not in obj:
+            rows.append((lineno, BadRow("missing_field", f"{path}:{lineno}: missing field '{key}' (fields: {sorted(obj)})")))
+        elif not isinstance(obj[key], str):
+            rows.append((lineno, BadRow("not_string", f"{path}:{lineno}: field '{key}' must be a string, "
+                                           f"got {type(obj[key]).__name__}")))
+        elif not obj[key].strip():
+            rows.append((lineno, BadRow("empty_prompt", f"{path}:{lineno}: field '{key}' is empty")))
+        else:
+            rows.append((lineno, obj[key]))
     return rows
 
 

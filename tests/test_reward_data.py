@@ -56,7 +56,7 @@ def test_wrong_type_and_bad_json_name_the_line(tmp_path):
     with pytest.raises(DataError, match=r"t\.jsonl:1: field 'chosen' must be a string, got int"):
         load_preferences(path)
     path = write_lines(tmp_path / "j.jsonl", [json.dumps({"prompt": "p", "chosen": "c", "rejected": "r"}), "{oops"])
-    with pytest.raises(DataError, match=r"j\.jsonl:2: invalid JSON"):
+    with pytest.raises(DataError, match=r"j\.jsonl:2: not valid JSON"):
         load_preferences(path)
 
 

@@ -144,15 +144,12 @@ def _parse_rows(rows: Iterable[tuple[str, Any]], attributes: Sequence[str] | Non
 
 
 def _jsonl_rows(path: Path):
-    with open(path) as f:
-        for line_no, line in enumerate(f, start=1):
-            if not line.strip():
-                continue
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError as exc:
-                raise DataError(f"{path}:{line_no}: invalid JSON ({exc.msg} at column {exc.colno})") from exc
-            yield f"{path}:{line_no}", row
+    from system.data import BadRow, jsonl_records
+
+    for line_no, row in jsonl_records(path):
+        if isinstance(row, BadRow):
+            raise DataError(row.message)
+        yield f"{path}:{line_no}", row
 
 
 def _parquet_rows(path: Path):
