@@ -12,12 +12,12 @@ import ray
 from ray.util.placement_group import PlacementGroup, placement_group, remove_placement_group
 from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
 
-from actors.learner import LearnerWorker
-from actors.reward import RewardWorker
-from actors.rollout import RolloutWorker
-from system.config import Config
-from system.errors import AlignrayError
-from system.weights import WeightUpdate
+from alignray.actors.learner import LearnerWorker
+from alignray.actors.reward import RewardWorker
+from alignray.actors.rollout import RolloutWorker
+from alignray.config import Config
+from alignray.errors import AlignrayError
+from alignray.weights import WeightUpdate
 
 PLACEMENT_TIMEOUT_S = 120
 

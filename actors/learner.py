@@ -17,8 +17,8 @@ import pyarrow as pa
 import ray
 import torch
 
-from system.config import Config
-from system.experience import (
+from alignray.config import Config
+from alignray.experience import (
     SequenceBatch,
     advantages_for,
     critic_loss,
@@ -28,9 +28,9 @@ from system.experience import (
     response_values,
     sequences_from_batch,
 )
-from system.models import load_critic, load_policy, load_tokenizer, save_hf
-from system.schema import check_batch, concat_batches
-from system.weights import WeightUpdate, pack_state
+from alignray.models import load_critic, load_policy, load_tokenizer, save_hf
+from alignray.schema import check_batch, concat_batches
+from alignray.weights import WeightUpdate, pack_state
 
 
 def free_port() -> int:
@@ -225,7 +225,7 @@ class LearnerWorker:
         state = self._full_state()
         if state is None:
             return None
-        from system.transports import make_transport
+        from alignray.transports import make_transport
 
         buckets = pack_state(state.items(), self.cfg.learner.weight_bucket_mb)
         transport = self._weight_transport

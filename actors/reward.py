@@ -6,8 +6,8 @@ import pyarrow as pa
 import ray
 import torch
 
-from system.config import Config
-from system.rewards.scorers import build_scorers, score_batch
+from alignray.config import Config
+from alignray.rewards.scorers import build_scorers, score_batch
 
 
 @ray.remote

@@ -7,8 +7,8 @@ from pathlib import Path
 
 import ray
 
-from actors.learner import init_process_group, prepare_rank, rank_address
-from system.rm_config import RmRunConfig
+from alignray.actors.learner import init_process_group, prepare_rank, rank_address
+from alignray.rm_config import RmRunConfig
 
 
 @ray.remote
@@ -25,8 +25,8 @@ class RewardLearner:
         """Train; rank 0 writes `out_dir` (loadable by `load_reward_model` and the RewardWorker) and returns a summary."""
         import deepspeed
 
-        from system.rewards.train import Distributed, make_tokenizer, train_reward_model
-        from system.rm_config import load_training_data
+        from alignray.rewards.train import Distributed, make_tokenizer, train_reward_model
+        from alignray.rm_config import load_training_data
 
         init_process_group(self.rank, self.world, master_addr, master_port, self.cfg.learner.backend, self.use_gpu)
         lc, mc = self.cfg.learner, self.cfg.model

@@ -8,20 +8,20 @@ import pyarrow as pa
 import ray
 import torch
 
-from system.config import Config
-from system.engines.base import SamplingSettings, build_rollout_batch
-from system.models import load_policy, load_tokenizer
-from system.schema import check_batch
-from system.transports import ObjectStoreTransport, make_transport
-from system.weights import WeightUpdate, unpack_bucket
+from alignray.config import Config
+from alignray.engines.base import SamplingSettings, build_rollout_batch
+from alignray.models import load_policy, load_tokenizer
+from alignray.schema import check_batch
+from alignray.transports import ObjectStoreTransport, make_transport
+from alignray.weights import WeightUpdate, unpack_bucket
 
 
 def make_engine(cfg: Config, tokenizer):
     if cfg.rollout.engine == "vllm":
-        from system.engines.vllm import VLLMEngine
+        from alignray.engines.vllm import VLLMEngine
 
         return VLLMEngine(cfg, tokenizer)
-    from system.engines.hf import HFEngine
+    from alignray.engines.hf import HFEngine
 
     return HFEngine(load_policy(cfg.model, len(tokenizer)), tokenizer.pad_token_id, tokenizer.eos_token_id)
 

@@ -39,7 +39,7 @@ def parse_args() -> argparse.Namespace:
 
 def prompts_for(batch: int, tokenizer, cfg) -> list[np.ndarray]:
     """The built-in prompt set, cycled to `batch` prompts (same prompts for every engine)."""
-    from system.data import load_prompts
+    from alignray.data import load_prompts
 
     table = load_prompts(cfg.data, tokenizer).table
     column = table.column("prompt_tokens").to_pylist()
@@ -47,7 +47,7 @@ def prompts_for(batch: int, tokenizer, cfg) -> list[np.ndarray]:
 
 
 def build_engine(name: str, cfg, tokenizer):
-    from actors.rollout import make_engine
+    from alignray.actors.rollout import make_engine
 
     cfg = cfg.model_copy(update={"rollout": cfg.rollout.model_copy(update={"engine": name})})
     return make_engine(cfg, tokenizer)
@@ -55,7 +55,7 @@ def build_engine(name: str, cfg, tokenizer):
 
 def no_stop_sampling(new_tokens: int, seed: int):
     """Temperature 1, top-p 1, one sample, no stop ids beyond </s>."""
-    from system.engines.base import SamplingSettings
+    from alignray.engines.base import SamplingSettings
 
     return SamplingSettings(max_new_tokens=new_tokens, temperature=1.0, top_p=1.0, n=1, seed=seed)
 
@@ -74,9 +74,9 @@ def time_weight_update(engine, cfg, tokenizer, repeats: int) -> dict:
     """Learner side (pack + ray.put) and engine side (fetch + load in place), as in production."""
     import ray
 
-    from system.models import load_policy
-    from system.transports import ObjectStoreTransport
-    from system.weights import pack_state, unpack_bucket
+    from alignray.models import load_policy
+    from alignray.transports import ObjectStoreTransport
+    from alignray.weights import pack_state, unpack_bucket
 
     state = {n: p.detach() for n, p in load_policy(cfg.model, len(tokenizer)).named_parameters()}
     sender, receiver = ObjectStoreTransport(put=ray.put), ObjectStoreTransport(get=ray.get)
@@ -137,8 +137,8 @@ def main() -> None:
     args = parse_args()
     import ray
 
-    from system.config import Config
-    from system.models import load_tokenizer
+    from alignray.config import Config
+    from alignray.models import load_tokenizer
 
     torch.set_num_threads(os.cpu_count() or 1)
     ray.init(address="local", num_cpus=1, include_dashboard=False, _node_ip_address="127.0.0.1",

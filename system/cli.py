@@ -11,15 +11,15 @@ import argparse
 import sys
 from pathlib import Path
 
-from system.config import dump_config, load_config
-from system.errors import AlignrayError
+from alignray.config import dump_config, load_config
+from alignray.errors import AlignrayError
 
 
 def _train(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
-    from system.controller import Controller
-    from system.runlog import latest_checkpoint, new_run_dir
+    from alignray.controller import Controller
+    from alignray.runlog import latest_checkpoint, new_run_dir
 
     if args.resume:
         run_dir = Path(args.resume)
@@ -58,14 +58,14 @@ def _config(args: argparse.Namespace) -> int:
 
 
 def _rm(args: argparse.Namespace) -> int:
-    from system.rewards import cli as rm_cli
+    from alignray.rewards import cli as rm_cli
 
     if args.rm_command == "eval":
         rm_cli.rm_eval_main(args.model, args.data, args.out)
     elif args.rm_command == "bench":
         rm_cli.rm_bench_main(args.name, args.out, args.quick)
     else:
-        from system.rm_trainer import rm_train_main
+        from alignray.rm_trainer import rm_train_main
 
         rm_train_main(args.config, args.overrides, args.run_dir)
     return 0
@@ -107,7 +107,7 @@ def _user_error(exc: BaseException) -> AlignrayError | None:
     """The AlignrayError behind `exc`, also when it was raised inside a Ray actor."""
     seen = exc
     for _ in range(5):
-        if isinstance(seen, AlignrayError) and type(seen).__module__.startswith("system"):
+        if isinstance(seen, AlignrayError) and type(seen).__module__.startswith("alignray"):
             return seen
         cause = getattr(seen, "cause", None) or seen.__cause__
         if cause is None:

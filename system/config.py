@@ -13,7 +13,7 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-from system.errors import ConfigError
+from alignray.errors import ConfigError
 
 PRESETS = ("quickstart",)
 
@@ -277,7 +277,7 @@ def apply_overrides(data: dict, overrides: list[str]) -> dict:
 def preset_text(name: str) -> str:
     if name not in PRESETS:
         raise ConfigError(f"unknown preset {name!r}; available: {', '.join(PRESETS)}")
-    return resources.files("system.presets").joinpath(f"{name}.yaml").read_text()
+    return resources.files("alignray.presets").joinpath(f"{name}.yaml").read_text()
 
 
 def read_yaml(path: str | Path) -> dict:

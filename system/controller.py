@@ -20,14 +20,14 @@ import ray
 import yaml
 from ray.exceptions import ActorDiedError, ActorUnavailableError, RayActorError
 
-from actors.groups import LearnerGroup, RewardGroup, RolloutPool
-from actors.recorder import RolloutRecorder
-from system.config import Config
-from system.data import PromptSampler, PromptSet, load_prompts
-from system.ledger import PromptLedger
-from system.models import load_tokenizer
-from system.runlog import RunLog, latest_checkpoint
-from system.stats import step_metrics
+from alignray.actors.groups import LearnerGroup, RewardGroup, RolloutPool
+from alignray.actors.recorder import RolloutRecorder
+from alignray.config import Config
+from alignray.data import PromptSampler, PromptSet, load_prompts
+from alignray.ledger import PromptLedger
+from alignray.models import load_tokenizer
+from alignray.runlog import RunLog, latest_checkpoint
+from alignray.stats import step_metrics
 
 DEAD = (RayActorError, ActorDiedError, ActorUnavailableError)
 

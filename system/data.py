@@ -15,9 +15,9 @@ from pathlib import Path
 
 import pyarrow as pa
 
-from system.config import DataConfig
-from system.errors import DataError
-from system.schema import TOKENS, check_batch, list_array
+from alignray.config import DataConfig
+from alignray.errors import DataError
+from alignray.schema import TOKENS, check_batch, list_array
 
 _SUBJECTS = ["the sea", "a cat", "my garden", "winter", "an old town", "the moon", "a train", "coffee", "music",
              "the forest", "a storm", "bread", "a river", "the city", "snow", "a friend", "the desert", "rain",

@@ -13,7 +13,7 @@ import numpy as np
 import pyarrow as pa
 import torch
 
-from system.algorithms import (
+from alignray.algorithms import (
     aggregate,
     compute_advantages,
     entropy_from_logits,
@@ -23,8 +23,8 @@ from system.algorithms import (
     truncated_is_weights,
     value_loss,
 )
-from system.config import AlgoConfig
-from system.schema import pad_ragged, ragged_to_torch
+from alignray.config import AlgoConfig
+from alignray.schema import pad_ragged, ragged_to_torch
 
 
 @dataclass

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from collections import Counter, deque
 
-from system.data import PromptSampler
+from alignray.data import PromptSampler
 
 
 class PromptLedger:

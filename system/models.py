@@ -20,7 +20,7 @@ from transformers import (
     PreTrainedTokenizerFast,
 )
 
-from system.config import ModelConfig
+from alignray.config import ModelConfig
 
 SPECIAL_TOKENS = ("<pad>", "<s>", "</s>")
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}

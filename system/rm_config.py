@@ -7,9 +7,9 @@ from typing import Literal
 
 from pydantic import Field, ValidationError, model_validator
 
-from system.config import Section, apply_overrides, format_validation_error, read_yaml
-from system.errors import ConfigError
-from system.rewards.train_config import RewardTrainConfig
+from alignray.config import Section, apply_overrides, format_validation_error, read_yaml
+from alignray.errors import ConfigError
+from alignray.rewards.train_config import RewardTrainConfig
 
 
 class RmLearnerConfig(Section):
@@ -51,6 +51,6 @@ def load_rm_config(path: str | Path, overrides: list[str] | None = None) -> RmRu
 
 
 def load_training_data(cfg: RmRunConfig):
-    from system.rewards.preference_data import load_preferences
+    from alignray.rewards.preference_data import load_preferences
 
     return load_preferences(cfg.data, attributes=cfg.attributes)

@@ -8,16 +8,16 @@ from pathlib import Path
 
 import ray
 
-from system.config import dump_config
-from system.rm_config import RmRunConfig, load_rm_config
-from system.runlog import new_run_dir
+from alignray.config import dump_config
+from alignray.rm_config import RmRunConfig, load_rm_config
+from alignray.runlog import new_run_dir
 
 
 def train_reward_model_on_ray(cfg: RmRunConfig, out_dir: str | Path) -> dict:
     """Start `learner.num_ranks` RewardLearner actors in one placement group, train, return rank 0's summary."""
-    from actors.groups import in_group, release, reserve
-    from actors.rm_learner import RewardLearner
-    from system.controller import connect_ray
+    from alignray.actors.groups import in_group, release, reserve
+    from alignray.actors.rm_learner import RewardLearner
+    from alignray.controller import connect_ray
 
     lc = cfg.learner
     connect_ray(cfg.ray_address, lc.num_ranks * lc.num_cpus)
@@ -41,7 +41,7 @@ def rm_train_main(config: str, overrides: list[str], run_dir: str | None) -> dic
     print(f"trained {summary['kind']} reward model on {summary['pairs']} pairs with {summary['ranks']} DeepSpeed "
           f"ranks → {out / 'model'}")
     if cfg.eval_data:
-        from system.rewards.cli import rm_eval_main
+        from alignray.rewards.cli import rm_eval_main
 
         summary["eval"] = rm_eval_main(str(out / "model"), cfg.eval_data, str(out / "eval.json"),
                                        trust_remote_code=cfg.model.trust_remote_code)

@@ -13,7 +13,7 @@ import sys
 import time
 from pathlib import Path
 
-from system.config import Config, dump_config
+from alignray.config import Config, dump_config
 
 
 def new_run_dir(root: str | Path = "runs") -> Path:

@@ -13,7 +13,7 @@ import numpy as np
 import pyarrow as pa
 import torch
 
-from system.errors import SchemaError
+from alignray.errors import SchemaError
 
 TOKENS = pa.list_(pa.int32())
 FLOATS = pa.list_(pa.float32())

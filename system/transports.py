@@ -2,7 +2,7 @@
 
 One interface, three transports. The sender `publish`es a list of packed `Bucket`s and gets back small picklable
 handles (what the driver forwards in a `WeightUpdate`); the receiver turns each handle back into named tensors with
-`receive`. Packing, versioning and loading are shared (`system.weights`, the engines); a transport only moves bytes.
+`receive`. Packing, versioning and loading are shared (`alignray.weights`, the engines); a transport only moves bytes.
 
 - `ObjectStoreTransport`: the default and the CPU path. `put`/`get` are injected (the actors pass `ray.put` /
   `ray.get`), so this module stays pure torch; a handle is an ObjectRef and the bucket is read zero-copy.
@@ -23,7 +23,7 @@ from typing import Any, Protocol
 
 import torch
 
-from system.weights import Bucket, TensorSpec, unpack_bucket, views
+from alignray.weights import Bucket, TensorSpec, unpack_bucket, views
 
 NamedTensors = Iterator[tuple[str, torch.Tensor]]
 TRANSPORTS = ("object_store", "cuda_ipc", "nccl")

@@ -1,4 +1,4 @@
-"""Hand-computed checks for system.algorithms: KL estimators and advantage estimators (every expected number is worked out in a comment)."""
+"""Hand-computed checks for alignray.algorithms: KL estimators and advantage estimators (every expected number is worked out in a comment)."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import pytest
 import torch
 from conftest import close, ids, t
 
-from system.algorithms import (
+from alignray.algorithms import (
     ALGORITHMS,
     compute_advantages,
     discounted_returns,

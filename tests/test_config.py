@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import pytest
 
-from system.cli import main
-from system.config import apply_overrides, dump_config, load_config, parse_override
-from system.errors import ConfigError
+from alignray.cli import main
+from alignray.config import apply_overrides, dump_config, load_config, parse_override
+from alignray.errors import ConfigError
 
 
 def test_quickstart_preset_loads_and_round_trips(tmp_path):

@@ -6,11 +6,11 @@ import json
 
 import pytest
 
-from system.config import DataConfig
-from system.data import PromptSampler, load_prompts
-from system.errors import DataError
-from system.ledger import PromptLedger
-from system.models import build_byte_tokenizer
+from alignray.config import DataConfig
+from alignray.data import PromptSampler, load_prompts
+from alignray.errors import DataError
+from alignray.ledger import PromptLedger
+from alignray.models import build_byte_tokenizer
 
 TOK = build_byte_tokenizer()
 
@@ -98,7 +98,7 @@ def test_ledger_counts_a_prompt_out_twice():
 def test_cli_reports_bad_prompt_file_before_any_actor(tmp_path, capsys):
     import ray
 
-    from system.cli import main
+    from alignray.cli import main
 
     ray_was_up = ray.is_initialized()
     path = write_lines(tmp_path / "p.jsonl", [GOOD, json.dumps({"prompt": ""})])

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from system.config import load_config
+from alignray.config import load_config
 
 DEPLOY = Path(__file__).resolve().parents[1] / "deploy"
 
@@ -33,6 +33,6 @@ def test_kuberay_manifests_keep_token_auth_and_loopback_dashboard():
 
 @pytest.mark.parametrize("path", sorted((DEPLOY / "configs" / "rm").glob("*.yaml")), ids=lambda p: p.name)
 def test_rm_configs_validate(path):
-    from system.rm_config import load_rm_config
+    from alignray.rm_config import load_rm_config
 
     assert load_rm_config(path).learner.num_ranks >= 1

@@ -5,10 +5,10 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from system.config import ModelConfig
-from system.engines.base import SamplingSettings
-from system.engines.hf import HFEngine
-from system.models import build_byte_tokenizer, load_policy
+from alignray.config import ModelConfig
+from alignray.engines.base import SamplingSettings
+from alignray.engines.hf import HFEngine
+from alignray.models import build_byte_tokenizer, load_policy
 
 
 @pytest.fixture(scope="module")

@@ -14,10 +14,10 @@ import pytest
 import ray
 from conftest import tiny_overrides
 
-from system.cli import main
-from system.config import load_config
-from system.controller import Controller
-from system.runlog import read_metrics
+from alignray.cli import main
+from alignray.config import load_config
+from alignray.controller import Controller
+from alignray.runlog import read_metrics
 
 pytestmark = pytest.mark.slow
 

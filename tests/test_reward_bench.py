@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from scipy.stats import spearmanr
 
-from system.rewards.bench import BENCHMARKS, length_bias, noisy_raters, overoptimisation, sycophancy
+from alignray.rewards.bench import BENCHMARKS, length_bias, noisy_raters, overoptimisation, sycophancy
 
 
 def test_registry_names():
@@ -33,7 +33,7 @@ def test_sycophancy_prefix_rates():
 
 
 def test_noisy_raters_entropy_rises_with_noise():
-    from system.rewards.encore import rating_entropy
+    from alignray.rewards.encore import rating_entropy
 
     data = noisy_raters.make_data(500, 0)
     ratings = np.concatenate([data.rating_matrix(0), data.rating_matrix(1)])

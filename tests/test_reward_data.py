@@ -5,9 +5,9 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from system.errors import DataError
-from system.rewards.backbones import build_word_tokenizer
-from system.rewards.preference_data import load_preferences, write_jsonl
+from alignray.errors import DataError
+from alignray.rewards.backbones import build_word_tokenizer
+from alignray.rewards.preference_data import load_preferences, write_jsonl
 
 ROWS = [
     {"prompt": "p1", "chosen": "a b c", "rejected": "a", "chosen_polite": 1, "rejected_polite": 0,

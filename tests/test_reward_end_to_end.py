@@ -5,14 +5,14 @@ import json
 import numpy as np
 import pytest
 
-from system.errors import ConfigError
-from system.rewards.backbones import TinyModelSpec
-from system.rewards.cli import rm_bench_main, rm_eval_main
-from system.rewards.evaluate import evaluate_reward_model, format_table
-from system.rewards.models import load_reward_model
-from system.rewards.preference_data import PreferenceData, write_jsonl
-from system.rewards.train import collate, reward_loss, train_reward_model
-from system.rewards.train_config import RewardTrainConfig
+from alignray.errors import ConfigError
+from alignray.rewards.backbones import TinyModelSpec
+from alignray.rewards.cli import rm_bench_main, rm_eval_main
+from alignray.rewards.evaluate import evaluate_reward_model, format_table
+from alignray.rewards.models import load_reward_model
+from alignray.rewards.preference_data import PreferenceData, write_jsonl
+from alignray.rewards.train import collate, reward_loss, train_reward_model
+from alignray.rewards.train_config import RewardTrainConfig
 
 TINY = TinyModelSpec(arch="bert", hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=4)
 

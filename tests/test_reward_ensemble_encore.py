@@ -5,8 +5,8 @@ import numpy as np
 import pytest
 import torch
 
-from system.rewards.encore import Discretisation, EncoreWeights, encore_weights, fit_encore, rating_entropy
-from system.rewards.ensemble import aggregate, member_std, warm_average
+from alignray.rewards.encore import Discretisation, EncoreWeights, encore_weights, fit_encore, rating_entropy
+from alignray.rewards.ensemble import aggregate, member_std, warm_average
 
 # k = 3 members, n = 2 samples. Column 0: {1, 3, 2}, mean 2, var0 = 2/3. Column 1: {2, 2, 8}, mean 4, var0 = 8.
 REWARDS = np.array([[1.0, 2.0], [3.0, 2.0], [2.0, 8.0]])

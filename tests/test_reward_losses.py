@@ -3,7 +3,7 @@ import math
 import pytest
 import torch
 
-from system.rewards.losses import (
+from alignray.rewards.losses import (
     bradley_terry_loss,
     dpo_implicit_reward,
     dpo_loss,

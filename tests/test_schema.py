@@ -8,10 +8,10 @@ import pytest
 import ray
 import torch
 
-from system.engines.base import Completion, build_rollout_batch
-from system.errors import SchemaError
-from system.experience import sequences_from_batch
-from system.schema import TOKENS, check_batch, list_array, pad_ragged, ragged_to_torch
+from alignray.engines.base import Completion, build_rollout_batch
+from alignray.errors import SchemaError
+from alignray.experience import sequences_from_batch
+from alignray.schema import TOKENS, check_batch, list_array, pad_ragged, ragged_to_torch
 
 
 def prompt_batch() -> pa.RecordBatch:

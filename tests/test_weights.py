@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import torch
 
-from system.config import ModelConfig
-from system.engines.hf import HFEngine
-from system.models import build_byte_tokenizer, load_policy
-from system.weights import group_into_buckets, pack_bucket, pack_state, unpack_bucket
+from alignray.config import ModelConfig
+from alignray.engines.hf import HFEngine
+from alignray.models import build_byte_tokenizer, load_policy
+from alignray.weights import group_into_buckets, pack_bucket, pack_state, unpack_bucket
 
 
 def test_grouping_respects_bucket_size_and_order():

@@ -1,6 +1,6 @@
 """RL algorithm math as small pure torch functions (no ray, no transformers)."""
 
-from system.algorithms.advantages import (
+from alignray.algorithms.advantages import (
     ALGORITHMS,
     compute_advantages,
     discounted_returns,
@@ -14,8 +14,8 @@ from system.algorithms.advantages import (
     token_level_rewards,
     whiten,
 )
-from system.algorithms.kl import KL_KINDS, kl_estimate
-from system.algorithms.losses import (
+from alignray.algorithms.kl import KL_KINDS, kl_estimate
+from alignray.algorithms.losses import (
     AGG_MODES,
     aggregate,
     entropy_from_logits,

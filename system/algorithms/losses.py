@@ -11,7 +11,7 @@ from typing import Literal
 import torch
 from torch import Tensor
 
-from system.algorithms.kl import LOG_RATIO_CLAMP, KLKind, kl_estimate
+from alignray.algorithms.kl import LOG_RATIO_CLAMP, KLKind, kl_estimate
 
 AggMode = Literal["token_mean", "seq_mean_token_mean", "seq_mean_token_sum_norm"]
 AGG_MODES: tuple[str, ...] = ("token_mean", "seq_mean_token_mean", "seq_mean_token_sum_norm")

@@ -15,7 +15,7 @@ import numpy as np
 import pyarrow as pa
 import torch
 
-from system.schema import FLOATS, TOKENS, check_batch, list_array
+from alignray.schema import FLOATS, TOKENS, check_batch, list_array
 
 
 @dataclass(frozen=True)

@@ -8,7 +8,7 @@ import numpy as np
 import torch
 from transformers import PreTrainedModel
 
-from system.engines.base import Completion, SamplingSettings, truncate_at_stop
+from alignray.engines.base import Completion, SamplingSettings, truncate_at_stop
 
 
 class HFEngine:

@@ -4,7 +4,7 @@
   log softmax(logits / T) at each sampled token, the quantity the learner recomputes (with top_p < 1 vLLM reports
   the log-prob renormalised over the nucleus, i.e. of the distribution it really sampled; TIS absorbs the gap).
 - Weights: the learner's buckets reach every vLLM worker through `LLM.collective_rpc` into our worker extension
-  (`system.engines.vllm_ext`), which runs vLLM's in-place layer-wise weight reload. The prefix cache is reset after:
+  (`alignray.engines.vllm_ext`), which runs vLLM's in-place layer-wise weight reload. The prefix cache is reset after:
   its KV blocks were computed with the old weights.
 - By default the engine core runs in this process (VLLM_ENABLE_V1_MULTIPROCESSING=0): a bucket read from the object
   store reaches the model as a view of shared memory, and nothing is spawned inside the Ray actor.
@@ -24,12 +24,12 @@ from typing import Any
 import numpy as np
 import torch
 
-from system.config import Config
-from system.engines.base import Completion, SamplingSettings
-from system.errors import AlignrayError
-from system.weights import Bucket
+from alignray.config import Config
+from alignray.engines.base import Completion, SamplingSettings
+from alignray.errors import AlignrayError
+from alignray.weights import Bucket
 
-EXTENSION = "system.engines.vllm_ext.AlignrayWorkerExtension"
+EXTENSION = "alignray.engines.vllm_ext.AlignrayWorkerExtension"
 
 
 def import_vllm():
@@ -50,7 +50,7 @@ def model_dir(cfg: Config) -> tuple[str, tempfile.TemporaryDirectory | None]:
     """cfg.model.path, or the tiny random policy written to a temp folder (the same weights the learner starts from)."""
     if cfg.model.path:
         return cfg.model.path, None
-    from system.models import materialise_tiny
+    from alignray.models import materialise_tiny
 
     tmp = tempfile.TemporaryDirectory(prefix="alignray-vllm-")
     materialise_tiny(cfg.model, Path(tmp.name))

@@ -19,8 +19,8 @@ from typing import Any
 
 import torch
 
-from system.transports import make_transport, views
-from system.weights import TensorSpec
+from alignray.transports import make_transport, views
+from alignray.weights import TensorSpec
 
 SpecTuple = tuple[str, str, tuple[int, ...], int, int]
 RELOAD_LOGGER = "vllm.model_executor.model_loader.reload.layerwise"

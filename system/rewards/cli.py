@@ -1,4 +1,4 @@
-"""Plain entry points behind `alignray rm eval` and `alignray rm bench` (the argparse wiring lives in system.cli)."""
+"""Plain entry points behind `alignray rm eval` and `alignray rm bench` (the argparse wiring lives in alignray.cli)."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from system.errors import ConfigError
+from alignray.errors import ConfigError
 
 
 def rm_eval_main(model: str, data: str, out: str | None = None, batch_size: int = 32,
@@ -32,7 +32,7 @@ def rm_eval_main(model: str, data: str, out: str | None = None, batch_size: int 
 
 
 def rm_bench_main(name: str, out: str | None = None, quick: bool = False) -> dict[str, Any]:
-    """Run one synthetic benchmark by name (see system.rewards.bench.BENCHMARKS)."""
+    """Run one synthetic benchmark by name (see alignray.rewards.bench.BENCHMARKS)."""
     from .bench import BENCHMARKS
 
     if name not in BENCHMARKS:

@@ -20,7 +20,7 @@ from typing import Any
 
 import numpy as np
 
-from system.errors import DataError
+from alignray.errors import DataError
 
 COMPUTED_ATTRIBUTES = ("length_chars", "length_words", "length_tokens")
 RESERVED = {"prompt", "chosen", "rejected", "chosen_ratings", "rejected_ratings", "counterfactual"}
@@ -144,7 +144,7 @@ def _parse_rows(rows: Iterable[tuple[str, Any]], attributes: Sequence[str] | Non
 
 
 def _jsonl_rows(path: Path):
-    from system.data import BadRow, jsonl_records
+    from alignray.data import BadRow, jsonl_records
 
     for line_no, row in jsonl_records(path):
         if isinstance(row, BadRow):

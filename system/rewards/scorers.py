@@ -12,10 +12,10 @@ from dataclasses import dataclass, field
 import numpy as np
 import pyarrow as pa
 
-from system.config import ScorerConfig
-from system.errors import RewardError
-from system.rewards.functions import resolve_reward_fn
-from system.schema import REWARD_PREFIX, check_batch
+from alignray.config import ScorerConfig
+from alignray.errors import RewardError
+from alignray.rewards.functions import resolve_reward_fn
+from alignray.schema import REWARD_PREFIX, check_batch
 
 
 @dataclass
@@ -46,7 +46,7 @@ class ModelScorer:
     """A reward model from a directory: a plain HF sequence classifier or any alignray reward model."""
 
     def __init__(self, cfg: ScorerConfig, trust_remote_code: bool = False):
-        from system.rewards.models import load_reward_model
+        from alignray.rewards.models import load_reward_model
 
         self.name, self.weight, self.batch_size = cfg.name, cfg.weight, cfg.batch_size
         self.model = load_reward_model(cfg.path, trust_remote_code=trust_remote_code)
