@@ -95,6 +95,9 @@ class LearnerWorker:
         self.use_gpu = prepare_rank(self.cfg.learner.torch_threads, self.cfg.learner.num_gpus)
         self._weight_transport = None
 
+    def pid(self) -> int:
+        return os.getpid()
+
     def address(self) -> tuple[str, int]:
         return rank_address()
 
@@ -239,13 +242,14 @@ class LearnerWorker:
                             num_tensors=len(state), nbytes=sum(b.nbytes for b in buckets))
 
     # ---- checkpoints -------------------------------------------------------------------------------------------
-    def save(self, step_dir: str) -> None:
-        """DeepSpeed state (model, optimizer, RNG) per rank under step_dir/policy, and an HF folder step_dir/hf."""
+    def save(self, step_dir: str, hf: bool = True) -> None:
+        """DeepSpeed state (model, optimizer, RNG) per rank under step_dir/policy, and (`hf`) an HF folder
+        step_dir/hf; a snapshot for in-run recovery skips the HF export."""
         client = {"step": self.step, "torch_rng": torch.get_rng_state()}
         self.policy.save_checkpoint(step_dir, tag="policy", client_state=client)
         if self.critic is not None:
             self.critic.save_checkpoint(step_dir, tag="critic")
-        state = self._full_state()
+        state = self._full_state() if hf else None
         if state is not None:
             save_hf(self.policy.module, self.tokenizer, Path(step_dir) / "hf", state_dict=state)
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+
 import pyarrow as pa
 import ray
 import torch
@@ -19,6 +21,10 @@ class RewardWorker:
 
     def ready(self) -> bool:
         return True
+
+    def pid(self) -> int:
+        """This worker's process id (chaos tests kill -9 it; `alignray status` shows it)."""
+        return os.getpid()
 
     @ray.method(num_returns=2)
     def score(self, rollout: pa.RecordBatch) -> tuple[pa.RecordBatch, dict]:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import time
 
 import pyarrow as pa
@@ -39,6 +40,10 @@ class RolloutWorker:
 
     def ready(self) -> str:
         return self.name
+
+    def pid(self) -> int:
+        """This worker's process id (chaos tests kill -9 it; `alignray status` shows it)."""
+        return os.getpid()
 
     @ray.method(num_returns=2)
     def generate(self, prompts: pa.RecordBatch, seed: int) -> tuple[pa.RecordBatch, dict]:

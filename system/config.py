@@ -177,6 +177,19 @@ class LearnerConfig(Section):
     weight_bucket_mb: float = Field(64.0, gt=0)
 
 
+class CallTimeouts(Section):
+    """Seconds an actor call of each kind may take before it counts as hung: the actor is killed and replaced."""
+
+    start: float = Field(600.0, gt=0)
+    """An actor's start: model build, DeepSpeed init (op builds), its first weight load."""
+    generate: float = Field(600.0, gt=0)
+    score: float = Field(300.0, gt=0)
+    train: float = Field(1800.0, gt=0)
+    sync: float = Field(300.0, gt=0)
+    """Publishing weights on the learner and loading them on a rollout worker."""
+    save: float = Field(600.0, gt=0)
+
+
 class TrainConfig(Section):
     steps: int = Field(40, ge=1)
     prompts_per_step: int = Field(16, ge=1)
@@ -191,6 +204,12 @@ class TrainConfig(Section):
     ray_address: str | None = None
     """Cluster address; empty uses RAY_ADDRESS, else starts a local Ray on loopback."""
     progress: bool = True
+    snapshot_interval: int = Field(5, ge=0)
+    """A light learner snapshot (DeepSpeed state, no HF export; only the latest is kept) every this many steps: a
+    learner rank that dies is recovered inside the run from the newest snapshot or checkpoint (0: checkpoints only)."""
+    max_restarts: int = Field(10, ge=0)
+    """Faults recovered per role (rollout, reward, learner) before the run stops naming the role and the cause."""
+    call_timeout_s: CallTimeouts = CallTimeouts()
 
 
 class Config(Section):
