@@ -18,8 +18,9 @@ from .ensemble_models import EnsembleRewardModel, warm_model
 from .haf_model import HafRewardModel
 from .heads_model import HeadsRewardModel
 from .losses import bradley_terry_loss, haf_loss
-from .mmd import causal_penalty, conditional_causal_penalty, fit_bins
+from .mmd import fit_bins
 from .models import RewardModel, ScalarRewardModel
+from .objectives import preference_objective
 from .preference_data import COMPUTED_ATTRIBUTES, PreferenceData, compute_attribute
 from .train_config import RewardTrainConfig
 
@@ -91,13 +92,24 @@ def attribute_bins(cfg: RewardTrainConfig, data: PreferenceData, tokenizer) -> n
 
 
 def collate(tokenizer, data: PreferenceData, index: np.ndarray, max_length: int,
-            bins: np.ndarray | None = None) -> dict[str, torch.Tensor]:
-    """2B sequences: rows [0, B) are the chosen responses, rows [B, 2B) the rejected ones, padded together."""
+            bins: np.ndarray | None = None, swap: np.ndarray | None = None,
+            cf_attribute: str | None = None) -> dict[str, torch.Tensor]:
+    """2B sequences: rows [0, B) are the chosen responses, rows [B, 2B) the rejected ones, padded together.
+    swap [n]: pairs the quality estimate orders the other way; cf_attribute: add the chosen rows' counterfactuals
+    (cf_input_ids / cf_attention_mask, and cf_rows = their positions in the batch)."""
     prompts = [data.prompts[i] for i in index]
     batch = encode_pairs(tokenizer, prompts + prompts, [data.chosen[i] for i in index] +
                          [data.rejected[i] for i in index], max_length)
     if bins is not None:
         batch["bins"] = torch.from_numpy(np.concatenate([bins[index, 0], bins[index, 1]])).long()
+    if swap is not None:
+        batch["swap"] = torch.from_numpy(swap[index]).bool()
+    texts = data.counterfactuals.get(cf_attribute) if cf_attribute else None
+    rows = [j for j, i in enumerate(index) if texts is not None and texts[i] is not None]
+    if rows:
+        cf = encode_pairs(tokenizer, [prompts[j] for j in rows], [texts[index[j]] for j in rows], max_length)
+        batch.update(cf_input_ids=cf["input_ids"], cf_attention_mask=cf["attention_mask"],
+                     cf_rows=torch.tensor(rows, dtype=torch.long))
     if data.ratings:
         batch["ratings"] = torch.from_numpy(np.concatenate([data.rating_matrix(0)[index],
                                                             data.rating_matrix(1)[index]])).float()
@@ -128,19 +140,22 @@ def reward_loss(model: nn.Module, batch: dict[str, torch.Tensor], cfg: RewardTra
         if "heads" in out:  # linear-head ensemble: every head is a BT model of its own
             heads = out["heads"]
             loss = torch.stack([bradley_terry_loss(h[:half], h[half:], cfg.margin) for h in heads.T]).mean()
+            stats = {"bt_loss": float(loss.detach())}
+        elif cfg.kind == "causal":
+            if isinstance(cfg.mmd_lambda, str):
+                raise ValueError("mmd_lambda 'auto' must be resolved first (train_reward_model does)")
+            cf_weight = (1.0 if "cf_input_ids" in batch else 0.0) if cfg.cf_weight == "auto" else cfg.cf_weight
+            r_cf = None
+            if cf_weight > 0 and "cf_input_ids" in batch:
+                r_cf = model(batch["cf_input_ids"], batch["cf_attention_mask"])["reward"]
+            return preference_objective(
+                r, margin=cfg.margin, mmd_lambda=cfg.mmd_lambda, mmd_values=out["representation"] if want_rep else r,
+                bins=batch.get("bins"), mmd_mode=cfg.mmd_mode, swap=batch.get("swap"), bandwidth=cfg.mmd_bandwidth,
+                min_bin_size=cfg.mmd_min_bin_size, reduction=cfg.mmd_reduction, cf_weight=cf_weight,
+                cf_rows=batch.get("cf_rows"), r_cf=r_cf)
         else:
             loss = bradley_terry_loss(r[:half], r[half:], cfg.margin)
-        stats = {"bt_loss": float(loss.detach())}
-        if cfg.kind == "causal" and cfg.mmd_lambda > 0:
-            values = out["representation"] if want_rep else r
-            bins = batch["bins"].to(values.device)
-            kw = {"bandwidth": cfg.mmd_bandwidth, "min_bin_size": cfg.mmd_min_bin_size, "reduction": cfg.mmd_reduction}
-            if cfg.mmd_mode == "conditional":
-                penalty = conditional_causal_penalty(values[:half], bins[:half], values[half:], bins[half:], **kw)
-            else:
-                penalty = causal_penalty(values, bins, **kw)
-            loss = loss + cfg.mmd_lambda * penalty
-            stats["mmd"] = float(penalty.detach())
+            stats = {"bt_loss": float(loss.detach())}
     stats["loss"] = float(loss.detach())
     stats["accuracy"] = float((r[:half] > r[half:]).float().mean())
     return loss, stats
@@ -165,8 +180,13 @@ class Distributed:
 
 def fit(model: RewardModel, cfg: RewardTrainConfig, data: PreferenceData, bins: np.ndarray | None = None,
         order_seed: int | None = None, log: Callable[[str], None] | None = None,
-        dist: Distributed = Distributed()) -> RewardModel:
+        dist: Distributed = Distributed(), swap: np.ndarray | None = None) -> RewardModel:
     """AdamW over the trainable parameters, `cfg.epochs` shuffled passes; `order_seed` sets the data order."""
+    cf_attr = None
+    if cfg.kind == "causal" and not isinstance(cfg.cf_weight, str) and cfg.cf_weight > 0:
+        from .causal_setup import cf_attribute
+
+        cf_attr = cf_attribute(cfg)
     freeze_lower_layers(model, cfg.train_layers)
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
@@ -181,7 +201,7 @@ def fit(model: RewardModel, cfg: RewardTrainConfig, data: PreferenceData, bins: 
         for start in range(0, stop, stride):
             index = order[start + dist.rank * cfg.batch_size: start + (dist.rank + 1) * cfg.batch_size]
             batch = {k: v.to(model.device) for k, v in
-                     collate(model.tokenizer, data, index, cfg.max_length, bins).items()}
+                     collate(model.tokenizer, data, index, cfg.max_length, bins, swap, cf_attr).items()}
             loss, stats = reward_loss(engine or model, batch, cfg)
             if engine is not None:
                 engine.backward(loss)
@@ -224,10 +244,18 @@ def train_reward_model(cfg: RewardTrainConfig, data: PreferenceData, tokenizer=N
         return EnsembleRewardModel(members, cfg.aggregation, cfg.aggregation_coef, cfg.aggregation_ddof)
     if cfg.kind == "multihead" and not data.ratings:
         raise ValueError(f"{data.source}: kind 'multihead' needs chosen_ratings/rejected_ratings in the data")
+    bins = attribute_bins(cfg, data, tokenizer) if cfg.kind == "causal" else None
+    swap, sweep = None, None
+    if cfg.kind == "causal":
+        from .causal_setup import resolve_causal
+
+        cfg, swap, sweep = resolve_causal(cfg, data, tokenizer, bins, dist, log)
     seed_everything(cfg.seed)
     model = build_reward_model(cfg, tokenizer, data.rule_names)
-    bins = attribute_bins(cfg, data, tokenizer) if cfg.kind == "causal" else None
-    model = _merge_lora(fit(model, cfg, data, bins, log=log, dist=dist))
+    model = _merge_lora(fit(model, cfg, data, bins, log=log, dist=dist, swap=swap))
+    if cfg.kind == "causal" and isinstance(model, ScalarRewardModel):
+        model.metadata.update(mmd_lambda=cfg.mmd_lambda, cf_weight=cfg.cf_weight, mmd_condition=cfg.mmd_condition,
+                              mmd_mode=cfg.mmd_mode, mmd_auto=sweep)
     if isinstance(model, HeadsRewardModel) and model.role == "multihead":
         ratings = np.concatenate([data.rating_matrix(0), data.rating_matrix(1)])
         disc = Discretisation(cfg.encore_levels, cfg.encore_low, cfg.encore_high, cfg.encore_log_base)

@@ -37,8 +37,19 @@ class RewardTrainConfig(BaseModel):
     lora_targets: list[str] | str = "all-linear"
     margin: float | None = None  # optional BT margin
     # causal RM (arXiv 2501.09620)
-    mmd_lambda: float = Field(1.0, ge=0)  # paper sweeps {0.1, 0.3, 0.5, 1, 3, 5, 10, 100}
+    # "auto": pick λ from a held-out sweep (auto_lambda.py; the sweep is saved with the model). Paper sweeps
+    # {0.1, 0.3, 0.5, 1, 3, 5, 10, 100}; a fixed λ=1 over-corrected on real text with noisy labels.
+    mmd_lambda: float | Literal["auto"] = "auto"
+    mmd_auto_grid: list[float] = Field(default_factory=lambda: [0.03, 0.1, 0.3, 1.0, 3.0, 10.0])
+    mmd_auto_holdout: float = Field(0.2, gt=0, lt=0.5)
+    mmd_auto_tolerance: float = Field(0.02, ge=0)  # accuracy a λ may lose against BT on the held-out part
     mmd_mode: Literal["unconditional", "conditional"] = "conditional"
+    # conditional groups: "label" (paper: observed chosen / rejected) or "estimate" (the order a 2-fold cross-fitted
+    # BT reference predicts; robust to label noise, see objectives.py)
+    mmd_condition: Literal["label", "estimate"] = "label"
+    # μ of the counterfactual-consistency term μ·mean (r(x,y) - r(x,y_cf))²; "auto": 1.0 when the training rows carry
+    # counterfactuals of mmd_attribute, else 0
+    cf_weight: float | Literal["auto"] = "auto"
     mmd_attribute: str | list[str] = "length_tokens"  # a data attribute, a computed one, or a list (combinations)
     mmd_bins: Literal["quantile", "equal_width", "categorical"] = "quantile"
     mmd_num_bins: int = Field(10, ge=2)  # paper: 10, 20 or 30 for length
