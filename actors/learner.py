@@ -1,35 +1,24 @@
 """LearnerWorker: one DeepSpeed rank owning the policy (trained), the frozen reference and, for PPO, the critic.
 
-Every rank reads the step's scored batches zero-copy from the object store, keeps whole prompt groups of its own
-shard, and runs the same number of micro-batches as every other rank (ZeRO collectives need equal call counts).
+Every rank reads the step's scored batches zero-copy from the object store; `alignray.train_step.LearnerStep` plans
+mini-batches, this rank's shard of whole prompt groups and its micro-batches, and optimises the sharding-invariant
+objective of `alignray.objective`.
 """
 
 from __future__ import annotations
 
-import math
 import os
 import socket
-import time
 from pathlib import Path
 
-import numpy as np
-import pyarrow as pa
 import ray
 import torch
 
 from alignray.config import Config
-from alignray.experience import (
-    SequenceBatch,
-    advantages_for,
-    critic_loss,
-    micro_batch_loss,
-    response_logits,
-    response_logprobs,
-    response_values,
-    sequences_from_batch,
-)
 from alignray.models import load_critic, load_policy, load_tokenizer, save_hf
+from alignray.objective import Objective
 from alignray.schema import check_batch, concat_batches
+from alignray.train_step import LearnerStep
 from alignray.weights import WeightUpdate, pack_state
 
 
@@ -80,13 +69,6 @@ def ds_config(cfg: Config, world_size: int) -> dict:
     }
 
 
-def shard_rows(prompt_ids: np.ndarray, rank: int, world: int) -> np.ndarray:
-    """Rows whose prompt group belongs to this rank (groups dealt round-robin in order of first appearance)."""
-    _, first, inverse = np.unique(prompt_ids, return_index=True, return_inverse=True)
-    group_order = np.argsort(np.argsort(first))  # rank of each group by first appearance
-    return np.flatnonzero(group_order[inverse] % world == rank)
-
-
 @ray.remote
 class LearnerWorker:
     def __init__(self, cfg_dict: dict, rank: int, world_size: int):
@@ -112,7 +94,9 @@ class LearnerWorker:
         self.tokenizer = tok
         lc = self.cfg.learner
         policy = load_policy(self.cfg.model, len(tok))
-        self.reference = load_policy(self.cfg.model, len(tok)).to(self.device).eval().requires_grad_(False)
+        objective = Objective(self.cfg.algo, self.cfg.rollout.temperature, self.cfg.rollout.max_new_tokens)
+        self.reference = load_policy(self.cfg.model, len(tok)).to(self.device).eval().requires_grad_(False) \
+            if objective.uses_reference else None  # no KL term and no KL metric: no reference model at all
         optim = torch.optim.AdamW(policy.parameters(), lr=lc.lr, weight_decay=lc.weight_decay)
         self.policy, *_ = deepspeed.initialize(model=policy, optimizer=optim, config=ds_config(self.cfg, self.world))
         self.critic = None
@@ -122,93 +106,18 @@ class LearnerWorker:
             self.critic, *_ = deepspeed.initialize(model=critic, optimizer=c_optim,
                                                    config=ds_config(self.cfg, self.world))
         self.step = 0
+        self.runner = LearnerStep(self.cfg, self.policy, self.reference, self.critic, self.rank, self.world,
+                                  self.pad_id, self.device)
         return sum(p.numel() for p in policy.parameters())
 
     # ---- one training step -------------------------------------------------------------------------------------
-    def _micro_batches(self, rows: np.ndarray, all_rows: list[np.ndarray]) -> list[np.ndarray]:
-        """Split this rank's rows into the same number of micro-batches every rank uses."""
-        mb = self.cfg.learner.micro_batch_size
-        count = max(1, max(math.ceil(len(r) / mb) for r in all_rows))
-        return list(np.array_split(rows, count))
-
-    def _forward_each(self, fn, seq: SequenceBatch, chunks: list[np.ndarray]) -> torch.Tensor:
-        """Run `fn(sub_batch)` on every micro-batch (a dummy row for an empty one, so ZeRO-3 ranks stay in step)."""
-        outs = []
-        for chunk in chunks:
-            idx = torch.as_tensor(chunk if len(chunk) else np.array([0]), dtype=torch.long)
-            out = fn(self._to_device(seq.select(idx)))
-            outs.append(out[: len(chunk)].cpu())
-        return torch.cat(outs) if outs else torch.zeros(0)
-
-    def _to_device(self, seq: SequenceBatch) -> SequenceBatch:
-        if self.device.type == "cpu":
-            return seq
-        return SequenceBatch(*(getattr(seq, f).to(self.device) for f in seq.__dataclass_fields__))
-
     def train_step(self, scored_refs: list) -> dict:
-        """Train on the step's scored batches (ObjectRefs, read zero-copy); returns rank-averaged scalars."""
-        t0 = time.perf_counter()
+        """Train on the step's scored batches (ObjectRefs, read zero-copy); returns the step's global statistics
+        (the same on every rank)."""
         batch = concat_batches([check_batch(b, "scored", "learner input") for b in ray.get(scored_refs)])
-        prompt_ids = batch.column("prompt_id").to_numpy()
-        all_rows = [shard_rows(prompt_ids, r, self.world) for r in range(self.world)]
-        rows = all_rows[self.rank]
-        local = sequences_from_batch(batch.take(pa.array(rows, type=pa.int64())), self.pad_id) if len(rows) else \
-            sequences_from_batch(batch.slice(0, 1), self.pad_id)
-        chunks = self._micro_batches(np.arange(len(rows)), all_rows)
-        algo, temp = self.cfg.algo, self.cfg.rollout.temperature
-        norm_len = self.cfg.rollout.max_new_tokens
-        with torch.no_grad():
-            old_logp = self._forward_each(lambda s: response_logprobs(response_logits(self.policy, s), s, temp),
-                                          local, chunks)
-            ref_logp = self._forward_each(lambda s: response_logprobs(response_logits(self.reference, s), s, temp),
-                                          local, chunks)
-            values = self._forward_each(lambda s: response_values(self.critic, s), local, chunks) \
-                if self.critic is not None else None
-        advantages, returns = advantages_for(local, old_logp, ref_logp, values, algo)
-        total_tokens = float(local.response_mask.sum()) if len(rows) else 0.0
-        stats: dict[str, float] = {}
-        for _ in range(algo.ppo_epochs):
-            for i, chunk in enumerate(chunks):
-                last = i == len(chunks) - 1
-                empty = len(chunk) == 0
-                idx = torch.as_tensor(chunk if not empty else np.array([0]), dtype=torch.long)
-                mb = self._to_device(local.select(idx))
-                share = 0.0 if empty or total_tokens == 0 else float(mb.response_mask.sum()) / total_tokens
-                self.policy.set_gradient_accumulation_boundary(last)
-                loss, mb_stats = micro_batch_loss(self.policy, mb, old_logp[idx].to(self.device),
-                                                  ref_logp[idx].to(self.device), advantages[idx].to(self.device),
-                                                  algo, temp, norm_len)
-                self.policy.backward(loss * share)
-                for k, v in mb_stats.items():
-                    stats[k] = stats.get(k, 0.0) + v * share / algo.ppo_epochs
-                if self.critic is not None:
-                    self.critic.set_gradient_accumulation_boundary(last)
-                    v_loss = critic_loss(self.critic, mb, values[idx].to(self.device), returns[idx].to(self.device),
-                                         algo)
-                    self.critic.backward(v_loss * share)
-                    stats["loss/value"] = stats.get("loss/value", 0.0) + float(v_loss) * share / algo.ppo_epochs
-            self.policy.step()
-            if self.critic is not None:
-                self.critic.step()
+        stats = self.runner.run(batch, version=self.step)
         self.step += 1
-        grad_norm = self.policy.get_global_grad_norm()
-        stats["grad_norm"] = float(grad_norm) if grad_norm is not None else math.nan
-        stats["logprob_mismatch"] = float(((old_logp - local.rollout_logprobs).abs() * local.response_mask).sum()
-                                          / max(total_tokens, 1.0))
-        stats["timing/learner_busy_s"] = time.perf_counter() - t0
-        return self._mean_over_ranks(stats, weight=total_tokens)
-
-    def _mean_over_ranks(self, stats: dict[str, float], weight: float) -> dict[str, float]:
-        """Token-weighted mean of each scalar over ranks (grad_norm is already global)."""
-        import torch.distributed as dist
-
-        keys = sorted(k for k in stats if k != "grad_norm")
-        vec = torch.tensor([stats[k] * weight for k in keys] + [weight], dtype=torch.float64)
-        dist.all_reduce(vec)
-        total = max(float(vec[-1]), 1e-12)
-        out = {k: float(vec[i]) / total for i, k in enumerate(keys)}
-        out["grad_norm"] = stats["grad_norm"]
-        return out
+        return stats
 
     # ---- weights out -------------------------------------------------------------------------------------------
     def _full_state(self) -> dict[str, torch.Tensor] | None:

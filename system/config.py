@@ -159,6 +159,10 @@ class AlgoConfig(Section):
     """Truncated importance sampling cap for the rollout-engine/learner log-prob mismatch; empty disables it."""
     value_clip: float | None = 0.2
     ppo_epochs: int = Field(1, ge=1)
+    mini_batches: int = Field(1, ge=1)
+    """Optimizer steps per rollout batch (per epoch): the batch's prompt groups split into this many mini-batches."""
+    log_kl: bool = False
+    """Run the reference forward to log `kl` even when kl_coef is 0 (otherwise it is skipped and `kl` is absent)."""
 
 
 class LearnerConfig(Section):

@@ -1,4 +1,4 @@
-"""From a scored Arrow batch to training tensors, log-probs, advantages and the loss of one micro-batch.
+"""From a scored Arrow batch to training tensors, memory-lean log-probs, values and advantages.
 
 Pure torch (no Ray, no DeepSpeed): the LearnerWorker calls these with whatever model object it owns.
 Layout: each row is prompt ⧺ response, right-padded to L; response token t of row b sits at position
@@ -13,16 +13,8 @@ import numpy as np
 import pyarrow as pa
 import torch
 
-from alignray.algorithms import (
-    aggregate,
-    compute_advantages,
-    entropy_from_logits,
-    kl_estimate,
-    kl_loss,
-    policy_loss,
-    truncated_is_weights,
-    value_loss,
-)
+from alignray.algorithms import compute_advantages, entropy_from_logits, kl_estimate, logprobs_from_logits
+from alignray.algorithms.advantages import Reduce
 from alignray.config import AlgoConfig
 from alignray.schema import pad_ragged, ragged_to_torch
 
@@ -73,16 +65,24 @@ def sequences_from_batch(batch: pa.RecordBatch, pad_token_id: int) -> SequenceBa
     )
 
 
-def response_logits(model, seq: SequenceBatch) -> torch.Tensor:
-    """[B, T, V] logits that predict each response token (one forward over prompt ⧺ response)."""
+def forward_logprobs(model, seq: SequenceBatch, temperature: float, entropy: bool = False,
+                     entropy_grad: bool = False) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """log π(y_t | x, y_<t) [B, T] from one forward, and optionally the entropy H_t [B, T] of the same positions.
+
+    log π = z[y] − logsumexp(z), z = logits/T, read at every position of the [B, L, V] logits the model returns
+    (target = the next input token) and then gathered at the response positions: no [B, T, V] copy and no full
+    log-softmax is kept for the backward. The entropy, which needs the full softmax, is computed only if asked, and
+    off the graph unless `entropy_grad` (an entropy bonus in the loss).
+    """
     logits = model(input_ids=seq.input_ids, attention_mask=seq.attention_mask).logits
+    targets = torch.roll(seq.input_ids, -1, dims=1)  # position p predicts token p + 1 (the last one is never read)
+    logp = logprobs_from_logits(logits, targets, temperature).gather(1, seq.logit_index).float() * seq.response_mask
+    if not entropy:
+        return logp, None
     index = seq.logit_index.unsqueeze(-1).expand(-1, -1, logits.shape[-1])
-    return logits.gather(1, index).float()
-
-
-def response_logprobs(logits: torch.Tensor, seq: SequenceBatch, temperature: float) -> torch.Tensor:
-    lp = torch.log_softmax(logits / temperature, dim=-1)
-    return lp.gather(-1, seq.response_tokens.unsqueeze(-1)).squeeze(-1) * seq.response_mask
+    with torch.set_grad_enabled(entropy_grad and torch.is_grad_enabled()):
+        ent = entropy_from_logits(logits.gather(1, index).float() / temperature) * seq.response_mask
+    return logp, ent
 
 
 def response_values(critic, seq: SequenceBatch) -> torch.Tensor:
@@ -91,44 +91,16 @@ def response_values(critic, seq: SequenceBatch) -> torch.Tensor:
     return out.gather(1, seq.logit_index).float() * seq.response_mask
 
 
-def advantages_for(seq: SequenceBatch, old_logp: torch.Tensor, ref_logp: torch.Tensor | None,
-                   values: torch.Tensor | None, algo: AlgoConfig) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """Advantages (and returns for PPO) of the whole step's batch, with KL folded into the reward if so configured."""
+def advantages_for(seq: SequenceBatch, old_logp: torch.Tensor | None, ref_logp: torch.Tensor | None,
+                   values: torch.Tensor | None, algo: AlgoConfig, reduce: Reduce | None = None
+                   ) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Advantages (and returns for PPO) of this shard, equal to those of the whole step's batch: groups are never
+    split, and the batch-wide whitening of REINFORCE++/PPO takes its statistics through `reduce` (an all-reduce).
+    KL is folded into the reward (from π_old and π_ref) when kl_mode is `reward`."""
     token_kl = None
-    if ref_logp is not None and algo.kl_mode == "reward" and algo.kl_coef > 0:
+    if old_logp is not None and ref_logp is not None and algo.kl_mode == "reward" and algo.kl_coef > 0:
         token_kl = kl_estimate(old_logp, ref_logp, algo.kl_estimator) * seq.response_mask
     return compute_advantages(
         algo.name, seq.rewards, seq.group_ids, seq.response_mask, token_kl=token_kl,
-        kl_coef=algo.kl_coef if token_kl is not None else 0.0, values=values, gamma=algo.gamma, lam=algo.lam)
-
-
-def micro_batch_loss(model, seq: SequenceBatch, old_logp: torch.Tensor, ref_logp: torch.Tensor | None,
-                     advantages: torch.Tensor, algo: AlgoConfig, temperature: float, norm_len: int
-                     ) -> tuple[torch.Tensor, dict[str, float]]:
-    """Clipped policy loss (+ KL loss term, − entropy bonus, × TIS weights) of one micro-batch."""
-    logits = response_logits(model, seq)
-    logp = response_logprobs(logits, seq, temperature)
-    mask = seq.response_mask
-    is_weights = None
-    if algo.tis_cap is not None:
-        is_weights = truncated_is_weights(old_logp, seq.rollout_logprobs, mask, algo.tis_cap)
-    loss, stats = policy_loss(logp, old_logp, advantages, mask, clip_eps=algo.clip_eps,
-                              clip_eps_high=algo.clip_eps_high, dual_clip=algo.dual_clip, agg=algo.loss_agg,
-                              is_weights=is_weights, norm_len=norm_len)
-    stats = {"loss/policy": float(loss.detach()), **{f"policy/{k}": v for k, v in stats.items()}}
-    entropy = entropy_from_logits(logits / temperature)
-    stats["entropy"] = float(aggregate(entropy.detach(), mask, "token_mean"))
-    if algo.entropy_coef:
-        loss = loss - algo.entropy_coef * aggregate(entropy, mask, algo.loss_agg, norm_len)
-    if ref_logp is not None:
-        kl = kl_estimate(logp.detach(), ref_logp, algo.kl_estimator)
-        stats["kl"] = float(aggregate(kl, mask, "token_mean"))
-        if algo.kl_mode == "loss" and algo.kl_coef > 0:
-            loss = loss + algo.kl_coef * kl_loss(logp, ref_logp, mask, algo.kl_estimator, algo.loss_agg, norm_len)
-    return loss, stats
-
-
-def critic_loss(critic, seq: SequenceBatch, old_values: torch.Tensor, returns: torch.Tensor,
-                algo: AlgoConfig) -> torch.Tensor:
-    values = response_values(critic, seq)
-    return value_loss(values, old_values, returns, seq.response_mask, algo.value_clip, "token_mean")
+        kl_coef=algo.kl_coef if token_kl is not None else 0.0, values=values, gamma=algo.gamma, lam=algo.lam,
+        **({"reduce": reduce} if reduce is not None else {}))

@@ -8,6 +8,9 @@ multiplied by ``mask``, so padding positions are exactly 0.
 
 from __future__ import annotations
 
+import math
+from collections.abc import Callable
+
 import torch
 from torch import Tensor
 
@@ -119,20 +122,37 @@ def discounted_returns(token_rewards: Tensor, mask: Tensor, gamma: float) -> Ten
     return returns * m
 
 
-def whiten(x: Tensor, mask: Tensor, shift_mean: bool = True, eps: float = 1e-8) -> Tensor:
+Reduce = Callable[[Tensor], Tensor]
+"""Sums a tensor over every rank of the step (an all-reduce); the identity for a single process."""
+
+
+def _local(x: Tensor) -> Tensor:
+    return x
+
+
+def whiten_stats(x: Tensor, mask: Tensor) -> Tensor:
+    """(n, Σx, Σx²) over the valid tokens, float64 [3]: summable across shards, so whitening can be global."""
+    m = mask.to(torch.float64)
+    x64 = x.detach().to(torch.float64) * m
+    return torch.stack([m.sum(), x64.sum(), (x64 * x64).sum()])
+
+
+def whiten(x: Tensor, mask: Tensor, shift_mean: bool = True, eps: float = 1e-8, reduce: Reduce = _local) -> Tensor:
     """Masked batch normalisation: (x - mean) / sqrt(var + eps) over all valid tokens of the batch.
 
     var is the population (biased, divide by N) variance, as OpenRLHF's REINFORCE++. With
     ``shift_mean=False`` the mean is added back (only rescaled). Output is zero on padding.
+    mean = Σx/n, var = Σx²/n − mean², from ``reduce(whiten_stats(x, mask))`` in float64: with an all-reduce
+    as ``reduce`` every rank whitens by the statistics of the whole step's batch, not of its shard.
     """
-    m = mask.to(x.dtype)
-    n = m.sum().clamp(min=1)
-    mean = (x * m).sum() / n
-    var = ((x - mean).square() * m).sum() / n
-    out = (x - mean) * torch.rsqrt(var + eps)
+    n, total, total_sq = reduce(whiten_stats(x, mask)).tolist()
+    n = max(n, 1.0)
+    mean = total / n
+    var = max(total_sq / n - mean * mean, 0.0)
+    out = (x - mean) * (1.0 / math.sqrt(var + eps))
     if not shift_mean:
         out = out + mean
-    return out * m
+    return out * mask.to(x.dtype)
 
 
 def reinforce_pp_advantages(
@@ -141,13 +161,14 @@ def reinforce_pp_advantages(
     token_kl: Tensor | None = None,
     kl_coef: float = 0.0,
     gamma: float = 1.0,
+    reduce: Reduce = _local,
 ) -> Tensor:
     """REINFORCE++ (Hu 2025): A_t = whiten(G_t), G_t = discounted return of the token-level rewards
     (sequence reward on the last token, -kl_coef*kl_t per token). Global batch whitening replaces a
     critic / per-prompt baseline.
     """
     token_rewards = token_level_rewards(rewards, mask, token_kl, kl_coef)
-    return whiten(discounted_returns(token_rewards, mask, gamma), mask)
+    return whiten(discounted_returns(token_rewards, mask, gamma), mask, reduce=reduce)
 
 
 def reinforce_pp_baseline_advantages(
@@ -157,6 +178,7 @@ def reinforce_pp_baseline_advantages(
     token_kl: Tensor | None = None,
     kl_coef: float = 0.0,
     gamma: float = 1.0,
+    reduce: Reduce = _local,
 ) -> Tensor:
     """REINFORCE++-baseline (OpenRLHF "reinforce_baseline"): r_i <- r_i - mean_g, then REINFORCE++.
 
@@ -164,7 +186,7 @@ def reinforce_pp_baseline_advantages(
     """
     rewards = _as_float(rewards)
     mean, _, _ = group_mean_std(rewards, group_ids)
-    return reinforce_pp_advantages(rewards - mean, mask, token_kl, kl_coef, gamma)
+    return reinforce_pp_advantages(rewards - mean, mask, token_kl, kl_coef, gamma, reduce)
 
 
 def gae_advantages(
@@ -208,6 +230,7 @@ def compute_advantages(
     values: Tensor | None = None,
     gamma: float = 1.0,
     lam: float = 0.95,
+    reduce: Reduce = _local,
 ) -> tuple[Tensor, Tensor | None]:
     """Dispatch to an estimator by name; returns (advantages [B, T], returns [B, T] or None), detached.
 
@@ -217,7 +240,8 @@ def compute_advantages(
     - reinforce_pp / reinforce_pp_baseline: the KL penalty goes per token (``token_level_rewards``).
     - ppo: GAE on ``token_level_rewards(rewards, mask, token_kl, kl_coef)`` with ``values``, then the
       advantages are whitened; the GAE returns are returned as value targets.
-    Only "ppo" returns returns; the others return None.
+    Only "ppo" returns returns; the others return None. Groups must not be split across shards; the batch-wide
+    whitening of reinforce_pp* and ppo uses ``reduce`` (an all-reduce) so a shard gets the whole batch's values.
     """
     rewards = _as_float(rewards)
     mask_f = mask.to(rewards.dtype)
@@ -227,14 +251,14 @@ def compute_advantages(
         fn = {"grpo": grpo_advantages, "dr_grpo": dr_grpo_advantages, "rloo": rloo_advantages}[name]
         return fn(rewards, group_ids, mask_f).detach(), None
     if name == "reinforce_pp":
-        return reinforce_pp_advantages(rewards, mask_f, token_kl, kl_coef, gamma).detach(), None
+        return reinforce_pp_advantages(rewards, mask_f, token_kl, kl_coef, gamma, reduce).detach(), None
     if name == "reinforce_pp_baseline":
-        adv = reinforce_pp_baseline_advantages(rewards, group_ids, mask_f, token_kl, kl_coef, gamma)
+        adv = reinforce_pp_baseline_advantages(rewards, group_ids, mask_f, token_kl, kl_coef, gamma, reduce)
         return adv.detach(), None
     if name == "ppo":
         if values is None:
             raise ValueError("compute_advantages('ppo', ...) requires `values` (critic estimates, [B, T])")
         token_rewards = token_level_rewards(rewards, mask_f, token_kl, kl_coef)
         adv, returns = gae_advantages(token_rewards, values, mask_f, gamma, lam)
-        return whiten(adv, mask_f).detach(), returns.detach()
+        return whiten(adv, mask_f, reduce=reduce).detach(), returns.detach()
     raise ValueError(f"unknown advantage estimator {name!r}; expected one of {ALGORITHMS}")

@@ -6,6 +6,7 @@ Conventions as in ``advantages``: [B, T] token tensors, ``mask`` [B, T] with 1 o
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Literal
 
 import torch
@@ -54,7 +55,18 @@ def aggregate(
     raise ValueError(f"unknown aggregation mode {mode!r}; expected one of {AGG_MODES}")
 
 
-def policy_loss(
+@dataclass
+class PolicyTerms:
+    """Per-token pieces of the clipped surrogate, [B, T] each (the loss is not yet aggregated)."""
+
+    loss: Tensor
+    ratio: Tensor
+    log_ratio: Tensor
+    clipped: Tensor  # bool: the clipped term is the active one
+    dual_clipped: Tensor  # bool: the dual clip bounds the loss
+
+
+def policy_loss_per_token(
     logp: Tensor,
     old_logp: Tensor,
     advantages: Tensor,
@@ -63,11 +75,9 @@ def policy_loss(
     clip_eps: float = 0.2,
     clip_eps_high: float | None = None,
     dual_clip: float | None = None,
-    agg: str = "token_mean",
     is_weights: Tensor | None = None,
-    norm_len: int | None = None,
-) -> tuple[Tensor, dict[str, float]]:
-    """PPO clipped surrogate (Schulman et al. 2017), returns (scalar loss, stats).
+) -> PolicyTerms:
+    """PPO clipped surrogate (Schulman et al. 2017) per token, before any aggregation.
 
     ratio = exp(logp - old_logp)  (log-ratio 0 on padding, clamped to [-20, 20])
     loss_t = max(-ratio*A, -clip(ratio, 1-clip_eps, 1+clip_eps_high)*A)   (= -min(...) of the objective)
@@ -75,10 +85,6 @@ def policy_loss(
     Dual clip (Ye et al. 2020), for A < 0 only: loss_t = min(loss_t, -dual_clip*A), bounding the loss
     when a negative-advantage token's ratio explodes; dual_clip must be > 1.
     is_weights (e.g. ``truncated_is_weights``) multiply loss_t, detached.
-
-    stats: clip_frac (valid tokens where the clipped term is the active one), dual_clip_frac,
-    approx_kl = mean over valid tokens of (ratio - 1) - log ratio (k3 estimate of KL(old || new), as in
-    CleanRL), ratio_mean (mean ratio over valid tokens).
     """
     eps_high = clip_eps if clip_eps_high is None else clip_eps_high
     log_ratio = _masked_log_ratio(logp, old_logp, mask)
@@ -96,14 +102,37 @@ def policy_loss(
         loss = torch.where(dual_active, loss_dual, loss)
     if is_weights is not None:
         loss = loss * is_weights.detach()
-    total = aggregate(loss, mask, agg, norm_len)
+    return PolicyTerms(loss, ratio, log_ratio, (loss_clipped > loss_unclipped).detach(), dual_active)
 
+
+def policy_loss(
+    logp: Tensor,
+    old_logp: Tensor,
+    advantages: Tensor,
+    mask: Tensor,
+    *,
+    clip_eps: float = 0.2,
+    clip_eps_high: float | None = None,
+    dual_clip: float | None = None,
+    agg: str = "token_mean",
+    is_weights: Tensor | None = None,
+    norm_len: int | None = None,
+) -> tuple[Tensor, dict[str, float]]:
+    """``policy_loss_per_token`` aggregated over one batch, returns (scalar loss, stats).
+
+    stats: clip_frac (valid tokens where the clipped term is the active one), dual_clip_frac,
+    approx_kl = mean over valid tokens of (ratio - 1) - log ratio (k3 estimate of KL(old || new), as in
+    CleanRL), ratio_mean (mean ratio over valid tokens).
+    """
+    terms = policy_loss_per_token(logp, old_logp, advantages, mask, clip_eps=clip_eps, clip_eps_high=clip_eps_high,
+                                  dual_clip=dual_clip, is_weights=is_weights)
+    total = aggregate(terms.loss, mask, agg, norm_len)
     with torch.no_grad():
         stats = {
-            "clip_frac": _masked_mean((loss_clipped > loss_unclipped).float(), mask).item(),
-            "dual_clip_frac": _masked_mean(dual_active.float(), mask).item(),
-            "approx_kl": _masked_mean((ratio - 1.0) - log_ratio, mask).item(),
-            "ratio_mean": _masked_mean(ratio, mask).item(),
+            "clip_frac": _masked_mean(terms.clipped.float(), mask).item(),
+            "dual_clip_frac": _masked_mean(terms.dual_clipped.float(), mask).item(),
+            "approx_kl": _masked_mean((terms.ratio - 1.0) - terms.log_ratio, mask).item(),
+            "ratio_mean": _masked_mean(terms.ratio, mask).item(),
         }
     return total, stats
 
@@ -121,15 +150,8 @@ def kl_loss(
     return aggregate(per_token, mask, agg, norm_len)
 
 
-def value_loss(
-    values: Tensor,
-    old_values: Tensor,
-    returns: Tensor,
-    mask: Tensor,
-    clip_eps: float | None = 0.2,
-    agg: str = "token_mean",
-) -> Tensor:
-    """Clipped value loss (PPO2 / OpenAI baselines): 0.5 * max((V - R)^2, (V_clip - R)^2),
+def value_loss_per_token(values: Tensor, old_values: Tensor, returns: Tensor, clip_eps: float | None = 0.2) -> Tensor:
+    """Clipped value loss per token (PPO2 / OpenAI baselines): 0.5 * max((V - R)^2, (V_clip - R)^2),
     V_clip = V_old + clip(V - V_old, -eps, eps). ``clip_eps=None`` gives the plain 0.5 * (V - R)^2.
     """
     returns = returns.detach()
@@ -138,7 +160,19 @@ def value_loss(
         old_values = old_values.detach()
         v_clipped = old_values + (values - old_values).clamp(-clip_eps, clip_eps)
         loss = torch.maximum(loss, (v_clipped - returns).square())
-    return aggregate(0.5 * loss, mask, agg)
+    return 0.5 * loss
+
+
+def value_loss(
+    values: Tensor,
+    old_values: Tensor,
+    returns: Tensor,
+    mask: Tensor,
+    clip_eps: float | None = 0.2,
+    agg: str = "token_mean",
+) -> Tensor:
+    """``value_loss_per_token`` aggregated over one batch."""
+    return aggregate(value_loss_per_token(values, old_values, returns, clip_eps), mask, agg)
 
 
 def entropy_from_logits(logits: Tensor) -> Tensor:
