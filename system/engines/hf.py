@@ -8,6 +8,7 @@ import numpy as np
 import torch
 from transformers import PreTrainedModel
 
+from alignray.algorithms.losses import logprobs_from_logits
 from alignray.engines.base import Completion, SamplingSettings, truncate_at_stop
 
 
@@ -44,8 +45,8 @@ class HFEngine:
             output_logits=True, return_dict_in_generate=True,
         )
         new_tokens = out.sequences[:, ids.shape[1]:]
-        logits = torch.stack(out.logits, dim=1).float() / sampling.temperature  # [B*n, T, V]
-        logprobs = torch.log_softmax(logits, dim=-1).gather(-1, new_tokens.unsqueeze(-1)).squeeze(-1)
+        logits = torch.stack(out.logits, dim=1)  # [B*n, T, V] raw logits; log-probs as z[y] − logsumexp(z)
+        logprobs = logprobs_from_logits(logits, new_tokens, sampling.temperature)
         tokens_np = new_tokens.to(torch.int32).numpy()
         logprobs_np = logprobs.numpy().astype(np.float32)
         completions: list[list[Completion]] = []
@@ -76,7 +77,7 @@ class HFEngine:
         out = []
         for prompt, response in zip(prompts, responses, strict=True):
             seq = torch.as_tensor(np.concatenate([prompt, response]), dtype=torch.long).unsqueeze(0)
-            logits = self.model(seq).logits[0, len(prompt) - 1: -1].float() / temperature
-            lp = torch.log_softmax(logits, -1).gather(-1, seq[0, len(prompt):].unsqueeze(-1)).squeeze(-1)
+            logits = self.model(seq).logits[0, len(prompt) - 1: -1]
+            lp = logprobs_from_logits(logits, seq[0, len(prompt):], temperature)
             out.append(lp.numpy().astype(np.float32))
         return out

@@ -8,6 +8,8 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from alignray.algorithms.losses import logprobs_from_logits
+
 
 def bradley_terry_loss(
     r_chosen: torch.Tensor, r_rejected: torch.Tensor, margin: torch.Tensor | float | None = None
@@ -81,7 +83,5 @@ def summed_response_logprobs(
     logits [B, T, V] predict token t+1 at position t, so the log-prob of token t is read from position t-1.
     response_mask [B, T] is 1 on response tokens (never on position 0). Returns [B].
     """
-    logprobs = torch.log_softmax(logits[:, :-1].float(), dim=-1)
-    targets = input_ids[:, 1:]
-    token_logp = logprobs.gather(-1, targets.unsqueeze(-1)).squeeze(-1)
+    token_logp = logprobs_from_logits(logits[:, :-1], input_ids[:, 1:])  # no [B, T, V] log-softmax
     return (token_logp * response_mask[:, 1:].to(token_logp.dtype)).sum(-1)
