@@ -1,6 +1,8 @@
-"""What travels between actors: Arrow schemas of the four batches, checks at every boundary, zero-copy to torch.
+"""What travels between actors: Arrow schemas of the three batches, checks at every boundary, zero-copy to torch.
 
-prompt batch  ─rollout→  rollout batch  ─reward→  scored batch  ─learner→  experience batch
+prompt batch  ─rollout→  rollout batch  ─reward→  scored batch  ─learner
+(No experience batch: each learner rank computes the advantages of its shard with the whole step's statistics —
+alignray.train_step — so they equal the one-big-batch values without another round trip through the store.)
 Ragged token columns are list<int32>, log-probs list<float32>. Batches are pyarrow.RecordBatch: Ray's object store
 holds their buffers once, and a reader maps them without a copy.
 """
@@ -33,17 +35,11 @@ ROLLOUT_FIELDS = PROMPT_FIELDS + [
     pa.field("finish_reason", pa.string(), nullable=False),
 ]
 SCORED_FIELDS = ROLLOUT_FIELDS + [pa.field("reward", pa.float32(), nullable=False)]
-EXPERIENCE_FIELDS = SCORED_FIELDS + [
-    pa.field("advantages", FLOATS, nullable=False),
-    pa.field("old_logprobs", FLOATS, nullable=False),
-    pa.field("ref_logprobs", FLOATS, nullable=False),
-]
 
 SCHEMAS: dict[str, pa.Schema] = {
     "prompt": pa.schema(PROMPT_FIELDS),
     "rollout": pa.schema(ROLLOUT_FIELDS),
     "scored": pa.schema(SCORED_FIELDS),
-    "experience": pa.schema(EXPERIENCE_FIELDS),
 }
 FINISH_REASONS = ("stop", "length")
 
