@@ -1,22 +1,25 @@
-"""Actor groups: placement groups per role, the learner rank group, the elastic rollout pool, the reward workers.
+"""The learner rank group and the two elastic worker pools (rollout, reward) the controller drives.
 
-The controller talks to these, never to a single actor: a group hides rank 0 vs. the others, and the pool hides which
-workers exist right now (members may be added or removed while a run goes on).
+The controller talks to these, never to a single actor: the group hides rank 0 vs. the others, the pools hide which
+members exist right now. Every call waits through `actors.calls.wait_calls` (per-kind timeout, faults classified);
+a learner rank that fails fails the group as a whole (`ActorFault` with actor "learner"), which the controller
+recovers by starting a fresh group from the latest snapshot.
 """
 
 from __future__ import annotations
-
-import itertools
 
 import ray
 from ray.util.placement_group import PlacementGroup, placement_group, remove_placement_group
 from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
 
+from alignray.actors.calls import ActorFault, kill, wait_calls
 from alignray.actors.learner import LearnerWorker
+from alignray.actors.pool import WorkerPool
 from alignray.actors.reward import RewardWorker
 from alignray.actors.rollout import RolloutWorker
 from alignray.config import Config
 from alignray.errors import AlignrayError
+from alignray.events import FaultLog
 from alignray.weights import WeightUpdate
 
 PLACEMENT_TIMEOUT_S = 120
@@ -39,91 +42,70 @@ def in_group(pg: PlacementGroup, index: int, cpus: float, gpus: float) -> dict:
 
 
 class LearnerGroup:
-    """R DeepSpeed ranks; rank 0 answers for the group."""
+    """R DeepSpeed ranks; rank 0 answers for the group; any rank's failure is the group's (`ActorFault`)."""
 
     def __init__(self, cfg: Config):
-        lc = cfg.learner
+        lc, self.timeouts = cfg.learner, cfg.train.call_timeout_s
         self.pg = reserve("learner", lc.num_ranks, lc.num_cpus, lc.num_gpus)
         cfg_dict = cfg.model_dump(mode="json")
         self.ranks = [LearnerWorker.options(**in_group(self.pg, r, lc.num_cpus, lc.num_gpus)).remote(
             cfg_dict, r, lc.num_ranks) for r in range(lc.num_ranks)]
-        addr, port = ray.get(self.ranks[0].address.remote())
-        self.num_params = ray.get([w.setup.remote(addr, port) for w in self.ranks])[0]
+        addr, port = self._call_rank0("address", self.timeouts.start)
+        self.num_params = self._all("setup", self.timeouts.start, addr, port)[0]
+
+    def _all(self, method: str, timeout: float, *args) -> list:
+        """`method(*args)` on every rank; the ranks' results in rank order, or `ActorFault("learner", ...)`."""
+        calls = {f"learner-{r}": getattr(w, method).remote(*args) for r, w in enumerate(self.ranks)}
+        results, faults = wait_calls(calls, timeout, stop_on_fault=True)
+        if faults:
+            name, fault = next(iter(faults.items()))
+            raise ActorFault("learner", fault.cause, f"{name} during {method}: {fault.detail}")
+        return [results[f"learner-{r}"] for r in range(len(self.ranks))]
+
+    def _call_rank0(self, method: str, timeout: float):
+        results, faults = wait_calls({"learner-0": getattr(self.ranks[0], method).remote()}, timeout)
+        if faults:
+            raise ActorFault("learner", faults["learner-0"].cause, f"learner-0 during {method}")
+        return results["learner-0"]
 
     def train(self, scored_refs: list) -> dict:
-        return ray.get([w.train_step.remote(scored_refs) for w in self.ranks])[0]
+        return self._all("train_step", self.timeouts.train, scored_refs)[0]
 
     def weight_update(self, version: int) -> WeightUpdate:
-        return ray.get([w.weight_update.remote(version) for w in self.ranks])[0]
+        return self._all("weight_update", self.timeouts.sync, version)[0]
 
-    def save(self, step_dir: str) -> None:
-        ray.get([w.save.remote(step_dir) for w in self.ranks])
+    def save(self, step_dir: str, hf: bool = True) -> None:
+        self._all("save", self.timeouts.save, step_dir, hf)
 
     def load(self, step_dir: str) -> int:
-        return ray.get([w.load.remote(step_dir) for w in self.ranks])[0]
+        return self._all("load", self.timeouts.start, step_dir)[0]
+
+    def pids(self) -> dict[str, int]:
+        return {f"learner-{r}": pid for r, pid in enumerate(self._all("pid", 30))}
 
     def close(self) -> None:
-        release(self.ranks, self.pg)
+        for actor in self.ranks:
+            kill(actor)
+        try:
+            remove_placement_group(self.pg)
+        except Exception:  # noqa: BLE001 - its node may be gone
+            pass
 
 
-class RolloutPool:
-    """Rollout workers, each in its own placement group so the pool can grow or shrink during a run."""
+def rollout_pool(cfg: Config, faults: FaultLog, current_weights) -> WorkerPool:
+    """Rollout members load `current_weights()` (the latest WeightUpdate, or None before the first) before any work."""
+    r, cfg_dict = cfg.rollout, cfg.model_dump(mode="json")
 
-    def __init__(self, cfg: Config):
-        self.cfg, self.cfg_dict = cfg, cfg.model_dump(mode="json")
-        self.workers: dict[str, ray.actor.ActorHandle] = {}
-        self.groups: dict[str, PlacementGroup] = {}
-        self._ids = itertools.count()
-        for _ in range(cfg.rollout.num_workers):
-            self.add()
-        ray.get([w.ready.remote() for w in self.workers.values()])
+    def start(actor):
+        update = current_weights()
+        return actor.update_weights.remote(update) if update is not None else actor.ready.remote()
 
-    def add(self, update: WeightUpdate | None = None) -> str:
-        """Start a member; with `update` it loads those weights before it takes any prompt."""
-        r = self.cfg.rollout
-        name = f"rollout-{next(self._ids)}"
-        self.groups[name] = reserve(name, 1, r.num_cpus, r.num_gpus)
-        self.workers[name] = RolloutWorker.options(**in_group(self.groups[name], 0, r.num_cpus, r.num_gpus)
-                                                   ).remote(self.cfg_dict, name)
-        if update is not None:
-            ray.get(self.workers[name].update_weights.remote(update))
-        return name
-
-    def remove(self, name: str) -> None:
-        ray.kill(self.workers.pop(name), no_restart=True)
-        remove_placement_group(self.groups.pop(name))
-
-    def names(self) -> list[str]:
-        return list(self.workers)
-
-    def close(self) -> None:
-        for name in list(self.workers):
-            self.remove(name)
-
-    def push_weights(self, update: WeightUpdate) -> list[dict]:
-        """Every member loads the same buckets (the driver forwards refs only)."""
-        return ray.get([w.update_weights.remote(update) for w in self.workers.values()])
+    return WorkerPool("rollout", lambda options, name: RolloutWorker.options(**options).remote(cfg_dict, name),
+                      start, r.num_cpus, r.num_gpus, r.num_workers, faults, cfg.train.call_timeout_s.start)
 
 
-class RewardGroup:
-    def __init__(self, cfg: Config):
-        rc = cfg.reward
-        self.pg = reserve("reward", rc.num_workers, rc.num_cpus, rc.num_gpus)
-        cfg_dict = cfg.model_dump(mode="json")
-        self.workers = [RewardWorker.options(**in_group(self.pg, i, rc.num_cpus, rc.num_gpus)).remote(cfg_dict)
-                        for i in range(rc.num_workers)]
-        ray.get([w.ready.remote() for w in self.workers])
-        self._next = itertools.cycle(self.workers)
-
-    def score(self, rollout_ref) -> tuple:
-        """(scored batch ref, stats ref), round-robin over the workers."""
-        return next(self._next).score.remote(rollout_ref)
-
-    def close(self) -> None:
-        release(self.workers, self.pg)
-
-
-def release(actors: list, pg: PlacementGroup) -> None:
-    for actor in actors:
-        ray.kill(actor, no_restart=True)
-    remove_placement_group(pg)
+def reward_pool(cfg: Config, faults: FaultLog) -> WorkerPool:
+    rc, cfg_dict = cfg.reward, cfg.model_dump(mode="json")
+    return WorkerPool("reward", lambda options, name: RewardWorker.options(**options).remote(cfg_dict),
+                      lambda actor: actor.ready.remote(), rc.num_cpus, rc.num_gpus, rc.num_workers, faults,
+                      cfg.train.call_timeout_s.start)

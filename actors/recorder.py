@@ -19,6 +19,14 @@ class RolloutRecorder:
         pq.write_table(pa.Table.from_batches([batch]), self.dir / f"step_{step:06d}_{part:03d}.parquet")
         return batch.num_rows
 
+    def rollback(self, step: int) -> int:
+        """In-run learner recovery: drop the files of steps after `step` (they are re-trained and written again), so
+        no sample appears twice. Returns how many files went."""
+        gone = [p for p in self.dir.glob("step_*.parquet") if int(p.name.split("_")[1]) > step]
+        for path in gone:
+            path.unlink()
+        return len(gone)
+
     def flush(self) -> bool:
         """Returns once every write queued before it has finished (actor calls run in order)."""
         return True

@@ -2,6 +2,11 @@
 
 Sync and async are one loop: up to `1 + train.max_staleness` rollout batches are in flight, so a sample is trained on
 by a learner at most `max_staleness` versions ahead of the policy that generated it (0 = synchronous).
+
+Any actor may die at any moment (docs: README "When actors die"). A rollout or reward worker that dies, hangs or
+loses its node is replaced; its prompts are requeued (or its batch re-scored). A learner rank that fails takes the
+rank group with it: a fresh group loads the newest snapshot, the ledger rolls back to it, and the steps since are
+re-trained. Every fault is one warning line and a line in RUN_DIR/events.jsonl.
 """
 
 from __future__ import annotations
@@ -9,38 +14,27 @@ from __future__ import annotations
 import json
 import os
 import random
-import sys
+import shutil
 import time
-import zlib
 from collections import deque
-from dataclasses import dataclass
 from pathlib import Path
 
 import ray
 import yaml
-from ray.exceptions import ActorDiedError, ActorUnavailableError, RayActorError
 
-from alignray.actors.groups import LearnerGroup, RewardGroup, RolloutPool
+from alignray.actors.calls import ActorFault, kill
+from alignray.actors.cluster import check_capacity
+from alignray.actors.groups import LearnerGroup, reward_pool, rollout_pool
 from alignray.actors.recorder import RolloutRecorder
 from alignray.config import Config
 from alignray.data import PromptSampler, PromptSet, load_prompts
+from alignray.events import FaultEvent, FaultLog
 from alignray.ledger import PromptLedger
 from alignray.models import load_tokenizer
-from alignray.runlog import RunLog, latest_checkpoint
+from alignray.quiet import SETUP_HOOK, verbose
+from alignray.runlog import RunLog, latest_checkpoint, latest_state
+from alignray.shards import Shard, ShardPipeline
 from alignray.stats import step_metrics
-
-DEAD = (RayActorError, ActorDiedError, ActorUnavailableError)
-
-
-@dataclass
-class Shard:
-    """One worker's part of a step: its prompt rows, the rollout batch ref, and (once done) small generation stats."""
-
-    worker: str
-    rows: list[int]
-    ref: ray.ObjectRef
-    meta_ref: ray.ObjectRef
-    meta: dict | None = None
 
 
 def connect_ray(address: str | None, num_cpus: float) -> None:
@@ -51,12 +45,13 @@ def connect_ray(address: str | None, num_cpus: float) -> None:
     env_vars = {"TOKENIZERS_PARALLELISM": "false"}
     if os.environ.get("DS_ACCELERATOR"):
         env_vars["DS_ACCELERATOR"] = os.environ["DS_ACCELERATOR"]
-    env = {"env_vars": env_vars}
+    env = {"env_vars": env_vars, "worker_process_setup_hook": SETUP_HOOK}  # known warnings filtered in workers
     if address:
-        ray.init(address=address, runtime_env=env, log_to_driver=True)
+        ray.init(address=address, runtime_env=env, log_to_driver=verbose())
         return
     ray.init(address="local", num_cpus=max(os.cpu_count() or 1, int(num_cpus + 0.999)), include_dashboard=False,
-             _node_ip_address="127.0.0.1", runtime_env=env, configure_logging=True, logging_level="WARNING")
+             _node_ip_address="127.0.0.1", runtime_env=env, configure_logging=True, logging_level="WARNING",
+             log_to_driver=verbose())
 
 
 def cpus_needed(cfg: Config) -> float:
@@ -73,11 +68,13 @@ class Controller:
         if self.prompts.skipped:  # data.on_bad_row=skip: say what was dropped, once, where users look
             self.log.note("skipped_prompts", {"source": self.prompts.source, **self.prompts.skipped})
         connect_ray(cfg.train.ray_address, cpus_needed(cfg))
-        self.learners = LearnerGroup(cfg)
-        self.pool = RolloutPool(cfg)
-        self.rollout_target = cfg.rollout.num_workers
+        check_capacity(cfg)  # a run the cluster can never hold fails now, naming role and numbers
+        self.faults = FaultLog(self.run_dir, cfg.train.max_restarts)
+        self.current_update = None  # the latest published weights: what a new rollout member loads first
+        self.rollout = rollout_pool(cfg, self.faults, lambda: self.current_update)
+        self.reward = reward_pool(cfg, self.faults)
+        self.learners = self._start_learners()
         self._control_seen: int | None = None  # mtime of RUN_DIR/control.yaml when last read
-        self.rewards = RewardGroup(cfg)
         self.recorder = RolloutRecorder.options(scheduling_strategy=ray.util.scheduling_strategies.
                                                 NodeAffinitySchedulingStrategy(ray.get_runtime_context()
                                                                                .get_node_id(), soft=False)
@@ -86,85 +83,120 @@ class Controller:
         self.step = 0
         if checkpoint is not None:
             self._restore(checkpoint)
+        self._initial = self._controller_state()  # where a learner recovery with no snapshot goes back to
+        self.in_flight: deque[list[Shard]] = deque()  # one entry per step: its rollout shards
+        self.planned = self.step
+        self.shards = ShardPipeline(cfg, self.prompts, self.ledger, self.rollout, self.reward, self.faults)
 
     # ---- the loop ----------------------------------------------------------------------------------------------
     def run(self, on_step=None) -> list[dict]:
         cfg, history = self.cfg.train, []
-        self.sync_weights()
-        in_flight: deque[list[Shard]] = deque()  # one entry per step: its rollout shards
-        planned = self.step
-        for step in range(self.step + 1, cfg.steps + 1):
+        self._recovering(self.sync_weights)
+        self.rollout.wait_ready()
+        self.reward.wait_ready()
+        while self.step < cfg.steps:
             self.apply_control()
-            while len(in_flight) <= cfg.max_staleness and planned < cfg.steps:
-                planned += 1
-                in_flight.append(self.dispatch(planned))
-            t0 = time.perf_counter()
-            shards = self.collect(in_flight.popleft())
-            t1 = time.perf_counter()
-            scored = [self.rewards.score(shard.ref) for shard in shards]
-            stats = ray.get([s for _, s in scored])
-            t2 = time.perf_counter()
-            learner = self.learners.train([ref for ref, _ in scored])
-            self.ledger.consume([row for shard in shards for row in shard.rows])
-            t3 = time.perf_counter()
-            self.step = step
-            if step % cfg.sync_interval == 0:
-                self.sync_weights()
-            t4 = time.perf_counter()
-            if self.recorder is not None:
-                for part, (ref, _) in enumerate(scored):
-                    self.recorder.write.remote(step, part, ref)
-            metrics = step_metrics(step, stats, learner, [s.meta for s in shards],
-                                   {"generate_s": t1 - t0, "reward_s": t2 - t1, "train_s": t3 - t2, "sync_s": t4 - t3})
+            metrics = self._recovering(self.train_one_step)
+            if metrics is None:  # the learner group was lost and rolled back: go on from the restored step
+                continue
             self.log.log(metrics)
-            self.log.quarantine(step, [q for s in stats for q in s["quarantined"]])
             history.append(metrics)
             if on_step:
                 on_step(metrics)
-            if (cfg.save_interval and step % cfg.save_interval == 0) or step == cfg.steps:
-                self.save()
+            self._recovering(self._persist)
         return history
 
-    # ---- stages ------------------------------------------------------------------------------------------------
-    def dispatch(self, step: int) -> list[Shard]:
-        """Split the step's prompts over the pool's current members; only ids and refs pass through here."""
-        names = self.pool.names()
-        per_worker = _split(self.cfg.train.prompts_per_step, len(names))
-        return [self._launch(name, self.ledger.dispatch(k), step, i)
-                for i, (name, k) in enumerate(zip(names, per_worker, strict=True)) if k]
+    def train_one_step(self) -> dict:
+        cfg, step = self.cfg.train, self.step + 1
+        while len(self.in_flight) <= cfg.max_staleness and self.planned < cfg.steps:
+            self.planned += 1
+            self.in_flight.append(self.shards.dispatch(self.planned))
+        t0 = time.perf_counter()
+        shards = self.shards.gather(self.in_flight.popleft(), self.step)
+        t2 = time.perf_counter()
+        learner = self.learners.train([s.scored_ref for s in shards])
+        self.ledger.consume([row for shard in shards for row in shard.rows])
+        t3 = time.perf_counter()
+        self.step = self.rollout.step = self.reward.step = step
+        if step % cfg.sync_interval == 0:
+            self.sync_weights()
+        t4 = time.perf_counter()
+        if self.recorder is not None:
+            for part, shard in enumerate(shards):
+                self.recorder.write.remote(step, part, shard.scored_ref)
+        stats = [s.stats for s in shards]
+        self.log.quarantine(step, [q for s in stats for q in s["quarantined"]])
+        gen = sum(s.generate_s for s in shards) / max(len(shards), 1)
+        metrics = step_metrics(step, stats, learner, [s.meta for s in shards],
+                               {"generate_s": gen, "reward_s": t2 - t0 - gen, "train_s": t3 - t2, "sync_s": t4 - t3})
+        metrics.update({"rollout/pending": self.rollout.count("pending"), **self.faults.metrics()})
+        return metrics
 
-    def _launch(self, name: str, rows: list[int], step: int, part: int) -> Shard:
-        seed = zlib.crc32(f"{self.cfg.train.seed}/{step}/{part}".encode())
-        ref, meta_ref = self.pool.workers[name].generate.remote(ray.put(self.prompts.batch(rows)), seed)
-        return Shard(name, rows, ref, meta_ref)
+    def _persist(self) -> None:
+        """Checkpoint at save_interval and at the end; a light snapshot at snapshot_interval in between."""
+        cfg, step = self.cfg.train, self.step
+        if (cfg.save_interval and step % cfg.save_interval == 0) or step == cfg.steps:
+            self.save()
+        elif cfg.snapshot_interval and step % cfg.snapshot_interval == 0:
+            self.save(snapshot=True)
 
-    def collect(self, shards: list[Shard]) -> list[Shard]:
-        """Wait for a step's rollouts; a dead worker is replaced and its prompts are requeued and generated again."""
-        done: list[Shard] = []
-        pending = list(shards)
-        while pending:
-            shard = pending.pop(0)
+    def _recovering(self, fn):
+        """Run `fn`; if the learner group fails meanwhile (or its published weights are lost), recover it and
+        return None."""
+        try:
+            return fn()
+        except ActorFault as fault:
+            self.recover_learner(fault)
+            return None
+
+    # ---- faults ------------------------------------------------------------------------------------------------
+    def _start_learners(self) -> LearnerGroup:
+        while True:
             try:
-                shard.meta = ray.get(shard.meta_ref)  # small; raises if the worker died
-                done.append(shard)
-            except DEAD:
-                self.ledger.requeue(shard.rows)
-                if shard.worker in self.pool.workers:
-                    self.pool.remove(shard.worker)
-                self.scale_rollout(self.rollout_target)
-                target = self.pool.names()[len(done) % len(self.pool.names())]
-                pending.append(self._launch(target, self.ledger.dispatch(len(shard.rows)), self.step, len(done)))
-        return done
+                return LearnerGroup(self.cfg)
+            except ActorFault as fault:
+                self.faults.record(FaultEvent("learner", "learner", fault.cause, "starting a new rank group",
+                                              self.step, fault.detail))
+
+    def recover_learner(self, fault: ActorFault) -> None:
+        """Tear the rank group down, start a fresh one from the newest snapshot, roll the ledger back to it, drop
+        rollouts of newer policies (their prompts are requeued by the rollback), and republish the weights."""
+        state_dir = latest_state(self.run_dir, self.step)
+        back_to = _step_of(state_dir) or 0
+        self.faults.record(FaultEvent("learner", "learner", fault.cause, f"new rank group from step {back_to}; "
+                                      f"{self.step - back_to} step(s) to re-train", self.step, fault.detail))
+        self.learners.close()
+        self.learners = self._start_learners()
+        dropped = sum(len(s.rows) for shards in self.in_flight for s in shards)
+        self.in_flight.clear()
+        if state_dir is not None:
+            self.learners.load(str(state_dir))
+            self._load_controller_state(json.loads((state_dir / "controller.json").read_text()))
+        else:
+            self._load_controller_state(self._initial)
+        self.faults.add("steps_retrained", self.step - back_to)
+        self.faults.add("requeued", dropped)
+        self.step = self.planned = self.rollout.step = self.reward.step = back_to
+        self.log.rollback(back_to)
+        if self.recorder is not None:
+            self.recorder.rollback.remote(back_to)
+        self.sync_weights()
+
+    # ---- weights and scaling -------------------------------------------------------------------------------------
+    def sync_weights(self) -> dict:
+        """Publish the learner's weights and load them on every rollout member (replacing members that fail)."""
+        self.current_update = self.learners.weight_update(self.step)
+        results, lost = self.rollout.broadcast("update_weights", self.cfg.train.call_timeout_s.sync,
+                                               self.current_update)
+        if lost or self.rollout.weights_lost:
+            raise ActorFault("learner", "weights lost", lost[0].detail if lost else "read by a starting member")
+        return results
 
     def scale_rollout(self, num_workers: int) -> None:
-        """Grow or shrink the rollout pool during a run (and keep it there); new members load the current weights."""
-        self.rollout_target = num_workers
-        while len(self.pool.workers) > num_workers:
-            self.pool.remove(self.pool.names()[-1])  # its in-flight shards fail in `collect` and are requeued
-        if len(self.pool.workers) < num_workers:
-            update = self.learners.weight_update(self.step)
-            while len(self.pool.workers) < num_workers:
-                self.pool.add(update)
+        """Grow or shrink the rollout pool during a run; new members load the current weights before any work (the
+        ones the cluster can place start now and take work from the next step; the others wait, pending)."""
+        self.rollout.scale(num_workers)
+        self.rollout.wait_ready()
 
     def apply_control(self) -> None:
         """Elastic scaling while a run goes on: `echo "rollout_workers: 3" > RUN_DIR/control.yaml` takes effect at the
@@ -178,41 +210,46 @@ class Controller:
             if wanted < 1:
                 raise ValueError("must be at least 1")
         except (yaml.YAMLError, KeyError, TypeError, ValueError) as e:
-            print(f"alignray: ignoring {path}: expected 'rollout_workers: N' with N >= 1 ({e})", file=sys.stderr)
+            print(f"alignray: ignoring {path}: expected 'rollout_workers: N' with N >= 1 ({e})", flush=True)
             return
-        if wanted != self.rollout_target:
+        if wanted != self.rollout.target:
             self.scale_rollout(wanted)
-
-    def sync_weights(self) -> None:
-        self.pool.push_weights(self.learners.weight_update(self.step))
 
     def close(self) -> None:
         """Stop every actor of this run and free its placement groups (the Ray cluster itself stays up)."""
         self.log.close()
-        for part in (self.pool, self.rewards, self.learners):
+        for part in (self.rollout, self.reward, self.learners):
             part.close()
         if self.recorder is not None:
             ray.get(self.recorder.flush.remote())
-            ray.kill(self.recorder)
+            kill(self.recorder)
 
     # ---- checkpoints -------------------------------------------------------------------------------------------
-    def save(self) -> Path:
-        step_dir = self.run_dir / "checkpoints" / f"step_{self.step}"
-        self.learners.save(str(step_dir))
-        state = {"step": self.step, "ledger": self.ledger.state_dict(), "python_rng": random.getstate()}
-        (step_dir / "controller.json").write_text(json.dumps(state, default=list))
+    def save(self, snapshot: bool = False) -> Path:
+        """A checkpoint (DeepSpeed state + hf/ + controller.json), or a snapshot (no hf/; only the latest kept)."""
+        step_dir = self.run_dir / ("snapshots" if snapshot else "checkpoints") / f"step_{self.step}"
+        self.learners.save(str(step_dir), hf=not snapshot)
+        (step_dir / "controller.json").write_text(json.dumps(self._controller_state()))
+        if snapshot:
+            for old in (self.run_dir / "snapshots").glob("step_*"):
+                if old != step_dir:
+                    shutil.rmtree(old, ignore_errors=True)
         return step_dir
 
-    def _restore(self, step_dir: Path) -> None:
-        state = json.loads((step_dir / "controller.json").read_text())
-        self.step = self.learners.load(str(step_dir))
+    def _controller_state(self) -> dict:
+        """A detached copy (JSON-safe) of the step, data position and driver RNG."""
+        state = {"step": self.step, "ledger": self.ledger.state_dict(), "python_rng": random.getstate()}
+        return json.loads(json.dumps(state, default=list))
+
+    def _load_controller_state(self, state: dict) -> None:
         self.ledger.load_state_dict(state["ledger"])
         version, internal, gauss = state["python_rng"]
         random.setstate((version, tuple(internal), gauss))
 
-
-def _split(total: int, parts: int) -> list[int]:
-    return [total // parts + (1 if i < total % parts else 0) for i in range(parts)]
+    def _restore(self, step_dir: Path) -> None:
+        self.step = self.learners.load(str(step_dir))
+        self._load_controller_state(json.loads((step_dir / "controller.json").read_text()))
+        self.rollout.step = self.reward.step = self.step
 
 
 def _step_of(checkpoint: Path | None) -> int | None:

@@ -31,6 +31,15 @@ def latest_checkpoint(run_dir: str | Path) -> Path | None:
     return steps[-1].parent if steps else None
 
 
+def latest_state(run_dir: str | Path, up_to: int) -> Path | None:
+    """The newest complete checkpoint or snapshot (it has controller.json) at a step <= `up_to`: where an in-run
+    learner recovery goes back to."""
+    found = [p.parent for kind in ("checkpoints", "snapshots")
+             for p in (Path(run_dir) / kind).glob("step_*/controller.json")
+             if int(p.parent.name.split("_")[1]) <= up_to]
+    return max(found, key=lambda p: int(p.name.split("_")[1])) if found else None
+
+
 class RunLog:
     def __init__(self, run_dir: str | Path, cfg: Config, resume_after: int | None = None):
         """`resume_after`: the checkpoint step a resumed run restarts from; later metric lines are dropped."""
@@ -60,6 +69,15 @@ class RunLog:
                 if isinstance(v, int | float) and k != "step" and math.isfinite(v):
                     self._tb.add_scalar(k, v, metrics["step"])
             self._tb.flush()
+
+    def rollback(self, step: int) -> None:
+        """In-run learner recovery: metric lines after `step` go (those steps are re-trained and logged again)."""
+        self._metrics.close()
+        kept = [m for m in read_metrics(self.dir) if m["step"] <= step]
+        self._metrics = (self.dir / "metrics.jsonl").open("w")
+        for m in kept:
+            self._metrics.write(json.dumps(m) + "\n")
+        self._metrics.flush()
 
     def note(self, name: str, content: dict) -> None:
         """A one-off fact about the run: printed to stderr and kept as DIR/<name>.json."""

@@ -193,8 +193,9 @@ def test_training_run_on_vllm_advances_versions(ray_cluster, tmp_path):
     try:
         history = controller.run()
         update = controller.learners.weight_update(42)
-        (result,) = controller.pool.push_weights(update)
-        worker = next(iter(controller.pool.workers.values()))
+        results, lost = controller.rollout.broadcast("update_weights", 120, update)
+        (result,) = results.values()
+        worker = controller.rollout.actor(controller.rollout.ready()[0])
         batch, meta = ray.get(worker.generate.remote(ray.put(controller.prompts.batch([0, 1])), 1), timeout=120)
     finally:
         controller.close()

@@ -1,0 +1,188 @@
+"""An elastic pool of workers of one role (rollout or reward), each member in its own placement group.
+
+A member is `pending` until Ray places its group (a scale request with no free capacity waits here, it never fails the
+run), `starting` until its start call returns (a rollout worker loads the current weights first), then `ready`; only
+ready members get work. A member that dies, hangs or loses its node at any point is replaced, keeping the pool at its
+target size; `reconcile()` moves members along without blocking and is called by the controller between its waits.
+"""
+
+from __future__ import annotations
+
+import itertools
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import ray
+from ray.util.placement_group import PlacementGroup, placement_group, remove_placement_group
+from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
+
+from alignray.actors.calls import HUNG, OBJECT_LOST, ActorFault, classify, kill, wait_calls
+from alignray.events import FaultEvent, FaultLog
+
+PENDING, STARTING, READY = "pending", "starting", "ready"
+
+
+@dataclass
+class Member:
+    name: str
+    pg: PlacementGroup
+    placed: ray.ObjectRef
+    actor: ray.actor.ActorHandle | None = None
+    start_ref: ray.ObjectRef | None = None
+    state: str = PENDING
+    since: float = field(default_factory=time.monotonic)
+
+
+class WorkerPool:
+    def __init__(self, role: str, make_actor: Callable[[dict, str], ray.actor.ActorHandle],
+                 start_call: Callable[[ray.actor.ActorHandle], ray.ObjectRef], cpus: float, gpus: float,
+                 target: int, faults: FaultLog, start_timeout: float):
+        """`make_actor(options, name)` creates a member inside the given scheduling options; `start_call(actor)` is
+        its first call (it must succeed before the member takes work)."""
+        self.role, self.make_actor, self.start_call = role, make_actor, start_call
+        self.resources = {"CPU": cpus, **({"GPU": gpus} if gpus else {})}
+        self.faults, self.start_timeout = faults, start_timeout
+        self.members: dict[str, Member] = {}
+        self._ids = itertools.count()
+        self.target = 0
+        self.weights_lost = False  # a starting member could not read its weights: the learner must republish
+        self.step = 0  # the controller's last completed step, for fault reports
+        self.scale(target)
+
+    # ---- size ----------------------------------------------------------------------------------------------------
+    def scale(self, target: int, place_grace_s: float = 5.0) -> None:
+        """Grow (new members start pending) or shrink (pending members go first, then the newest). New members the
+        cluster can place within `place_grace_s` are started before this returns; the others stay pending."""
+        self.target = target
+        added = [self._add() for _ in range(target - len(self.members))]
+        if added:
+            refs = [self.members[name].placed for name in added]
+            ray.wait(refs, num_returns=len(refs), timeout=place_grace_s, fetch_local=False)
+        order = {PENDING: 0, STARTING: 1, READY: 2}
+        while len(self.members) > target:
+            victim = min(reversed(list(self.members.values())), key=lambda m: order[m.state])
+            self.remove(victim.name)
+
+    def _add(self) -> str:
+        name = f"{self.role}-{next(self._ids)}"
+        pg = placement_group([dict(self.resources)], strategy="PACK", name=f"alignray-{name}")
+        self.members[name] = Member(name, pg, pg.ready())
+        return name
+
+    def remove(self, name: str) -> None:
+        member = self.members.pop(name)
+        if member.actor is not None:
+            kill(member.actor)
+        try:
+            remove_placement_group(member.pg)
+        except Exception:  # noqa: BLE001 - its node is gone with it
+            pass
+
+    # ---- state -----------------------------------------------------------------------------------------------------
+    def reconcile(self) -> None:
+        """Start members whose group was placed; promote those whose start call returned; replace failed ones."""
+        for member in list(self.members.values()):
+            if member.state == PENDING:
+                placed, _ = ray.wait([member.placed], timeout=0, fetch_local=False)
+                if placed:
+                    self._start(member)
+            elif member.state == STARTING:
+                if member.start_ref is None:  # its weights were lost with the learner: waits for the next push
+                    continue
+                done, _ = ray.wait([member.start_ref], timeout=0, fetch_local=False)
+                if done:
+                    try:
+                        ray.get(done[0])
+                        member.state = READY
+                    except Exception as exc:  # noqa: BLE001 - classified; user errors and bugs re-raised
+                        fault = classify(member.name, exc)
+                        if fault.cause == OBJECT_LOST:
+                            member.start_ref, self.weights_lost = None, True
+                        else:
+                            self.replace(fault)
+                elif time.monotonic() - member.since > self.start_timeout:
+                    self.replace(ActorFault(member.name, HUNG, f"not started in {self.start_timeout:g}s"))
+
+    def _start(self, member: Member) -> None:
+        options = {"num_cpus": self.resources["CPU"], "num_gpus": self.resources.get("GPU", 0),
+                   "scheduling_strategy": PlacementGroupSchedulingStrategy(placement_group=member.pg,
+                                                                           placement_group_bundle_index=0)}
+        member.actor = self.make_actor(options, member.name)
+        member.start_ref = self.start_call(member.actor)
+        member.state, member.since = STARTING, time.monotonic()
+
+    def replace(self, fault: ActorFault, action: str = "") -> str | None:
+        """Drop a failed member and start a fresh one in its place (if the pool still wants it); report it."""
+        if fault.actor not in self.members:
+            return None
+        self.remove(fault.actor)
+        new = self._add() if len(self.members) < self.target else None
+        what = f"replaced by {new}" if new else "removed"
+        self.faults.record(FaultEvent(self.role, fault.actor, fault.cause, what + (f"; {action}" if action else ""),
+                                      self.step, fault.detail))
+        return new
+
+    def broadcast(self, method: str, timeout: float, *args) -> tuple[dict, list[ActorFault]]:
+        """`method(*args)` on every ready member, and as the start call of every starting one (it becomes ready
+        once that returns). Members that fail are replaced; faults of objects lost to the call (the caller's data,
+        not the member) are returned for the caller to handle."""
+        calls = {}
+        for member in self.members.values():
+            if member.actor is None:
+                continue
+            ref = getattr(member.actor, method).remote(*args)
+            if member.state == READY:
+                calls[member.name] = ref
+            elif member.state == STARTING:
+                member.start_ref, member.since = ref, time.monotonic()
+        self.weights_lost = False
+        results, faults = wait_calls(calls, timeout)
+        lost = [f for f in faults.values() if f.cause == OBJECT_LOST]
+        for fault in faults.values():
+            if fault.cause != OBJECT_LOST:
+                self.replace(fault)
+        return results, lost
+
+    def wait_ready(self, minimum: int = 1, poll_s: float = 0.05, note_after_s: float = 15.0) -> None:
+        """Block until at least `minimum` members are ready and none is still starting (pending ones may wait on
+        capacity as long as it takes; the wait is announced once)."""
+        t0, announced = time.monotonic(), False
+        while True:
+            self.reconcile()
+            states = [m.state for m in self.members.values()]
+            if states.count(READY) >= minimum and STARTING not in states:
+                return
+            if not announced and time.monotonic() - t0 > note_after_s and states.count(READY) < minimum:
+                print(f"alignray: waiting for capacity: {self.role} members {self.states()} "
+                      f"(each needs {self.resources})", flush=True)
+                announced = True
+            time.sleep(poll_s)
+
+    def ready(self) -> list[str]:
+        return [m.name for m in self.members.values() if m.state == READY]
+
+    def actor(self, name: str) -> ray.actor.ActorHandle:
+        return self.members[name].actor
+
+    def states(self) -> dict[str, str]:
+        return {m.name: m.state for m in self.members.values()}
+
+    def count(self, state: str) -> int:
+        return sum(m.state == state for m in self.members.values())
+
+    def pids(self) -> dict[str, int]:
+        """Process id of each live member (for chaos tests and `status`)."""
+        live = {m.name: m.actor for m in self.members.values() if m.actor is not None and m.state == READY}
+        refs = {name: a.pid.remote() for name, a in live.items()}
+        out = {}
+        for name, ref in refs.items():
+            try:
+                out[name] = ray.get(ref, timeout=10)
+            except Exception:  # noqa: BLE001 - dying right now: not listed
+                pass
+        return out
+
+    def close(self) -> None:
+        for name in list(self.members):
+            self.remove(name)
