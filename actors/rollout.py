@@ -88,11 +88,3 @@ class RolloutWorker:
         self.version = update.version
         return {"version": self.version, "tensors": count, "bytes": update.nbytes,
                 "seconds": time.perf_counter() - t0}
-
-    def sleep(self) -> bool:
-        """Colocated on a GPU: release the engine's weights and KV cache while the learner trains. False (a no-op)
-        where the engine or platform has no sleep mode; generation and weight loads wake it up again."""
-        return bool(getattr(self.engine, "sleep", lambda: False)())
-
-    def wake_up(self) -> bool:
-        return bool(getattr(self.engine, "wake_up", lambda: False)())

@@ -3,23 +3,70 @@
   alignray train [--config run.yaml] [--run-dir DIR | --resume DIR] [section.field=value ...]
   alignray rm train --config rm.yaml | rm eval --model DIR --data FILE | rm bench NAME [--out results.json]
   alignray config [--config run.yaml] [overrides ...]     print the resolved config and exit
+  alignray --version
+
+Quiet by default: workers' output (library logs, Ray's) reaches the terminal only with `train --verbose`.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
+import os
 import sys
+from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 
 from alignray.config import dump_config, load_config
 from alignray.errors import AlignrayError
 
 
-def _train(args: argparse.Namespace) -> int:
-    from tqdm import tqdm
+class Progress:
+    """The step counter: a tqdm bar on a terminal, kept on its own line (anything the driver prints meanwhile goes
+    above it); on a pipe or file, a plain line about every 5% of the run, so logs stay readable."""
 
-    from alignray.controller import Controller
+    def __init__(self, total: int, initial: int, enabled: bool):
+        from tqdm import tqdm
+
+        self.total, self.every = total, max(1, total // 20)
+        self.tty = enabled and sys.stderr.isatty()
+        self.enabled = enabled
+        self.bar = tqdm(total=total, initial=initial, desc="alignray train", unit="step", dynamic_ncols=True,
+                        file=sys.stderr) if self.tty else None
+
+    def own_line(self) -> contextlib.AbstractContextManager:
+        if self.bar is None:
+            return contextlib.nullcontext()
+        from tqdm.contrib import DummyTqdmFile
+
+        stack = contextlib.ExitStack()
+        stack.enter_context(contextlib.redirect_stdout(DummyTqdmFile(sys.stdout)))
+        stack.enter_context(contextlib.redirect_stderr(DummyTqdmFile(sys.stderr)))
+        return stack
+
+    def show(self, m: dict) -> None:
+        post = {"reward": f"{m['reward/mean']:.3f}", "samples/s": f"{m['throughput/samples_per_s']:.1f}",
+                "v": m["policy_version"]}
+        if self.bar is not None:
+            self.bar.n = m["step"]  # not update(1): a recovered learner group may roll the step back
+            self.bar.set_postfix(post)
+        elif self.enabled and (m["step"] % self.every == 0 or m["step"] == self.total):
+            print(f"step {m['step']}/{self.total} " + " ".join(f"{k}={v}" for k, v in post.items()),
+                  file=sys.stderr, flush=True)
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+
+
+def _train(args: argparse.Namespace) -> int:
+    from alignray.preflight import preflight
+    from alignray.quiet import VERBOSE_ENV, quiet_driver
     from alignray.runlog import latest_checkpoint, new_run_dir
+
+    if args.verbose:
+        os.environ[VERBOSE_ENV] = "1"
+    quiet_driver()
 
     if args.resume:
         run_dir = Path(args.resume)
@@ -29,19 +76,16 @@ def _train(args: argparse.Namespace) -> int:
     else:
         cfg = load_config(args.config, args.overrides)
         run_dir = Path(args.run_dir) if args.run_dir else new_run_dir()
+    preflight(cfg)  # model, tokenizer and reward functions: checked here, before Ray starts
+    from alignray.controller import Controller  # imports Ray: after the checks, so they answer in a second
+
     controller = Controller(cfg, run_dir, resume=bool(args.resume))
-    bar = tqdm(total=cfg.train.steps, initial=controller.step, desc="alignray train", unit="step",
-               disable=not cfg.train.progress, dynamic_ncols=True)
-
-    def show(m: dict) -> None:
-        bar.update(1)
-        bar.set_postfix({"reward": f"{m['reward/mean']:.3f}", "samples/s": f"{m['throughput/samples_per_s']:.1f}",
-                         "v": m["policy_version"]})
-
+    progress = Progress(cfg.train.steps, controller.step, cfg.train.progress)
     try:
-        history = controller.run(on_step=show)
+        with progress.own_line():
+            history = controller.run(on_step=progress.show)
     finally:
-        bar.close()
+        progress.close()
         controller.close()
     if history:
         k = max(1, len(history) // 5)
@@ -71,14 +115,23 @@ def _rm(args: argparse.Namespace) -> int:
     return 0
 
 
+def package_version() -> str:
+    try:
+        return version("alignray")
+    except PackageNotFoundError:  # running from a checkout that is not installed
+        return "unknown (not installed)"
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="alignray", description="Ray-distributed RLHF with robust reward models")
+    parser.add_argument("--version", action="version", version=f"alignray {package_version()}")
     sub = parser.add_subparsers(dest="command", required=False)
     train = sub.add_parser("train", help="run RL training (default: the quickstart preset)")
     train.add_argument("--config", help="YAML run config (default: the built-in quickstart preset)")
     where = train.add_mutually_exclusive_group()
     where.add_argument("--run-dir", help="output folder (default: a new folder under runs/)")
     where.add_argument("--resume", metavar="RUN_DIR", help="continue a run from its latest checkpoint")
+    train.add_argument("--verbose", action="store_true", help="show the workers' and Ray's logs")
     train.add_argument("overrides", nargs="*", help="dotted overrides, e.g. rollout.num_workers=2 algo.name=rloo")
     train.set_defaults(func=_train)
     show = sub.add_parser("config", help="print the resolved config")

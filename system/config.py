@@ -46,8 +46,15 @@ class ModelConfig(Section):
 
 class DataConfig(Section):
     prompts: str = "builtin:vowels"
-    """A JSONL file with one object per line holding `prompt_key`, or `builtin:NAME`."""
+    """A JSONL file (one object per line), a Parquet file or folder, a saved `datasets` folder, or `builtin:NAME`."""
     prompt_key: str = "prompt"
+    messages_key: str = "messages"
+    """Chat rows: a list of {role, content} under this key, used when a row has no `prompt_key`."""
+    chat_template: str = "auto"
+    """How chat rows become text: `auto` (the tokenizer's template, else `role: content` lines), `none` (those
+    lines), or the path of a Jinja template file."""
+    split: str = "train"
+    """The split to read from a saved `datasets.DatasetDict`."""
     max_prompt_tokens: int = Field(64, gt=0)
     on_bad_row: Literal["error", "skip"] = "error"
     """`error` stops with file and line; `skip` drops the row and counts it in the log."""

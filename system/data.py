@@ -1,7 +1,12 @@
-"""Prompt sources: a built-in set for the quickstart, or a JSONL file validated line by line at the edge.
+"""Prompt sources: a built-in set for the quickstart, or a file validated row by row at the edge.
 
-Every bad row is either an error naming file, line and field, or (with `data.on_bad_row: skip`) dropped and counted —
-never a traceback from inside an actor. A prompt's id is its line number, so any sample traces back to its source.
+Formats (`data.prompts`): JSONL (one object per line), Parquet (a file or a folder of files), a folder written by
+`datasets.Dataset.save_to_disk` (needs the `datasets` package). A row holds either a string under `prompt_key`, or a
+chat under `messages_key` (a list of {role, content}) rendered to text by `alignray.chat`.
+
+Every bad row is either an error naming file, line (JSONL) or row (tables, counted from 0) and field, or (with
+`data.on_bad_row: skip`) dropped and counted — never a traceback from inside an actor. A prompt's id is its line number
+(JSONL) or its row index (tables), so any sample traces back to its source.
 """
 
 from __future__ import annotations
@@ -15,6 +20,7 @@ from pathlib import Path
 
 import pyarrow as pa
 
+from alignray.chat import ChatRenderer, check_messages
 from alignray.config import DataConfig
 from alignray.errors import DataError
 from alignray.schema import TOKENS, check_batch, list_array
@@ -23,6 +29,8 @@ _SUBJECTS = ["the sea", "a cat", "my garden", "winter", "an old town", "the moon
              "the forest", "a storm", "bread", "a river", "the city", "snow", "a friend", "the desert", "rain",
              "a library", "the mountains"]
 _ASKS = ["Say something about {}.", "Describe {}.", "Write a line on {}.", "Tell me of {}.", "Sing about {}."]
+PARQUET_MAGIC = b"PAR1"
+NUL = b"\x00"
 
 
 def builtin_prompts(name: str) -> list[str]:
@@ -56,10 +64,20 @@ class PromptSet:
 
 
 def jsonl_records(path: Path) -> Iterator[tuple[int, object]]:
-    """(line number, parsed value) for every non-blank line; a line that is not JSON yields a BadRow instead, so
-    each caller decides whether that is fatal (preference data) or skippable by policy (prompts)."""
-    with path.open(encoding="utf-8") as f:
-        for lineno, line in enumerate(f, start=1):
+    """(line number, parsed value) for every non-blank line; a line that is not JSON or not UTF-8 yields a BadRow
+    instead, so each caller decides whether that is fatal (preference data) or skippable by policy (prompts).
+    A NUL byte means a binary file, not a bad line: that is a DataError at once."""
+    with path.open("rb") as f:
+        for lineno, raw in enumerate(f, start=1):
+            if NUL in raw:
+                raise DataError(f"{path}:{lineno}: binary data (a NUL byte at column {raw.index(NUL) + 1}); "
+                                "expected JSONL text (Parquet and `datasets` folders are read by their format)")
+            try:
+                line = raw.decode("utf-8")
+            except UnicodeDecodeError as e:
+                yield lineno, BadRow("not_utf8", f"{path}:{lineno}: not UTF-8 text (byte 0x{raw[e.start]:02x} at "
+                                                 f"byte column {e.start + 1})")
+                continue
             if not line.strip():
                 continue
             try:
@@ -68,49 +86,106 @@ def jsonl_records(path: Path) -> Iterator[tuple[int, object]]:
                 yield lineno, BadRow("bad_json", f"{path}:{lineno}: not valid JSON ({e.msg} at column {e.colno})")
 
 
-def _read_jsonl(path: Path, key: str) -> list[tuple[int, object]]:
-    if not path.is_file():
+def _is_parquet(path: Path) -> bool:
+    with path.open("rb") as f:
+        return f.read(4) == PARQUET_MAGIC
+
+
+def _is_saved_dataset(path: Path) -> bool:
+    return path.is_dir() and ((path / "state.json").is_file() or (path / "dataset_dict.json").is_file())
+
+
+def read_table(path: Path, split: str = "train") -> pa.Table:
+    """A Parquet file or folder, or a saved `datasets` folder (split `split` of a DatasetDict), as an Arrow table."""
+    if _is_saved_dataset(path):
+        try:
+            import datasets
+        except ImportError:
+            raise DataError(f"{path}: a saved `datasets` folder; install the `datasets` package to read it "
+                            "(pip install 'alignray[datasets]')") from None
+        try:
+            ds = datasets.load_from_disk(str(path))
+        except Exception as e:  # noqa: BLE001 - corrupt or foreign folder: one line naming it
+            raise DataError(f"{path}: cannot load the saved dataset: {type(e).__name__}: {e}") from None
+        if isinstance(ds, datasets.DatasetDict):
+            if split not in ds:
+                raise DataError(f"data.split: {path} has the splits {sorted(ds)}, not '{split}'")
+            ds = ds[split]
+        return ds.with_format("arrow")[:]
+    import pyarrow.parquet as pq
+
+    try:
+        return pq.read_table(path)
+    except Exception as e:  # noqa: BLE001 - pyarrow raises several types for unreadable files
+        raise DataError(f"{path}: not a readable Parquet file or folder: {e}") from None
+
+
+def _records(path: Path, cfg: DataConfig) -> Iterator[tuple[int, str, object]]:
+    """(prompt id, where — for messages —, row dict or BadRow) for every row of the file, whatever its format."""
+    if not path.exists():
         raise DataError(f"data.prompts: file not found: {path}")
-    rows = []
+    if path.is_dir() or _is_parquet(path):
+        table = read_table(path, cfg.split)
+        wanted = [c for c in (cfg.prompt_key, cfg.messages_key) if c in table.column_names]
+        if not wanted:
+            raise DataError(f"{path}: no column '{cfg.prompt_key}' or '{cfg.messages_key}' "
+                            f"(columns: {table.column_names})")
+        for i, row in enumerate(table.select(wanted).to_pylist()):
+            yield i, f"{path}: row {i}", {k: v for k, v in row.items() if v is not None}
+        return
     for lineno, obj in jsonl_records(path):
-        if isinstance(obj, BadRow):
-            rows.append((lineno, obj))
-        elif not isinstance(obj, dict):
-            rows.append((lineno, BadRow("not_object", f"{path}:{lineno}: expected a JSON object, got {type(obj).__name__}")))
-        elif key not in obj:
-            rows.append((lineno, BadRow("missing_field", f"{path}:{lineno}: missing field '{key}' (fields: {sorted(obj)})")))
-        elif not isinstance(obj[key], str):
-            rows.append((lineno, BadRow("not_string", f"{path}:{lineno}: field '{key}' must be a string, "
-                                           f"got {type(obj[key]).__name__}")))
-        elif not obj[key].strip():
-            rows.append((lineno, BadRow("empty_prompt", f"{path}:{lineno}: field '{key}' is empty")))
-        else:
-            rows.append((lineno, obj[key]))
-    return rows
+        yield lineno, f"{path}:{lineno}", obj
+
+
+def _prompt_of(obj: object, where: str, cfg: DataConfig, render: ChatRenderer) -> str | BadRow:
+    """The prompt text of one row, or what is wrong with it."""
+    if isinstance(obj, BadRow):
+        return obj
+    if not isinstance(obj, dict):
+        return BadRow("not_object", f"{where}: expected a JSON object, got {type(obj).__name__}")
+    key = cfg.prompt_key
+    if key not in obj and cfg.messages_key in obj:
+        problem = check_messages(obj[cfg.messages_key])
+        if problem:
+            return BadRow("bad_messages", f"{where}: field '{cfg.messages_key}' {problem}")
+        try:
+            return render(obj[cfg.messages_key])
+        except Exception as e:  # noqa: BLE001 - a template that raises (e.g. on role order) names the row
+            return BadRow("chat_template", f"{where}: the chat template failed on field '{cfg.messages_key}': "
+                                           f"{type(e).__name__}: {e}")
+    if key not in obj:
+        return BadRow("missing_field", f"{where}: missing field '{key}' or '{cfg.messages_key}' (fields: {sorted(obj)})")
+    if not isinstance(obj[key], str):
+        return BadRow("not_string", f"{where}: field '{key}' must be a string, got {type(obj[key]).__name__}")
+    if not obj[key].strip():
+        return BadRow("empty_prompt", f"{where}: field '{key}' is empty")
+    return obj[key]
 
 
 def load_prompts(cfg: DataConfig, tokenizer) -> PromptSet:
-    """Read, validate and tokenize every prompt once, before any actor starts."""
+    """Read, validate, render (chat rows) and tokenize every prompt once, before any actor starts."""
+    source = cfg.prompts
     if cfg.prompts.startswith("builtin:"):
-        rows: list[tuple[int, object]] = list(enumerate(builtin_prompts(cfg.prompts.split(":", 1)[1]), start=1))
-        source = cfg.prompts
+        rows = [(i, f"{source}:{i}", {cfg.prompt_key: text})
+                for i, text in enumerate(builtin_prompts(cfg.prompts.split(":", 1)[1]), start=1)]
     else:
-        source = cfg.prompts
-        rows = _read_jsonl(Path(cfg.prompts), cfg.prompt_key)
+        rows = _records(Path(cfg.prompts), cfg)
+    render = ChatRenderer(cfg.chat_template, tokenizer)
     ids, texts, tokens = [], [], []
     skipped: Counter = Counter()
-    for lineno, value in rows:
+    for row_id, where, obj in rows:
+        value = _prompt_of(obj, where, cfg, render)
         if isinstance(value, str):
             toks = tokenizer(value, add_special_tokens=False)["input_ids"]
             if len(toks) > cfg.max_prompt_tokens:
-                value = BadRow("too_long", f"{source}:{lineno}: field '{cfg.prompt_key}' is {len(toks)} tokens, "
-                                           f"longer than data.max_prompt_tokens={cfg.max_prompt_tokens}")
+                value = BadRow("too_long", f"{where}: the prompt is {len(toks)} tokens, longer than "
+                                           f"data.max_prompt_tokens={cfg.max_prompt_tokens}")
         if isinstance(value, BadRow):
             if cfg.on_bad_row == "error":
                 raise DataError(f"{value.message} (set data.on_bad_row=skip to drop such rows)")
             skipped[value.reason] += 1
             continue
-        ids.append(lineno)
+        ids.append(row_id)
         texts.append(value)
         tokens.append(toks)
     if not ids:

@@ -1,0 +1,54 @@
+"""What the connected Ray cluster can ever provide, checked once before any placement group is created."""
+
+from __future__ import annotations
+
+import json
+import sys
+
+import ray
+
+from alignray.capacity import demands_of, infeasible
+from alignray.config import Config
+from alignray.errors import AlignrayError
+
+
+def _started_here() -> bool:
+    """This driver started its own local Ray (`ray.init(address="local")`): no autoscaler can exist."""
+    node = getattr(ray._private.worker, "_global_node", None)
+    return node is not None and bool(getattr(node, "head", False))
+
+
+def _autoscaler() -> tuple[bool, dict[str, float] | None]:
+    """(may the cluster grow?, the most of each resource it could reach, if the autoscaler says)."""
+    if _started_here():
+        return False, None
+    try:  # autoscaler v2 publishes its node groups; their sum is the cluster's maximum size
+        from ray._private.state import state
+
+        most = state.get_max_resources_from_cluster_config()
+        if most:
+            return True, {k: float(v) for k, v in most.items()}
+        from ray.experimental.internal_kv import _internal_kv_get
+
+        status = json.loads(_internal_kv_get("__autoscaling_status") or b"{}")
+        mapping = (status.get("autoscaler_report") or {}).get("node_type_mapping") or {}
+        if mapping and all(v == f"node_{k}" for k, v in mapping.items()):
+            return False, None  # a read-only provider: a fixed set of nodes (`ray start` by hand)
+    except Exception:  # noqa: BLE001 - internal APIs; not knowing means "it may grow", never a false error
+        pass
+    return True, None
+
+
+def check_capacity(cfg: Config) -> None:
+    """Fail at once, naming role and numbers, when the run can never be placed; with an autoscaler, say it waits."""
+    nodes = [dict(n["Resources"]) for n in ray.nodes() if n.get("Alive")]
+    demands = demands_of(cfg)
+    grows, most = _autoscaler()
+    if not grows or most is not None:
+        problem = infeasible(demands, nodes, most if grows else None)
+        if problem:
+            raise AlignrayError(f"cannot place the run: {problem}")
+    if grows:
+        now = infeasible(demands, nodes, None)
+        if now:
+            print(f"alignray: waiting for the autoscaler (up to the placement timeout): {now}", file=sys.stderr)

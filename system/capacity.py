@@ -1,0 +1,72 @@
+"""Can the cluster ever hold this run? A pure rule over role demands and node totals (no Ray here).
+
+Ray would wait for a placement group that never fits (and without an autoscaler, nothing will change), so the
+controller checks once, before any group is created, and fails at once naming the role and the numbers. With an
+autoscaler the cluster may grow: only what even its largest size cannot hold is an error; the rest is a wait.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from alignray.config import Config
+
+
+@dataclass(frozen=True)
+class Demand:
+    """`count` actors of one role, each in its own bundle of `cpus` CPUs and `gpus` GPUs."""
+
+    role: str
+    count: int
+    cpus: float
+    gpus: float
+
+
+def demands_of(cfg: Config) -> list[Demand]:
+    return [Demand("learner", cfg.learner.num_ranks, cfg.learner.num_cpus, cfg.learner.num_gpus),
+            Demand("rollout", cfg.rollout.num_workers, cfg.rollout.num_cpus, cfg.rollout.num_gpus),
+            Demand("reward", cfg.reward.num_workers, cfg.reward.num_cpus, cfg.reward.num_gpus)]
+
+
+def _fmt(x: float) -> str:
+    return f"{x:g}"
+
+
+def _field(role: str) -> str:
+    return {"learner": "learner.num_ranks", "rollout": "rollout.num_workers", "reward": "reward.num_workers"}[role]
+
+
+def infeasible(demands: list[Demand], nodes: list[dict[str, float]],
+               autoscale_max: dict[str, float] | None = None) -> str | None:
+    """Why `demands` can never be placed on `nodes` (each node's total resources), or None if they may fit.
+
+    `autoscale_max`: the most of each resource the autoscaler could ever provide (None: no autoscaler, the nodes are
+    all there will be). Checks each bundle against the largest node, then the sum over roles against the total.
+    """
+    if autoscale_max is not None:  # the cluster may grow: only its maximum size bounds the run (loosely: one node)
+        now = {key: sum(n.get(key, 0.0) for n in nodes) for key in ("CPU", "GPU")}
+        nodes = [{key: max(float(autoscale_max.get(key, 0.0)), now[key]) for key in ("CPU", "GPU")}]
+        where = "the autoscaler's maximum"
+    else:
+        where = "the cluster (no autoscaler)"
+    largest = {key: max((n.get(key, 0.0) for n in nodes), default=0.0) for key in ("CPU", "GPU")}
+    total = {key: sum(n.get(key, 0.0) for n in nodes) for key in ("CPU", "GPU")}
+    for d in demands:
+        for key, need in (("GPU", d.gpus), ("CPU", d.cpus)):
+            if need > largest[key]:
+                option = f"{d.role}.num_{key.lower()}s"
+                if key == "GPU" and largest[key] == 0:
+                    return (f"{option}={_fmt(need)}: {d.role} needs {_fmt(need)} GPU per actor, but no node of "
+                            f"{where} has a GPU")
+                return (f"{option}={_fmt(need)}: {d.role} needs {_fmt(need)} {key} per actor, but the largest node "
+                        f"of {where} has {_fmt(largest[key])}")
+    for key in ("GPU", "CPU"):
+        needed = sum(d.count * (d.gpus if key == "GPU" else d.cpus) for d in demands)
+        if needed > total[key] + 1e-9:
+            parts = " + ".join(f"{d.role} {d.count} × {_fmt(d.gpus if key == 'GPU' else d.cpus)}"
+                               for d in demands if (d.gpus if key == "GPU" else d.cpus) > 0)
+            biggest = max(demands, key=lambda d: d.count * (d.gpus if key == "GPU" else d.cpus))
+            return (f"the run needs {_fmt(needed)} {key}s ({parts}), but {where} has {_fmt(total[key])} in total; "
+                    f"lower {_field(biggest.role)} ({biggest.count}) or the per-actor "
+                    f"{biggest.role}.num_{key.lower()}s")
+    return None

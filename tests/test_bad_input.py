@@ -1,0 +1,110 @@
+"""Every bad input is one `alignray: error:` line naming the field, file, line or role, exit 2, no traceback.
+
+The model, tokenizer, reward-function and prompt-file cases are answered before Ray starts; a run the cluster can
+never hold is answered at once, before any placement group waits.
+"""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import ray
+from conftest import tiny_overrides
+
+from alignray.cli import main
+
+
+def one_line_error(capsys, argv: list[str], needle: str) -> str:
+    """Run the CLI; it must exit 2 with exactly one error line holding `needle` and no traceback."""
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    lines = [line for line in err.splitlines() if line.startswith("alignray: error:")]
+    assert len(lines) == 1 and needle in lines[0], err
+    assert "Traceback" not in err
+    return lines[0]
+
+
+@pytest.fixture
+def no_ray_started():
+    was_up = ray.is_initialized()
+    yield
+    assert ray.is_initialized() == was_up  # the error came before connecting to (or starting) Ray
+
+
+@pytest.mark.usefixtures("no_ray_started")
+@pytest.mark.parametrize("override, needle", [
+    ("model.path=/no/such/model", "model.path: /no/such/model: no such folder"),
+    ("model.tokenizer=./no/such/tokenizer", "model.tokenizer: ./no/such/tokenizer: no such folder"),
+    ("model.path=someorg/not-cached", "model.path: someorg/not-cached: not a local folder, and not in the hub cache"),
+])
+def test_missing_model_or_tokenizer(tmp_path, capsys, override, needle):
+    one_line_error(capsys, ["train", "--run-dir", str(tmp_path / "run"), override], needle)
+
+
+@pytest.mark.usefixtures("no_ray_started")
+def test_model_folder_without_config(tmp_path, capsys):
+    (tmp_path / "m").mkdir()
+    one_line_error(capsys, ["train", "--run-dir", str(tmp_path / "run"), f"model.path={tmp_path / 'm'}"],
+                   f"model.path: {tmp_path / 'm'} has no config.json")
+
+
+@pytest.mark.usefixtures("no_ray_started")
+def test_reward_module_that_does_not_import(tmp_path, capsys, monkeypatch):
+    (tmp_path / "broken_reward.py").write_text("import no_such_dependency_xyz\n\ndef score(p, r):\n    return 0.0\n")
+    (tmp_path / "fine_reward.py").write_text("def other(p, r):\n    return 0.0\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    scorer = "reward.scorers=[{name: mine, function: 'broken_reward:score'}]"
+    one_line_error(capsys, ["train", "--run-dir", str(tmp_path / "run"), scorer],
+                   "reward.scorers[0] (mine): function 'broken_reward:score': module broken_reward does not import: "
+                   "ModuleNotFoundError: No module named 'no_such_dependency_xyz'")
+    scorer = "reward.scorers=[{name: mine, function: 'fine_reward:score'}]"
+    one_line_error(capsys, ["train", "--run-dir", str(tmp_path / "run"), scorer],
+                   "module fine_reward has no function 'score'")
+
+
+@pytest.mark.usefixtures("no_ray_started")
+def test_non_utf8_and_binary_prompt_files(tmp_path, capsys):
+    good = json.dumps({"prompt": "hello"}).encode()
+    latin1 = tmp_path / "latin1.jsonl"
+    latin1.write_bytes(good + b"\n" + '{"prompt": "caf\u00e9"}'.encode("latin-1") + b"\n")
+    one_line_error(capsys, ["train", "--run-dir", str(tmp_path / "run"), f"data.prompts={latin1}"],
+                   f"{latin1}:2: not UTF-8 text (byte 0xe9 at byte column 16)")
+    binary = tmp_path / "weights.bin"
+    binary.write_bytes(b"\x89\x00\x01\x02" * 64)
+    one_line_error(capsys, ["train", "--run-dir", str(tmp_path / "run"), f"data.prompts={binary}"],
+                   f"{binary}:1: binary data (a NUL byte at column 2)")
+
+
+def test_gpu_on_a_cpu_only_cluster_fails_at_once(ray_cluster, tmp_path, capsys):
+    """No GPU on any node and no autoscaler: the run stops before any placement group is created."""
+    argv = ["train", "--run-dir", str(tmp_path / "run"), *tiny_overrides(**{"rollout.num_gpus": 1})]
+    one_line_error(capsys, argv, "cannot place the run: rollout.num_gpus=1: rollout needs 1 GPU per actor, but no "
+                                 "node of the cluster (no autoscaler) has a GPU")
+    assert not [pg for pg in ray.util.placement_group_table().values() if pg["state"] == "PENDING"]
+
+
+def test_more_cpus_than_the_cluster_has(ray_cluster):
+    from alignray.actors.cluster import check_capacity
+    from alignray.config import load_config
+    from alignray.errors import AlignrayError
+
+    total = int(ray.cluster_resources()["CPU"])
+    with pytest.raises(AlignrayError, match=rf"needs {total + 2} CPUs \(learner {total} × 1 \+ rollout 1 × 1 "
+                                            rf"\+ reward 1 × 1\), but the cluster \(no autoscaler\) has {total}"):
+        check_capacity(load_config(None, [f"learner.num_ranks={total}"]))
+    check_capacity(load_config(None, tiny_overrides()))  # the quickstart fits
+
+
+def test_reward_module_only_the_worker_lacks_is_one_line(ray_cluster):
+    """A module the driver cannot find is left to the worker; its failure to start names the scorer's problem."""
+    from alignray.actors.reward import RewardWorker
+    from alignray.config import load_config
+
+    cfg = load_config(None, ["reward.scorers=[{name: mine, function: 'nowhere_xyz.rewards:score'}]"])
+    worker = RewardWorker.remote(cfg.model_dump(mode="json"))
+    with pytest.raises(ray.exceptions.RayActorError) as err:
+        ray.get(worker.ready.remote())
+    last = [line for line in str(err.value).splitlines() if line.strip()][-1]
+    assert "reward.scorers: cannot build the scorers on this worker: ModuleNotFoundError: No module named " \
+           "'nowhere_xyz'" in last
