@@ -44,4 +44,8 @@ class RewardLearner:
         if self.rank != 0:
             return None
         model.save(Path(out_dir))
-        return {"pairs": len(data), "kind": mc.kind, "ranks": self.world, "out": out_dir}
+        summary = {"pairs": len(data), "kind": mc.kind, "ranks": self.world, "out": out_dir}
+        metadata = getattr(model, "metadata", {})
+        if mc.kind == "causal":  # the resolved recipe, and the λ sweep when mmd_lambda was "auto"
+            summary.update({k: metadata.get(k) for k in ("mmd_lambda", "cf_weight", "mmd_condition", "mmd_auto")})
+        return summary

@@ -105,7 +105,7 @@ def _rm(args: argparse.Namespace) -> int:
     from alignray.rewards import cli as rm_cli
 
     if args.rm_command == "eval":
-        rm_cli.rm_eval_main(args.model, args.data, args.out)
+        rm_cli.rm_eval_main(args.model, args.data, args.out, baseline=args.baseline)
     elif args.rm_command == "bench":
         rm_cli.rm_bench_main(args.name, args.out, args.quick)
     else:
@@ -148,6 +148,7 @@ def build_parser() -> argparse.ArgumentParser:
     rm_eval.add_argument("--model", required=True)
     rm_eval.add_argument("--data", required=True)
     rm_eval.add_argument("--out", help="also write the results as JSON here")
+    rm_eval.add_argument("--baseline", help="a BT reward model: warn where the bias gap flips sign and grows")
     rm_bench = rm_sub.add_parser("bench", help="synthetic benchmark with known ground truth")
     rm_bench.add_argument("name")
     rm_bench.add_argument("--out", help="write the results as JSON here")

@@ -40,6 +40,9 @@ def rm_train_main(config: str, overrides: list[str], run_dir: str | None) -> dic
     summary = train_reward_model_on_ray(cfg, out)
     print(f"trained {summary['kind']} reward model on {summary['pairs']} pairs with {summary['ranks']} DeepSpeed "
           f"ranks → {out / 'model'}")
+    if summary.get("mmd_auto"):  # mmd_lambda: auto — the held-out sweep that chose λ
+        (out / "mmd_sweep.json").write_text(json.dumps(summary["mmd_auto"], indent=2))
+        print(f"mmd_lambda auto → λ={summary['mmd_lambda']} (sweep: {out / 'mmd_sweep.json'})")
     if cfg.eval_data:
         from alignray.rewards.cli import rm_eval_main
 

@@ -53,17 +53,24 @@ def cross_fitted_swap(score_fold: Callable[[np.ndarray, np.ndarray], tuple[np.nd
     return swap
 
 
+FitFn = Callable[[RewardTrainConfig, PreferenceData, "np.ndarray | None", "np.ndarray | None"], Any]
+
+
 def resolve_causal(cfg: RewardTrainConfig, data: PreferenceData, tokenizer, bins: np.ndarray, dist,
-                   log: Callable[[str], None] | None = None
+                   log: Callable[[str], None] | None = None, fit_fn: FitFn | None = None
                    ) -> tuple[RewardTrainConfig, np.ndarray | None, dict[str, Any] | None]:
-    """(cfg with numeric λ and μ, swap [n] or None, the λ sweep record or None)."""
+    """(cfg with numeric λ and μ, swap [n] or None, the λ sweep record or None). fit_fn(cfg, data, bins, swap)
+    returns a model with `.score`; default: the full model (`fit_scalar`); the benchmarks pass cached-feature heads."""
+    if fit_fn is None:
+        def fit_fn(c, d, b, s):
+            return fit_scalar(c, d, tokenizer, b, s, dist)
     attribute = cf_attribute(cfg)
     if cfg.cf_weight == "auto":
         cfg = cfg.model_copy(update={"cf_weight": 1.0 if has_counterfactuals(data, attribute) else 0.0})
     swap = None
     if cfg.mmd_condition == "estimate" and cfg.mmd_mode == "conditional":
         def score_fold(train_rows: np.ndarray, score_rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-            ref = fit_scalar(bt_copy(cfg), data.subset(train_rows), tokenizer, None, None, dist)
+            ref = fit_fn(bt_copy(cfg), data.subset(train_rows), None, None)
             held = data.subset(score_rows)
             return ref.score(held.prompts, held.chosen)["reward"], ref.score(held.prompts, held.rejected)["reward"]
 
@@ -75,8 +82,7 @@ def resolve_causal(cfg: RewardTrainConfig, data: PreferenceData, tokenizer, bins
 
     def train_at(lam: float, rows: np.ndarray):
         run_cfg = bt_copy(cfg) if lam == 0 else cfg.model_copy(update={"mmd_lambda": lam})
-        return fit_scalar(run_cfg, data.subset(rows), tokenizer, bins[rows], None if swap is None else swap[rows],
-                          dist)
+        return fit_fn(run_cfg, data.subset(rows), bins[rows], None if swap is None else swap[rows])
 
     lam, record = sweep_lambda(train_at, data, attribute, bins, cfg.mmd_auto_grid, cfg.mmd_auto_holdout,
                                cfg.mmd_auto_tolerance, cfg.seed, log)

@@ -10,12 +10,14 @@ from alignray.errors import ConfigError
 
 
 def rm_eval_main(model: str, data: str, out: str | None = None, batch_size: int = 32,
-                 trust_remote_code: bool = False) -> dict[str, Any]:
+                 trust_remote_code: bool = False, baseline: str | None = None) -> dict[str, Any]:
     """Load a saved reward model and a preference file, print the diagnostics table, write JSON to `out`.
 
     Attributes in the data (chosen_<a>/rejected_<a>) are auto-detected; length_tokens (with the model's tokenizer)
-    and length_chars are always added, since length is the most common spurious attribute."""
-    from .evaluate import evaluate_reward_model, format_table
+    and length_chars are always added, since length is the most common spurious attribute. `baseline` (a BT model
+    directory): also evaluate it and flag every attribute value where the model's bias gap has the opposite sign and
+    a larger size than the baseline's (over-correction by the invariance penalty)."""
+    from .evaluate import evaluate_reward_model, format_table, over_correction
     from .models import load_reward_model
     from .preference_data import load_preferences
 
@@ -24,6 +26,12 @@ def rm_eval_main(model: str, data: str, out: str | None = None, batch_size: int 
                                    tokenizer=reward_model.tokenizer)
     results = evaluate_reward_model(reward_model, preferences, batch_size)
     results.update(model=str(model), data=str(data))
+    if baseline:
+        base = evaluate_reward_model(load_reward_model(baseline, trust_remote_code=trust_remote_code), preferences,
+                                     batch_size)
+        results["baseline"] = {"model": str(baseline), "accuracy": base["accuracy"], "bias_gap": base["bias_gap"],
+                               "counterfactual": base["counterfactual"]}
+        results["over_correction"] = over_correction(results["bias_gap"], base["bias_gap"])
     print(format_table(results))
     if out:
         Path(out).parent.mkdir(parents=True, exist_ok=True)

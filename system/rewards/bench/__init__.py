@@ -1,4 +1,4 @@
-"""Synthetic reward-model benchmarks with known ground truth: `alignray rm bench NAME --out results.json`.
+"""Reward-model benchmarks with known ground truth: `alignray rm bench NAME --out results.json`.
 
 Each entry is `run(out: str | None = None, quick: bool = False) -> dict`, printing a table and writing JSON."""
 
@@ -8,11 +8,11 @@ from collections.abc import Callable
 from typing import Any
 
 
-def _lazy(module: str) -> Callable[..., dict[str, Any]]:
+def _lazy(module: str, function: str = "run") -> Callable[..., dict[str, Any]]:
     def run(out: str | None = None, quick: bool = False) -> dict[str, Any]:
         from importlib import import_module
 
-        return import_module(f"{__name__}.{module}").run(out=out, quick=quick)
+        return getattr(import_module(f"{__name__}.{module}"), function)(out=out, quick=quick)
 
     run.__name__ = f"run_{module}"
     return run
@@ -24,4 +24,7 @@ BENCHMARKS: dict[str, Callable[..., dict[str, Any]]] = {
     "overoptimisation": _lazy("overoptimisation"),
     "sycophancy": _lazy("sycophancy"),
     "haf-small-data": _lazy("haf_small_data"),
+    # real text: seeded sentence grammars scored with the pretrained MiniLM encoder (cached features + heads)
+    "concept-text": _lazy("concept_text"),
+    "sycophancy-text": _lazy("concept_text", "run_sycophancy"),
 }
