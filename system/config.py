@@ -215,6 +215,9 @@ class TrainConfig(Section):
     ray_address: str | None = None
     """Cluster address; empty uses RAY_ADDRESS, else starts a local Ray on loopback."""
     progress: bool = True
+    loggers: list[Literal["tensorboard", "mlflow", "wandb"]] = ["tensorboard"]
+    """Metric sinks besides DIR/metrics.jsonl; mlflow and wandb are optional extras and write inside the run
+    directory unless MLFLOW_TRACKING_URI / WANDB_API_KEY say otherwise (see alignray.loggers)."""
     snapshot_interval: int = Field(5, ge=0)
     """A light learner snapshot (DeepSpeed state, no HF export; only the latest is kept) every this many steps: a
     learner rank that dies is recovered inside the run from the newest snapshot or checkpoint (0: checkpoints only)."""

@@ -22,6 +22,7 @@ KNOWN_WARNINGS: list[tuple[type[Warning], str]] = [
     (FutureWarning, r"`torch\.distributed\._reduce_scatter_base` is a private function"),
     (UserWarning, r"The given NumPy array is not writable"),  # zero-copy Arrow views, read-only by design
     (UserWarning, r"The given buffer is not writable"),
+    (DeprecationWarning, r"The ``noload`` loader strategy is deprecated"),  # mlflow's SQL store, on SQLAlchemy 2
 ]
 # Variables read when the libraries are imported: progress bars of save_pretrained, info-level chatter.
 QUIET_ENV = {"HF_HUB_DISABLE_PROGRESS_BARS": "1", "TRANSFORMERS_VERBOSITY": "error"}

@@ -3,6 +3,7 @@
 DIR/config.yaml        resolved config            DIR/metrics.jsonl      one JSON object per step
 DIR/rollouts/*.parquet one row per sample         DIR/checkpoints/step_N DeepSpeed state + hf/ + controller.json
 DIR/tb/                TensorBoard events         DIR/quarantine.jsonl   samples whose reward failed (by policy)
+DIR/mlflow.db, DIR/mlartifacts/, DIR/wandb/       with train.loggers [mlflow, wandb] (alignray.loggers)
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ import time
 from pathlib import Path
 
 from alignray.config import Config, dump_config
+from alignray.loggers import make_loggers, scalars
 
 
 def new_run_dir(root: str | Path = "runs") -> Path:
@@ -52,23 +54,16 @@ class RunLog:
         self._metrics = (self.dir / "metrics.jsonl").open("w")
         for m in kept:
             self._metrics.write(json.dumps(m) + "\n")
-        self._tb = None
-        try:
-            from torch.utils.tensorboard import SummaryWriter
-
-            self._tb = SummaryWriter(str(self.dir / "tb"))
-        except ImportError:  # tensorboard is a dependency; degrade to JSONL only if someone removed it
-            pass
+        self._loggers = make_loggers(cfg.train.loggers, self.dir, cfg.model_dump(mode="json"),
+                                     resume=resume_after is not None)
 
     def log(self, metrics: dict) -> None:
         clean = {k: (None if isinstance(v, float) and not math.isfinite(v) else v) for k, v in metrics.items()}
         self._metrics.write(json.dumps(clean) + "\n")
         self._metrics.flush()
-        if self._tb is not None:
-            for k, v in metrics.items():
-                if isinstance(v, int | float) and k != "step" and math.isfinite(v):
-                    self._tb.add_scalar(k, v, metrics["step"])
-            self._tb.flush()
+        values = scalars(metrics)
+        for logger in self._loggers:
+            logger.log(metrics["step"], values)
 
     def rollback(self, step: int) -> None:
         """In-run learner recovery: metric lines after `step` go (those steps are re-trained and logged again)."""
@@ -93,8 +88,8 @@ class RunLog:
         if self._metrics.closed:
             return
         self._metrics.close()
-        if self._tb is not None:
-            self._tb.close()
+        for logger in self._loggers:  # mlflow uploads the run directory's files here, so this comes last
+            logger.close()
 
 
 def read_metrics(run_dir: str | Path) -> list[dict]:
