@@ -217,12 +217,14 @@ class Controller:
 
     def close(self) -> None:
         """Stop every actor of this run and free its placement groups (the Ray cluster itself stays up)."""
-        self.log.close()
-        for part in (self.rollout, self.reward, self.learners):
-            part.close()
-        if self.recorder is not None:
-            ray.get(self.recorder.flush.remote())
-            kill(self.recorder)
+        try:
+            for part in (self.rollout, self.reward, self.learners):
+                part.close()
+            if self.recorder is not None:
+                ray.get(self.recorder.flush.remote())
+                kill(self.recorder)
+        finally:
+            self.log.close()  # last: train.loggers [mlflow] uploads the run directory, flushed rollouts included
 
     # ---- checkpoints -------------------------------------------------------------------------------------------
     def save(self, snapshot: bool = False) -> Path:
