@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import socket
+import time
 from pathlib import Path
 
 import ray
@@ -72,10 +73,15 @@ def ds_config(cfg: Config, world_size: int) -> dict:
 @ray.remote
 class LearnerWorker:
     def __init__(self, cfg_dict: dict, rank: int, world_size: int):
+        import psutil
+
+        t0 = time.perf_counter()
+        self._started = {"process_created": psutil.Process().create_time(), "init_called": time.time()}
         self.cfg = Config.model_validate(cfg_dict)
         self.rank, self.world = rank, world_size
         self.use_gpu = prepare_rank(self.cfg.learner.torch_threads, self.cfg.learner.num_gpus)
         self._weight_transport = None
+        self._init_s = time.perf_counter() - t0
 
     def pid(self) -> int:
         return os.getpid()
@@ -84,10 +90,21 @@ class LearnerWorker:
         return rank_address()
 
     def setup(self, master_addr: str, master_port: int) -> int:
-        """Join the process group and build the DeepSpeed engines; returns the parameter count."""
-        init_process_group(self.rank, self.world, master_addr, master_port, self.cfg.learner.backend, self.use_gpu)
+        """Join the process group and build the DeepSpeed engines; returns the parameter count. Where the time goes
+        is kept for `startup_timing` (benchmarks/startup.py)."""
+        clock, timing = time.perf_counter(), {}
+
+        def lap(name: str) -> None:
+            nonlocal clock
+            now = time.perf_counter()
+            timing[name] = now - clock
+            clock = now
+
         import deepspeed
 
+        lap("import_deepspeed_s")
+        init_process_group(self.rank, self.world, master_addr, master_port, self.cfg.learner.backend, self.use_gpu)
+        lap("process_group_s")
         self.device = torch.device("cuda", torch.cuda.current_device()) if self.use_gpu else torch.device("cpu")
         tok = load_tokenizer(self.cfg.model)
         self.pad_id = tok.pad_token_id
@@ -97,18 +114,26 @@ class LearnerWorker:
         objective = Objective(self.cfg.algo, self.cfg.rollout.temperature, self.cfg.rollout.max_new_tokens)
         self.reference = load_policy(self.cfg.model, len(tok)).to(self.device).eval().requires_grad_(False) \
             if objective.uses_reference else None  # no KL term and no KL metric: no reference model at all
+        critic = load_critic(self.cfg.model, len(tok)) if objective.uses_critic else None
+        lap("models_s")
         optim = torch.optim.AdamW(policy.parameters(), lr=lc.lr, weight_decay=lc.weight_decay)
         self.policy, *_ = deepspeed.initialize(model=policy, optimizer=optim, config=ds_config(self.cfg, self.world))
         self.critic = None
-        if self.cfg.algo.name == "ppo":
-            critic = load_critic(self.cfg.model, len(tok))
+        if critic is not None:
             c_optim = torch.optim.AdamW(critic.parameters(), lr=lc.critic_lr, weight_decay=lc.weight_decay)
             self.critic, *_ = deepspeed.initialize(model=critic, optimizer=c_optim,
                                                    config=ds_config(self.cfg, self.world))
+        lap("deepspeed_initialize_s")
+        self.startup = timing
         self.step = 0
         self.runner = LearnerStep(self.cfg, self.policy, self.reference, self.critic, self.rank, self.world,
                                   self.pad_id, self.device)
         return sum(p.numel() for p in policy.parameters())
+
+    def startup_timing(self) -> dict[str, float]:
+        """Seconds of each part of `setup` on this rank; wall-clock times (epoch s) at which the worker process was
+        created and `__init__` was called, so a caller can place process start and imports on its own clock."""
+        return {**self.startup, "actor_init_s": self._init_s, **self._started}
 
     # ---- one training step -------------------------------------------------------------------------------------
     def train_step(self, scored_refs: list) -> dict:
