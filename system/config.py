@@ -168,6 +168,9 @@ class AlgoConfig(Section):
     ppo_epochs: int = Field(1, ge=1)
     mini_batches: int = Field(1, ge=1)
     """Optimizer steps per rollout batch (per epoch): the batch's prompt groups split into this many mini-batches."""
+    old_logprobs: Literal["recompute", "rollout"] = "recompute"
+    """π_old of the PPO ratio: `recompute` (a learner forward, skipped when on-policy with one update) or `rollout`
+    (the engine's log-probs: never an extra forward, the ratio then also corrects engine/learner mismatch)."""
     log_kl: bool = False
     """Run the reference forward to log `kl` even when kl_coef is 0 (otherwise it is skipped and `kl` is absent)."""
 

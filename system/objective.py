@@ -111,7 +111,9 @@ class Objective:
     def needs_old_forward(self, on_policy: bool) -> bool:
         """π_old equals the detached training forward when the batch was sampled by the current weights and the
         policy takes one optimizer step on it (ppo_epochs = mini_batches = 1); KL-in-reward needs π_old before
-        the advantages, so it keeps the separate forward."""
+        the advantages, so it keeps the separate forward. With `old_logprobs: rollout` π_old is the engine's."""
+        if self.algo.old_logprobs == "rollout":
+            return False
         single_update = self.algo.ppo_epochs == 1 and self.algo.mini_batches == 1
         return not (on_policy and single_update) or self.kl_in_reward
 

@@ -152,7 +152,10 @@ class LearnerStep:
         def logp_of(model) -> Callable[[SequenceBatch], torch.Tensor]:
             return lambda s: forward_logprobs(model, s, temp)[0]
 
-        old_logp = self._forward_all(logp_of(self.policy), local, flat) if obj.needs_old_forward(on_policy) else None
+        old_forward = obj.needs_old_forward(on_policy)
+        old_logp = self._forward_all(logp_of(self.policy), local, flat) if old_forward else None
+        if algo.old_logprobs == "rollout":
+            old_logp = local.rollout_logprobs * local.response_mask
         ref_logp = self._forward_all(logp_of(self.reference), local, flat) if obj.uses_reference else None
         values = self._forward_all(lambda s: response_values(self.critic, s), local, flat) \
             if self.critic is not None else None
@@ -182,7 +185,7 @@ class LearnerStep:
         grad_norm = self.policy.get_global_grad_norm()
         stats["grad_norm"] = float(grad_norm) if grad_norm is not None else math.nan
         stats["learner/optimizer_steps"] = float(optimizer_steps)
-        stats["learner/old_forward"] = float(old_logp is not None)
+        stats["learner/old_forward"] = float(old_forward)
         stats["learner/ref_forward"] = float(ref_logp is not None)
         stats["timing/learner_forward_s"] = t_forward - t0
         stats["timing/learner_busy_s"] = time.perf_counter() - t0

@@ -82,6 +82,7 @@ def test_objective_terms_and_forwards():
     assert obj(ppo_epochs=2).needs_old_forward(on_policy=True)
     assert obj(mini_batches=2).needs_old_forward(on_policy=True)
     assert obj(kl_coef=0.1, kl_mode="reward").needs_old_forward(on_policy=True)  # KL enters the advantages
+    assert not obj(old_logprobs="rollout", ppo_epochs=2).needs_old_forward(on_policy=False)  # the engine's π_old
     assert obj(name="ppo").uses_critic and not obj().uses_critic
 
 

@@ -92,6 +92,8 @@ def reference_grads(cfg, policy, reference, critic, batch: pa.RecordBatch, rows:
     mask = seq.response_mask
     with torch.no_grad():
         old, _ = logp_entropy(policy)
+        if a.old_logprobs == "rollout":
+            old = seq.rollout_logprobs * mask
         ref, _ = logp_entropy(reference)
         old_values = values_of(critic) if critic is not None else None
     token_kl = kl_estimate(old, ref, a.kl_estimator) * mask if a.kl_mode == "reward" else None
@@ -159,8 +161,9 @@ def _rank_main(rank: int, world: int, port: int, out_path: str) -> None:
     batch = scored_batch()
     combos = [(a, g, k, {}) for a, g, k in itertools.product(ALGOS, AGGS, KL_MODES)]
     combos.append(("grpo", "token_mean", "loss", {"off_policy": True}))
+    combos.append(("reinforce_pp", "token_mean", "reward", {"old_logprobs": "rollout"}))
     for algo, agg, kl_mode, opts in combos:
-        cfg = make_cfg(algo, agg, kl_mode)
+        cfg = make_cfg(algo, agg, kl_mode, **{k: v for k, v in opts.items() if k != "off_policy"})
         seen, stats = run(cfg, batch, version=1 if opts.get("off_policy") else 0)
         want = reference_grads(cfg, policy, reference, engines["critic"].module if algo == "ppo" else None, batch)
         results.append({"combo": [algo, agg, kl_mode, opts], "stats": stats,
@@ -196,7 +199,7 @@ def sharded_results(tmp_path_factory):
 
 def test_every_combination_gives_the_one_big_batch_gradient(sharded_results):
     combos = [r for r in sharded_results if r["combo"][1] != "mini_batch"]
-    assert len(combos) == len(ALGOS) * len(AGGS) * len(KL_MODES) + 1
+    assert len(combos) == len(ALGOS) * len(AGGS) * len(KL_MODES) + 2
     bad = [(r["combo"], r["policy"], r.get("critic")) for r in combos
            if r["policy"] > TOL or r.get("critic", 0.0) > TOL]
     assert not bad, bad
@@ -205,12 +208,15 @@ def test_every_combination_gives_the_one_big_batch_gradient(sharded_results):
 
 def test_only_the_needed_forwards_run(sharded_results):
     by_combo = {(r["combo"][0], r["combo"][2], bool(r["combo"][3])): r["stats"] for r in sharded_results
-                if r["combo"][1] == "token_mean"}
+                if r["combo"][1] == "token_mean" and "old_logprobs" not in r["combo"][3]}
     # on-policy, one update, KL in the loss: the training forward doubles as π_old
     assert by_combo[("grpo", "loss", False)]["learner/old_forward"] == 0.0
     assert by_combo[("grpo", "reward", False)]["learner/old_forward"] == 1.0  # KL-in-reward needs π_old first
     assert by_combo[("grpo", "loss", True)]["learner/old_forward"] == 1.0  # off-policy batch
     assert all(s["learner/ref_forward"] == 1.0 for s in by_combo.values())  # kl_coef > 0 here
+    engine = [r["stats"] for r in sharded_results if isinstance(r["combo"][-1], dict) and r["combo"][-1]
+              .get("old_logprobs")]
+    assert engine[0]["learner/old_forward"] == 0.0  # π_old = the engine's log-probs, even with KL in the reward
 
 
 def test_mini_batches_take_one_step_each_with_the_mini_batch_gradient(sharded_results):
