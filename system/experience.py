@@ -65,23 +65,40 @@ def sequences_from_batch(batch: pa.RecordBatch, pad_token_id: int) -> SequenceBa
     )
 
 
+def response_window_logits(model, seq: SequenceBatch) -> tuple[torch.Tensor, int]:
+    """Logits [B, L − s, V] of positions s … L−1 only, s = the first position any row reads (shortest prompt − 1).
+
+    `logits_to_keep` (every HF causal LM) skips the LM head on the shared prompt prefix: no [B, L, V] tensor.
+    Models without it get the full logits and s = 0.
+    """
+    start = int(seq.logit_index.min()) if seq.logit_index.numel() else 0
+    if start > 0:
+        try:
+            keep = seq.input_ids.shape[1] - start
+            return model(input_ids=seq.input_ids, attention_mask=seq.attention_mask, logits_to_keep=keep).logits, start
+        except TypeError:  # a model whose forward has no logits_to_keep
+            pass
+    return model(input_ids=seq.input_ids, attention_mask=seq.attention_mask).logits, 0
+
+
 def forward_logprobs(model, seq: SequenceBatch, temperature: float, entropy: bool = False,
                      entropy_grad: bool = False) -> tuple[torch.Tensor, torch.Tensor | None]:
     """log π(y_t | x, y_<t) [B, T] from one forward, and optionally the entropy H_t [B, T] of the same positions.
 
-    log π = z[y] − logsumexp(z), z = logits/T, read at every position of the [B, L, V] logits the model returns
-    (target = the next input token) and then gathered at the response positions: no [B, T, V] copy and no full
-    log-softmax is kept for the backward. The entropy, which needs the full softmax, is computed only if asked, and
-    off the graph unless `entropy_grad` (an entropy bonus in the loss).
+    log π = z[y] − logsumexp(z), z = logits/T, read at every position of the response window's logits (target =
+    the next input token) and then gathered at the response positions: the only [·, ·, V] tensor kept for the
+    backward is the window's logits, no log-softmax beside it and no [B, T, V] copy. The entropy, which needs the
+    full softmax, is computed only if asked, and off the graph unless `entropy_grad` (an entropy bonus in the loss).
     """
-    logits = model(input_ids=seq.input_ids, attention_mask=seq.attention_mask).logits
-    targets = torch.roll(seq.input_ids, -1, dims=1)  # position p predicts token p + 1 (the last one is never read)
-    logp = logprobs_from_logits(logits, targets, temperature).gather(1, seq.logit_index).float() * seq.response_mask
+    logits, start = response_window_logits(model, seq)
+    targets = torch.roll(seq.input_ids, -1, dims=1)[:, start:]  # position p predicts token p + 1
+    index = seq.logit_index - start
+    logp = logprobs_from_logits(logits, targets, temperature).gather(1, index).float() * seq.response_mask
     if not entropy:
         return logp, None
-    index = seq.logit_index.unsqueeze(-1).expand(-1, -1, logits.shape[-1])
     with torch.set_grad_enabled(entropy_grad and torch.is_grad_enabled()):
-        ent = entropy_from_logits(logits.gather(1, index).float() / temperature) * seq.response_mask
+        rows = logits.gather(1, index.unsqueeze(-1).expand(-1, -1, logits.shape[-1]))
+        ent = entropy_from_logits(rows.float() / temperature) * seq.response_mask
     return logp, ent
 
 

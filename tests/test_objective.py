@@ -114,17 +114,22 @@ def test_forward_logprobs_match_the_full_log_softmax():
         def __init__(self):
             super().__init__()
             self.emb = torch.nn.Embedding(6, 6)
+            self.kept: list[int] = []
 
-        def forward(self, input_ids, attention_mask):
-            return type("Out", (), {"logits": self.emb(input_ids) * 3})()
+        def forward(self, input_ids, attention_mask, logits_to_keep=0):
+            self.kept.append(logits_to_keep)
+            logits = self.emb(input_ids) * 3
+            return type("Out", (), {"logits": logits[:, -logits_to_keep:] if logits_to_keep else logits})()
 
     torch.manual_seed(0)
     model = Toy()
-    ids = torch.tensor([[1, 2, 3, 4], [5, 1, 0, 0]])  # row 0: prompt 2 + response 2; row 1: prompt 1 + response 1
+    # row 0: prompt 2 + response 2; row 1: prompt 2 + response 1 (the LM head runs on positions 1…3 only)
+    ids = torch.tensor([[1, 2, 3, 4], [5, 2, 1, 0]])
     seq = SequenceBatch(input_ids=ids, attention_mask=(ids > 0).long(), response_tokens=torch.tensor([[3, 4], [1, 0]]),
-                        response_mask=t([[1, 1], [1, 0]]), logit_index=torch.tensor([[1, 2], [0, 1]]),
+                        response_mask=t([[1, 1], [1, 0]]), logit_index=torch.tensor([[1, 2], [1, 2]]),
                         rollout_logprobs=torch.zeros(2, 2), rewards=torch.zeros(2), group_ids=torch.zeros(2).long())
     logp, ent = forward_logprobs(model, seq, temperature=0.7, entropy=True)
+    assert model.kept == [3]  # positions 1…3: the shared prompt position 0 never reaches the LM head
     z = model(ids, None).logits.gather(1, seq.logit_index.unsqueeze(-1).expand(-1, -1, 6)) / 0.7
     full = torch.log_softmax(z, -1)
     want = full.gather(-1, seq.response_tokens.unsqueeze(-1)).squeeze(-1) * seq.response_mask
