@@ -13,7 +13,6 @@ from pathlib import Path
 
 import torch
 from transformers import (
-    AutoConfig,
     AutoModelForCausalLM,
     AutoModelForTokenClassification,
     AutoTokenizer,
@@ -129,10 +128,6 @@ def load_critic(cfg: ModelConfig, vocab_size: int | None = None) -> PreTrainedMo
         torch.manual_seed(cfg.seed + 1)
         model = AutoModelForTokenClassification.from_config(config)
     return model.to(dtype)
-
-
-def model_config_of(path: str | Path, trust_remote_code: bool = False):
-    return AutoConfig.from_pretrained(str(path), trust_remote_code=trust_remote_code)
 
 
 def save_hf(model: PreTrainedModel, tokenizer, out_dir: str | Path, state_dict: dict | None = None) -> Path:

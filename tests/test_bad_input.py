@@ -108,3 +108,26 @@ def test_reward_module_only_the_worker_lacks_is_one_line(ray_cluster):
     last = [line for line in str(err.value).splitlines() if line.strip()][-1]
     assert "reward.scorers: cannot build the scorers on this worker: ModuleNotFoundError: No module named " \
            "'nowhere_xyz'" in last
+
+
+def test_with_an_autoscaler_the_wait_is_shown_and_only_its_maximum_is_an_error(ray_cluster, monkeypatch, capsys):
+    from alignray.actors import cluster
+    from alignray.config import load_config
+    from alignray.errors import AlignrayError
+
+    gpu_run = load_config(None, ["rollout.num_gpus=1"])
+    monkeypatch.setattr(cluster, "_autoscaler", lambda: (True, {"CPU": 64.0, "GPU": 8.0}))
+    cluster.check_capacity(gpu_run)  # may come: the run waits, and says so
+    assert "alignray: waiting for the autoscaler (up to the placement timeout): rollout.num_gpus=1" \
+        in capsys.readouterr().err
+    monkeypatch.setattr(cluster, "_autoscaler", lambda: (True, {"CPU": 64.0}))
+    with pytest.raises(AlignrayError, match="no node of the autoscaler's maximum has a GPU"):
+        cluster.check_capacity(gpu_run)
+    monkeypatch.setattr(cluster, "_autoscaler", lambda: (True, None))  # grows, maximum unknown: never an error
+    cluster.check_capacity(load_config(None, ["learner.num_ranks=500"]))
+
+
+def test_a_driver_started_local_cluster_has_no_autoscaler(ray_cluster):
+    from alignray.actors.cluster import _autoscaler
+
+    assert _autoscaler() == (False, None)
