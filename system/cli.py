@@ -19,6 +19,7 @@ from pathlib import Path
 
 from alignray.config import dump_config, load_config
 from alignray.errors import AlignrayError
+from alignray.quiet import VERBOSE_ENV, quiet_driver
 
 
 class Progress:
@@ -61,12 +62,7 @@ class Progress:
 
 def _train(args: argparse.Namespace) -> int:
     from alignray.preflight import preflight
-    from alignray.quiet import VERBOSE_ENV, quiet_driver
     from alignray.runlog import latest_checkpoint, new_run_dir
-
-    if args.verbose:
-        os.environ[VERBOSE_ENV] = "1"
-    quiet_driver()
 
     if args.resume:
         run_dir = Path(args.resume)
@@ -125,13 +121,16 @@ def package_version() -> str:
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="alignray", description="Ray-distributed RLHF with robust reward models")
     parser.add_argument("--version", action="version", version=f"alignray {package_version()}")
+    parser.add_argument("--verbose", action="store_true", help="show the workers' and Ray's logs (any command; "
+                        "also ALIGNRAY_VERBOSE=1)")
     sub = parser.add_subparsers(dest="command", required=False)
     train = sub.add_parser("train", help="run RL training (default: the quickstart preset)")
     train.add_argument("--config", help="YAML run config (default: the built-in quickstart preset)")
     where = train.add_mutually_exclusive_group()
     where.add_argument("--run-dir", help="output folder (default: a new folder under runs/)")
     where.add_argument("--resume", metavar="RUN_DIR", help="continue a run from its latest checkpoint")
-    train.add_argument("--verbose", action="store_true", help="show the workers' and Ray's logs")
+    train.add_argument("--verbose", action="store_true", default=argparse.SUPPRESS,
+                       help="show the workers' and Ray's logs")
     train.add_argument("overrides", nargs="*", help="dotted overrides, e.g. rollout.num_workers=2 algo.name=rloo")
     train.set_defaults(func=_train)
     show = sub.add_parser("config", help="print the resolved config")
@@ -173,7 +172,10 @@ def _user_error(exc: BaseException) -> AlignrayError | None:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(sys.argv[1:] if argv is None else argv)
     if args.command is None:  # `alignray` alone runs the quickstart
-        args = build_parser().parse_args(["train"])
+        args = build_parser().parse_args(["--verbose", "train"] if args.verbose else ["train"])
+    if args.verbose:
+        os.environ[VERBOSE_ENV] = "1"
+    quiet_driver()
     try:
         return args.func(args)
     except Exception as exc:  # noqa: BLE001 - user errors get one clean line, everything else its traceback

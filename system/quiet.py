@@ -53,6 +53,6 @@ def quiet_driver() -> None:
     """The driver's share: the known warnings, and Ray's note that token auth is on by default (it is what we want;
     the warning when it is *off* still shows)."""
     quiet()
-    if not verbose():
-        logging.getLogger("ray._private.authentication.authentication_token_setup").addFilter(
-            _DropMessages("Token authentication is enabled"))
+    auth = logging.getLogger("ray._private.authentication.authentication_token_setup")
+    if not verbose() and not any(isinstance(f, _DropMessages) for f in auth.filters):
+        auth.addFilter(_DropMessages("Token authentication is enabled"))
