@@ -150,7 +150,8 @@ class Objective:
             tally.add("policy/dual_clip_frac", token_sum(terms.dual_clipped), tokens)
             tally.add("policy/approx_kl", token_sum(terms.ratio - 1.0 - terms.log_ratio), tokens)
             tally.add("policy/ratio_mean", token_sum(terms.ratio), tokens)
-            tally.add("logprob_mismatch", token_sum((old - rollout_logp).abs()), tokens)
+            learner_old = logp.detach() if old_logp is None or a.old_logprobs == "rollout" else old_logp
+            tally.add("logprob_mismatch", token_sum((learner_old - rollout_logp).abs()), tokens)
             if entropy is not None:
                 tally.add("entropy", token_sum(entropy.detach()), tokens)
             if kl is not None:
