@@ -4,7 +4,8 @@ gradient of one big batch, for every algorithm × loss_agg × kl_mode (relative 
 The reference is written independently of `alignray.objective`: a full log-softmax over the whole batch, advantages
 from `compute_advantages` on the whole batch, and the mean-form `policy_loss` / `aggregate` / `kl_loss` /
 `value_loss`. The two ranks are torch.multiprocessing processes; one process group and one set of DeepSpeed engines
-(ZeRO-0, learning rate 0, so the weights never move) serve all 36 combinations.
+(ZeRO-0, learning rate 0, so the weights never move) serve all 36 combinations; ZeRO-1 and ZeRO-3 engines check the
+gradient norm they report.
 """
 
 from __future__ import annotations
@@ -179,6 +180,18 @@ def _rank_main(rank: int, world: int, port: int, out_path: str) -> None:
             want = reference_grads(cfg, policy, reference, None, batch, rows=np.sort(rows))
             results.append({"combo": [algo, "mini_batch", k], "stats": stats,
                             "policy": rel_err(seen[k]["policy"], want["policy"])})
+    # ZeRO-1 and ZeRO-3 (the gradients live in partitions there): the global gradient norm DeepSpeed reports equals
+    # the one-big-batch gradient's norm.
+    for stage, algo in ((1, "reinforce_pp"), (3, "grpo")):
+        cfg = make_cfg(algo, "seq_mean_token_mean", "loss")
+        cfg.learner.zero_stage = stage
+        model = load_policy(base.model, VOCAB)
+        engine, *_ = deepspeed.initialize(model=model, optimizer=torch.optim.SGD(model.parameters(), lr=0.0),
+                                          config=ds_config(cfg, world))
+        stats = LearnerStep(cfg, engine, reference, None, rank, world, 0, torch.device("cpu")).run(batch, 0)
+        want = reference_grads(cfg, load_policy(base.model, VOCAB), reference, None, batch)["policy"]
+        norm = float(torch.cat([g.flatten() for g in want]).norm())
+        results.append({"combo": [algo, "zero", stage], "stats": stats, "policy": abs(stats["grad_norm"] - norm) / norm})
     if rank == 0:
         with open(out_path, "w") as f:
             json.dump(results, f)
@@ -198,7 +211,7 @@ def sharded_results(tmp_path_factory):
 
 
 def test_every_combination_gives_the_one_big_batch_gradient(sharded_results):
-    combos = [r for r in sharded_results if r["combo"][1] != "mini_batch"]
+    combos = [r for r in sharded_results if r["combo"][1] not in ("mini_batch", "zero")]
     assert len(combos) == len(ALGOS) * len(AGGS) * len(KL_MODES) + 2
     bad = [(r["combo"], r["policy"], r.get("critic")) for r in combos
            if r["policy"] > TOL or r.get("critic", 0.0) > TOL]
@@ -225,3 +238,9 @@ def test_mini_batches_take_one_step_each_with_the_mini_batch_gradient(sharded_re
     assert all(r["policy"] <= TOL for r in mini), mini
     assert all(r["stats"]["learner/optimizer_steps"] == 2.0 for r in mini)
     assert all(r["stats"]["learner/old_forward"] == 1.0 for r in mini)  # the 2nd update needs the pre-update π_old
+
+
+def test_zero_1_and_3_report_the_one_big_batch_gradient_norm(sharded_results):
+    zero = [r for r in sharded_results if r["combo"][1] == "zero"]
+    assert [r["combo"][2] for r in zero] == [1, 3]
+    assert all(r["policy"] <= TOL for r in zero), zero
