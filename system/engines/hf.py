@@ -77,7 +77,8 @@ class HFEngine:
         out = []
         for prompt, response in zip(prompts, responses, strict=True):
             seq = torch.as_tensor(np.concatenate([prompt, response]), dtype=torch.long).unsqueeze(0)
-            logits = self.model(seq).logits[0, len(prompt) - 1: -1]
+            keep = len(response) + 1  # the LM head runs on positions len(prompt) − 1 … end only
+            logits = self.model(seq, logits_to_keep=keep).logits[0, :-1]
             lp = logprobs_from_logits(logits, seq[0, len(prompt):], temperature)
             out.append(lp.numpy().astype(np.float32))
         return out
