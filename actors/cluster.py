@@ -39,6 +39,25 @@ def _autoscaler() -> tuple[bool, dict[str, float] | None]:
     return True, None
 
 
+def check_local_capacity(cfg: Config, address: str | None) -> None:
+    """Before anything heavy loads (torch, models, Ray itself): a run that will start its own local Ray asks for GPUs
+    this machine does not have. CPUs never fall short there: the local Ray is sized to the run."""
+    if address or ray.is_initialized():
+        return
+    from ray._private.accelerators import get_accelerator_manager_for_resource
+
+    manager = get_accelerator_manager_for_resource("GPU")
+    gpus = manager.get_current_node_num_accelerators()
+    visible = manager.get_current_process_visible_accelerator_ids()
+    if visible is not None:
+        gpus = min(gpus, len(visible))
+    demands = demands_of(cfg)
+    machine = {"CPU": sum(d.count * d.cpus for d in demands), "GPU": float(gpus)}
+    problem = infeasible(demands, [machine], where="this machine (a local Ray, no cluster address)")
+    if problem:
+        raise AlignrayError(f"cannot place the run: {problem}")
+
+
 def check_capacity(cfg: Config) -> None:
     """Fail at once, naming role and numbers, when the run can never be placed; with an autoscaler, say it waits."""
     nodes = [dict(n["Resources"]) for n in ray.nodes() if n.get("Alive")]

@@ -37,18 +37,19 @@ def _field(role: str) -> str:
 
 
 def infeasible(demands: list[Demand], nodes: list[dict[str, float]],
-               autoscale_max: dict[str, float] | None = None) -> str | None:
+               autoscale_max: dict[str, float] | None = None, where: str | None = None) -> str | None:
     """Why `demands` can never be placed on `nodes` (each node's total resources), or None if they may fit.
 
     `autoscale_max`: the most of each resource the autoscaler could ever provide (None: no autoscaler, the nodes are
     all there will be). Checks each bundle against the largest node, then the sum over roles against the total.
+    `where` names the nodes in the message (default: the cluster).
     """
     if autoscale_max is not None:  # the cluster may grow: only its maximum size bounds the run (loosely: one node)
         now = {key: sum(n.get(key, 0.0) for n in nodes) for key in ("CPU", "GPU")}
         nodes = [{key: max(float(autoscale_max.get(key, 0.0)), now[key]) for key in ("CPU", "GPU")}]
-        where = "the autoscaler's maximum"
+        where = where or "the autoscaler's maximum"
     else:
-        where = "the cluster (no autoscaler)"
+        where = where or "the cluster (no autoscaler)"
     largest = {key: max((n.get(key, 0.0) for n in nodes), default=0.0) for key in ("CPU", "GPU")}
     total = {key: sum(n.get(key, 0.0) for n in nodes) for key in ("CPU", "GPU")}
     for d in demands:
@@ -56,10 +57,9 @@ def infeasible(demands: list[Demand], nodes: list[dict[str, float]],
             if need > largest[key]:
                 option = f"{d.role}.num_{key.lower()}s"
                 if key == "GPU" and largest[key] == 0:
-                    return (f"{option}={_fmt(need)}: {d.role} needs {_fmt(need)} GPU per actor, but no node of "
-                            f"{where} has a GPU")
-                return (f"{option}={_fmt(need)}: {d.role} needs {_fmt(need)} {key} per actor, but the largest node "
-                        f"of {where} has {_fmt(largest[key])}")
+                    return f"{option}={_fmt(need)}: {d.role} needs {_fmt(need)} GPU per actor, but {where} has no GPU"
+                return (f"{option}={_fmt(need)}: {d.role} needs {_fmt(need)} {key} per actor, but {where} offers at "
+                        f"most {_fmt(largest[key])} per node")
     for key in ("GPU", "CPU"):
         needed = sum(d.count * (d.gpus if key == "GPU" else d.cpus) for d in demands)
         if needed > total[key] + 1e-9:

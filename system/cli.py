@@ -72,7 +72,10 @@ def _train(args: argparse.Namespace) -> int:
     else:
         cfg = load_config(args.config, args.overrides)
         run_dir = Path(args.run_dir) if args.run_dir else new_run_dir()
-    preflight(cfg)  # model, tokenizer and reward functions: checked here, before Ray starts
+    preflight(cfg)  # model, tokenizer, reward functions, prompt file: checked here, before Ray starts
+    from alignray.actors.cluster import check_local_capacity
+
+    check_local_capacity(cfg, cfg.train.ray_address or os.environ.get("RAY_ADDRESS"))
     from alignray.controller import Controller  # imports Ray: after the checks, so they answer in a second
 
     controller = Controller(cfg, run_dir, resume=bool(args.resume))

@@ -23,7 +23,6 @@ import pyarrow as pa
 from alignray.chat import ChatRenderer, check_messages
 from alignray.config import DataConfig
 from alignray.errors import DataError
-from alignray.schema import TOKENS, check_batch, list_array
 
 _SUBJECTS = ["the sea", "a cat", "my garden", "winter", "an old town", "the moon", "a train", "coffee", "music",
              "the forest", "a storm", "bread", "a river", "the city", "snow", "a friend", "the desert", "rain",
@@ -58,6 +57,7 @@ class PromptSet:
 
     def batch(self, indices: list[int]) -> pa.RecordBatch:
         """The prompt batch for these row indices (a compact copy, so Ray ships only these rows)."""
+        from alignray.schema import check_batch  # imports torch: kept out of the driver's pre-Ray checks
         taken = self.table.take(pa.array(indices, type=pa.int64())).combine_chunks()
         batch = taken.to_batches()[0] if taken.num_rows else pa.RecordBatch.from_pylist([], schema=taken.schema)
         return check_batch(batch, "prompt", f"prompts from {self.source}")
@@ -162,14 +162,32 @@ def _prompt_of(obj: object, where: str, cfg: DataConfig, render: ChatRenderer) -
     return obj[key]
 
 
+def _rows(cfg: DataConfig) -> Iterator[tuple[int, str, object]]:
+    if cfg.prompts.startswith("builtin:"):
+        return ((i, f"{cfg.prompts}:{i}", {cfg.prompt_key: text})
+                for i, text in enumerate(builtin_prompts(cfg.prompts.split(":", 1)[1]), start=1))
+    return _records(Path(cfg.prompts), cfg)
+
+
+def check_prompt_file(cfg: DataConfig) -> None:
+    """What can be wrong with the prompts before any tokenizer exists — a missing or binary file, a line that is not
+    UTF-8 or JSON, missing fields, malformed messages, a missing template file — raised now, so the driver answers
+    in a second (no torch, no transformers). Lengths and template rendering are checked by `load_prompts`."""
+    ChatRenderer(cfg.chat_template, None)
+    usable = 0
+    for _, where, obj in _rows(cfg):
+        value = _prompt_of(obj, where, cfg, lambda messages: "<chat>")
+        if isinstance(value, BadRow) and cfg.on_bad_row == "error":
+            raise DataError(f"{value.message} (set data.on_bad_row=skip to drop such rows)")
+        usable += not isinstance(value, BadRow)
+    if not usable:
+        raise DataError(f"{cfg.prompts}: no usable prompts")
+
+
 def load_prompts(cfg: DataConfig, tokenizer) -> PromptSet:
     """Read, validate, render (chat rows) and tokenize every prompt once, before any actor starts."""
     source = cfg.prompts
-    if cfg.prompts.startswith("builtin:"):
-        rows = [(i, f"{source}:{i}", {cfg.prompt_key: text})
-                for i, text in enumerate(builtin_prompts(cfg.prompts.split(":", 1)[1]), start=1)]
-    else:
-        rows = _records(Path(cfg.prompts), cfg)
+    rows = _rows(cfg)
     render = ChatRenderer(cfg.chat_template, tokenizer)
     ids, texts, tokens = [], [], []
     skipped: Counter = Counter()
@@ -190,6 +208,8 @@ def load_prompts(cfg: DataConfig, tokenizer) -> PromptSet:
         tokens.append(toks)
     if not ids:
         raise DataError(f"{source}: no usable prompts (skipped: {dict(skipped) or 'none'})")
+    from alignray.schema import TOKENS, list_array
+
     table = pa.table({
         "prompt_id": pa.array(ids, type=pa.int64()),
         "prompt": pa.array(texts, type=pa.string()),

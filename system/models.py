@@ -7,8 +7,6 @@ Real model paths and hub names work the same way for users who have them.
 
 from __future__ import annotations
 
-import os
-import re
 from pathlib import Path
 
 import torch
@@ -23,6 +21,7 @@ from transformers import (
 
 from alignray.config import ModelConfig
 from alignray.errors import ConfigError
+from alignray.preflight import check_model_source
 
 SPECIAL_TOKENS = ("<pad>", "<s>", "</s>")
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
@@ -40,42 +39,6 @@ def build_byte_tokenizer() -> PreTrainedTokenizerFast:
     tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)
     tok.decoder = decoders.ByteLevel()
     return PreTrainedTokenizerFast(tokenizer_object=tok, pad_token="<pad>", bos_token="<s>", eos_token="</s>")
-
-
-HUB_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*(/[A-Za-z0-9_.-]+)?$")
-
-
-def _looks_local(source: str) -> bool:
-    return (source.startswith(("/", "./", "../", "~", ".")) or source.count("/") > 1 or "\\" in source
-            or not HUB_ID.match(source) or ".." in source)
-
-
-def check_model_source(field: str, source: str | None) -> None:
-    """Fail in a second, naming the field, when `source` can be neither a local folder nor a hub model.
-
-    Without this, a missing local path reaches the hub client as a repo id (`OSError: Repo id must use alphanumeric
-    chars`), and an unreachable hub name retries for about a minute before failing inside an actor."""
-    if not source:
-        return
-    path = Path(source).expanduser()
-    if path.is_dir():
-        return
-    if path.exists():
-        raise ConfigError(f"{field}: {source} is a file; give the model's folder (the one with config.json)")
-    if _looks_local(source):
-        raise ConfigError(f"{field}: {source}: no such folder (a local path; hub names look like org/name)")
-    import huggingface_hub
-
-    if any(huggingface_hub.try_to_load_from_cache(source, name) for name in ("config.json", "tokenizer_config.json")):
-        return  # in the local hub cache
-    if os.environ.get("HF_HUB_OFFLINE", "") not in ("", "0"):
-        raise ConfigError(f"{field}: {source}: not a local folder, and not in the hub cache (HF_HUB_OFFLINE is set)")
-    try:
-        huggingface_hub.model_info(source, timeout=10)
-    except Exception as e:  # noqa: BLE001 - any failure means the workers could not load it either
-        first = (str(e).strip().splitlines() or [type(e).__name__])[0][:200]
-        raise ConfigError(f"{field}: {source}: not a local folder, and the hub cannot provide it "
-                          f"({type(e).__name__}: {first})") from None
 
 
 def load_tokenizer(cfg: ModelConfig) -> PreTrainedTokenizerFast:

@@ -1,14 +1,53 @@
-"""Checks the driver runs before Ray starts, so a bad input is one clean line in seconds, not an actor's traceback."""
+"""Checks the driver runs before Ray starts, so a bad input is one clean line in seconds, not an actor's traceback.
+
+Light on purpose: no torch, no transformers (importing them alone takes seconds), so the answer comes first.
+"""
 
 from __future__ import annotations
 
 import importlib
 import importlib.util
+import os
+import re
 from pathlib import Path
 
 from alignray.config import Config
 from alignray.errors import ConfigError
-from alignray.models import check_model_source
+
+HUB_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*(/[A-Za-z0-9_.-]+)?$")
+
+
+def _looks_local(source: str) -> bool:
+    return (source.startswith(("/", "./", "../", "~", ".")) or source.count("/") > 1 or "\\" in source
+            or not HUB_ID.match(source) or ".." in source)
+
+
+def check_model_source(field: str, source: str | None) -> None:
+    """Fail in a second, naming the field, when `source` can be neither a local folder nor a hub model.
+
+    Without this, a missing local path reaches the hub client as a repo id (`OSError: Repo id must use alphanumeric
+    chars`), and an unreachable hub name retries for about a minute before failing inside an actor."""
+    if not source:
+        return
+    path = Path(source).expanduser()
+    if path.is_dir():
+        return
+    if path.exists():
+        raise ConfigError(f"{field}: {source} is a file; give the model's folder (the one with config.json)")
+    if _looks_local(source):
+        raise ConfigError(f"{field}: {source}: no such folder (a local path; hub names look like org/name)")
+    import huggingface_hub
+
+    if any(huggingface_hub.try_to_load_from_cache(source, name) for name in ("config.json", "tokenizer_config.json")):
+        return  # in the local hub cache
+    if os.environ.get("HF_HUB_OFFLINE", "") not in ("", "0"):
+        raise ConfigError(f"{field}: {source}: not a local folder, and not in the hub cache (HF_HUB_OFFLINE is set)")
+    try:
+        huggingface_hub.model_info(source, timeout=10)
+    except Exception as e:  # noqa: BLE001 - any failure means the workers could not load it either
+        first = (str(e).strip().splitlines() or [type(e).__name__])[0][:200]
+        raise ConfigError(f"{field}: {source}: not a local folder, and the hub cannot provide it "
+                          f"({type(e).__name__}: {first})") from None
 
 
 def check_model(cfg: Config) -> None:
@@ -46,5 +85,8 @@ def check_reward_functions(cfg: Config) -> None:
 
 
 def preflight(cfg: Config) -> None:
+    from alignray.data import check_prompt_file
+
     check_model(cfg)
     check_reward_functions(cfg)
+    check_prompt_file(cfg.data)

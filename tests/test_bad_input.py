@@ -79,8 +79,8 @@ def test_non_utf8_and_binary_prompt_files(tmp_path, capsys):
 def test_gpu_on_a_cpu_only_cluster_fails_at_once(ray_cluster, tmp_path, capsys):
     """No GPU on any node and no autoscaler: the run stops before any placement group is created."""
     argv = ["train", "--run-dir", str(tmp_path / "run"), *tiny_overrides(**{"rollout.num_gpus": 1})]
-    one_line_error(capsys, argv, "cannot place the run: rollout.num_gpus=1: rollout needs 1 GPU per actor, but no "
-                                 "node of the cluster (no autoscaler) has a GPU")
+    one_line_error(capsys, argv, "cannot place the run: rollout.num_gpus=1: rollout needs 1 GPU per actor, but the "
+                                 "cluster (no autoscaler) has no GPU")
     assert not [pg for pg in ray.util.placement_group_table().values() if pg["state"] == "PENDING"]
 
 
@@ -121,7 +121,7 @@ def test_with_an_autoscaler_the_wait_is_shown_and_only_its_maximum_is_an_error(r
     assert "alignray: waiting for the autoscaler (up to the placement timeout): rollout.num_gpus=1" \
         in capsys.readouterr().err
     monkeypatch.setattr(cluster, "_autoscaler", lambda: (True, {"CPU": 64.0}))
-    with pytest.raises(AlignrayError, match="no node of the autoscaler's maximum has a GPU"):
+    with pytest.raises(AlignrayError, match="but the autoscaler's maximum has no GPU"):
         cluster.check_capacity(gpu_run)
     monkeypatch.setattr(cluster, "_autoscaler", lambda: (True, None))  # grows, maximum unknown: never an error
     cluster.check_capacity(load_config(None, ["learner.num_ranks=500"]))
@@ -131,3 +131,18 @@ def test_a_driver_started_local_cluster_has_no_autoscaler(ray_cluster):
     from alignray.actors.cluster import _autoscaler
 
     assert _autoscaler() == (False, None)
+
+
+def test_a_local_run_asking_for_gpus_fails_before_anything_loads(monkeypatch):
+    """No cluster address: the local Ray would be this machine; checked before torch, models or Ray start."""
+    from alignray.actors import cluster
+    from alignray.config import load_config
+    from alignray.errors import AlignrayError
+
+    monkeypatch.setattr(cluster.ray, "is_initialized", lambda: False)
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "")  # whatever this machine has, none is visible
+    with pytest.raises(AlignrayError, match=r"^cannot place the run: learner.num_gpus=1: learner needs 1 GPU per "
+                                            r"actor, but this machine \(a local Ray, no cluster address\) has no GPU$"):
+        cluster.check_local_capacity(load_config(None, ["learner.num_gpus=1"]), address=None)
+    cluster.check_local_capacity(load_config(None, ["learner.num_ranks=64"]), address=None)  # CPUs: sized to fit
+    cluster.check_local_capacity(load_config(None, ["learner.num_gpus=1"]), address="auto")  # a cluster: later

@@ -21,16 +21,15 @@ def test_quickstart_fits_one_cpu_node():
 
 def test_gpu_asked_of_a_cpu_only_cluster():
     msg = infeasible(quickstart(**{"rollout.num_gpus": 1}), [CPU_NODE, CPU_NODE])
-    assert msg == ("rollout.num_gpus=1: rollout needs 1 GPU per actor, but no node of the cluster (no autoscaler) "
-                   "has a GPU")
+    assert msg == "rollout.num_gpus=1: rollout needs 1 GPU per actor, but the cluster (no autoscaler) has no GPU"
 
 
 def test_bundle_larger_than_any_node():
     msg = infeasible(quickstart(**{"learner.num_gpus": 4}), [GPU_NODE, GPU_NODE])
-    assert msg == ("learner.num_gpus=4: learner needs 4 GPU per actor, but the largest node of the cluster "
-                   "(no autoscaler) has 2")
+    assert msg == ("learner.num_gpus=4: learner needs 4 GPU per actor, but the cluster (no autoscaler) offers at "
+                   "most 2 per node")
     msg = infeasible(quickstart(**{"reward.num_cpus": 12}), [CPU_NODE, CPU_NODE])
-    assert msg.startswith("reward.num_cpus=12: reward needs 12 CPU per actor") and msg.endswith("has 8")
+    assert msg.startswith("reward.num_cpus=12: reward needs 12 CPU per actor") and msg.endswith("offers at most 8 per node")
 
 
 def test_more_ranks_than_the_cluster_has_cpus():
@@ -52,7 +51,7 @@ def test_an_autoscaler_bounds_by_its_maximum_not_by_the_nodes_now():
     demands = quickstart(**{"rollout.num_gpus": 1})
     assert infeasible(demands, [CPU_NODE], autoscale_max={"CPU": 64, "GPU": 8}) is None  # a wait, not an error
     msg = infeasible(demands, [CPU_NODE], autoscale_max={"CPU": 64})
-    assert msg.endswith("no node of the autoscaler's maximum has a GPU")
+    assert msg.endswith("but the autoscaler's maximum has no GPU")
     msg = infeasible(quickstart(**{"learner.num_ranks": 100}), [CPU_NODE], autoscale_max={"CPU": 64})
     assert "needs 102 CPUs" in msg and "the autoscaler's maximum has 64 in total" in msg
 
