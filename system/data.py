@@ -149,10 +149,13 @@ def _prompt_of(obj: object, where: str, cfg: DataConfig, render: ChatRenderer) -
         if problem:
             return BadRow("bad_messages", f"{where}: field '{cfg.messages_key}' {problem}")
         try:
-            return render(obj[cfg.messages_key])
+            text = render(obj[cfg.messages_key])
         except Exception as e:  # noqa: BLE001 - a template that raises (e.g. on role order) names the row
             return BadRow("chat_template", f"{where}: the chat template failed on field '{cfg.messages_key}': "
                                            f"{type(e).__name__}: {e}")
+        if not text.strip():
+            return BadRow("empty_prompt", f"{where}: the chat template rendered field '{cfg.messages_key}' empty")
+        return text
     if key not in obj:
         return BadRow("missing_field", f"{where}: missing field '{key}' or '{cfg.messages_key}' (fields: {sorted(obj)})")
     if not isinstance(obj[key], str):

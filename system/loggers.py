@@ -26,7 +26,7 @@ from alignray.errors import ConfigError
 
 LOGGERS = ("tensorboard", "mlflow", "wandb")
 EXTRAS = {"mlflow": "mlflow", "wandb": "wandb"}
-SKIP_ARTIFACTS = {"mlflow.db", "mlartifacts", "wandb", "checkpoints", "snapshots", "tb"}
+SKIP_ARTIFACTS = {"mlflow.db", "mlartifacts", "mlflow_run_id", "wandb", "checkpoints", "snapshots", "tb"}
 
 
 def scalars(metrics: dict) -> dict[str, float]:

@@ -88,6 +88,10 @@ def test_bad_messages_and_a_template_that_raises_name_the_row(tmp_path, template
     path.write_text(json.dumps({"messages": CHAT}) + "\n")
     with pytest.raises(DataError, match=rf"{path}:1: the chat template failed on field 'messages': .*must start"):
         load_prompts(DataConfig(prompts=str(path), chat_template=str(strict)), templated)
+    blank = tmp_path / "blank.jinja"
+    blank.write_text("{% for m in messages %} {% endfor %}")
+    with pytest.raises(DataError, match=rf"{path}:1: the chat template rendered field 'messages' empty"):
+        load_prompts(DataConfig(prompts=str(path), chat_template=str(blank)), templated)
 
 
 def test_no_usable_column(tmp_path, templated):
