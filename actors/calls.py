@@ -14,6 +14,7 @@ from typing import Any
 
 import ray
 from ray.exceptions import (
+    ActorUnavailableError,
     GetTimeoutError,
     LocalRayletDiedError,
     NodeDiedError,
@@ -26,12 +27,13 @@ from ray.exceptions import (
 
 from alignray.errors import AlignrayError
 
-DIED, NODE_DIED, HUNG, OBJECT_LOST = "died", "node died", "hung", "object lost"
+DIED, NODE_DIED, UNREACHABLE, HUNG, OBJECT_LOST = "died", "node died", "unreachable", "hung", "object lost"
 
 
 @dataclass
 class ActorFault(Exception):
-    """An infrastructure failure of one actor call: `cause` is one of died / node died / hung / object lost."""
+    """An infrastructure failure of one actor call: `cause` is one of died / node died / unreachable / hung /
+    object lost."""
 
     actor: str
     cause: str
@@ -47,8 +49,9 @@ def _first_line(text: str) -> str:
 
 
 def _node_died(msg: str) -> bool:
+    """Ray words an actor lost with its node as "... its node has died" (a killed process: "worker ... died")."""
     msg = msg.lower()
-    return "node" in msg and ("has died" in msg or "node died" in msg or "is dead" in msg or "was terminated" in msg)
+    return "its node has died" in msg or "node died" in msg or "because the node" in msg
 
 
 def classify(actor: str, exc: BaseException) -> ActorFault:
@@ -62,7 +65,8 @@ def classify(actor: str, exc: BaseException) -> ActorFault:
         if exc.actor_init_failed:  # the same start would fail again: a clean error, not a restart loop
             detail = [line for line in str(exc).splitlines() if line.strip()]
             raise AlignrayError(f"{actor} failed to start: {detail[-1].strip() if detail else exc}") from None
-        cause = NODE_DIED if exc.preempted or _node_died(str(exc)) else DIED
+        cause = NODE_DIED if exc.preempted or _node_died(str(exc)) else \
+            UNREACHABLE if isinstance(exc, ActorUnavailableError) else DIED  # unreachable: handled as a death
         return ActorFault(actor, cause, _first_line(exc))
     if isinstance(exc, NodeDiedError | LocalRayletDiedError):
         return ActorFault(actor, NODE_DIED, _first_line(exc))

@@ -52,6 +52,7 @@ class LearnerGroup:
             cfg_dict, r, lc.num_ranks) for r in range(lc.num_ranks)]
         addr, port = self._call_rank0("address", self.timeouts.start)
         self.num_params = self._all("setup", self.timeouts.start, addr, port)[0]
+        self.rank_pids = dict(zip([f"learner-{r}" for r in range(lc.num_ranks)], self._all("pid", 60), strict=True))
 
     def _all(self, method: str, timeout: float, *args) -> list:
         """`method(*args)` on every rank; the ranks' results in rank order, or `ActorFault("learner", ...)`."""
@@ -79,9 +80,6 @@ class LearnerGroup:
 
     def load(self, step_dir: str) -> int:
         return self._all("load", self.timeouts.start, step_dir)[0]
-
-    def pids(self) -> dict[str, int]:
-        return {f"learner-{r}": pid for r, pid in enumerate(self._all("pid", 30))}
 
     def close(self) -> None:
         for actor in self.ranks:

@@ -30,6 +30,7 @@ class Member:
     placed: ray.ObjectRef
     actor: ray.actor.ActorHandle | None = None
     start_ref: ray.ObjectRef | None = None
+    pid_ref: ray.ObjectRef | None = None
     state: str = PENDING
     since: float = field(default_factory=time.monotonic)
 
@@ -103,6 +104,8 @@ class WorkerPool:
                             self.replace(fault)
                 elif time.monotonic() - member.since > self.start_timeout:
                     self.replace(ActorFault(member.name, HUNG, f"not started in {self.start_timeout:g}s"))
+        if self.weights_lost:  # only a learner that publishes again can unblock these members
+            raise ActorFault("learner", "weights lost", f"{self.role} members could not read the published weights")
 
     def _start(self, member: Member) -> None:
         options = {"num_cpus": self.resources["CPU"], "num_gpus": self.resources.get("GPU", 0),
@@ -110,6 +113,7 @@ class WorkerPool:
                                                                            placement_group_bundle_index=0)}
         member.actor = self.make_actor(options, member.name)
         member.start_ref = self.start_call(member.actor)
+        member.pid_ref = member.actor.pid.remote()  # asked once, read without an actor call later
         member.state, member.since = STARTING, time.monotonic()
 
     def replace(self, fault: ActorFault, action: str = "") -> str | None:
@@ -154,8 +158,8 @@ class WorkerPool:
             if states.count(READY) >= minimum and STARTING not in states:
                 return
             if not announced and time.monotonic() - t0 > note_after_s and states.count(READY) < minimum:
-                print(f"alignray: waiting for capacity: {self.role} members {self.states()} "
-                      f"(each needs {self.resources})", flush=True)
+                why = f"capacity (each needs {self.resources})" if PENDING in states else "members to start"
+                print(f"alignray: waiting for {why}: {self.role} {self.states()}", flush=True)
                 announced = True
             time.sleep(poll_s)
 
@@ -172,15 +176,14 @@ class WorkerPool:
         return sum(m.state == state for m in self.members.values())
 
     def pids(self) -> dict[str, int]:
-        """Process id of each live member (for chaos tests and `status`)."""
-        live = {m.name: m.actor for m in self.members.values() if m.actor is not None and m.state == READY}
-        refs = {name: a.pid.remote() for name, a in live.items()}
+        """Process id of each started member whose pid is known (chaos runs kill -9 them; `status` shows them)."""
         out = {}
-        for name, ref in refs.items():
-            try:
-                out[name] = ray.get(ref, timeout=10)
-            except Exception:  # noqa: BLE001 - dying right now: not listed
-                pass
+        for member in list(self.members.values()):
+            if member.pid_ref is not None and ray.wait([member.pid_ref], timeout=0, fetch_local=False)[0]:
+                try:
+                    out[member.name] = ray.get(member.pid_ref)
+                except Exception:  # noqa: BLE001 - it died before it answered: not listed
+                    pass
         return out
 
     def close(self) -> None:

@@ -91,11 +91,9 @@ class Controller:
     # ---- the loop ----------------------------------------------------------------------------------------------
     def run(self, on_step=None) -> list[dict]:
         cfg, history = self.cfg.train, []
-        self._recovering(self.sync_weights)
-        self.rollout.wait_ready()
-        self.reward.wait_ready()
+        self._recovering(self._start_up)
         while self.step < cfg.steps:
-            self.apply_control()
+            self._recovering(self.apply_control)
             metrics = self._recovering(self.train_one_step)
             if metrics is None:  # the learner group was lost and rolled back: go on from the restored step
                 continue
@@ -105,6 +103,11 @@ class Controller:
                 on_step(metrics)
             self._recovering(self._persist)
         return history
+
+    def _start_up(self) -> None:
+        self.sync_weights()
+        self.rollout.wait_ready()
+        self.reward.wait_ready()
 
     def train_one_step(self) -> dict:
         cfg, step = self.cfg.train, self.step + 1
@@ -160,20 +163,28 @@ class Controller:
 
     def recover_learner(self, fault: ActorFault) -> None:
         """Tear the rank group down, start a fresh one from the newest snapshot, roll the ledger back to it, drop
-        rollouts of newer policies (their prompts are requeued by the rollback), and republish the weights."""
-        state_dir = latest_state(self.run_dir, self.step)
-        back_to = _step_of(state_dir) or 0
-        self.faults.record(FaultEvent("learner", "learner", fault.cause, f"new rank group from step {back_to}; "
-                                      f"{self.step - back_to} step(s) to re-train", self.step, fault.detail))
+        rollouts of newer policies (their prompts are requeued by the rollback), and republish the weights. A
+        failure while recovering starts the recovery over (each try counts against train.max_restarts)."""
+        while True:
+            state_dir = latest_state(self.run_dir, self.step)
+            back_to = _step_of(state_dir) or 0
+            self.faults.record(FaultEvent("learner", "learner", fault.cause, f"new rank group from step {back_to}; "
+                                          f"{self.step - back_to} step(s) to re-train", self.step, fault.detail))
+            try:
+                self._roll_back_to(state_dir, back_to)
+                return
+            except ActorFault as again:
+                fault = again
+
+    def _roll_back_to(self, state_dir: Path | None, back_to: int) -> None:
         self.learners.close()
         self.learners = self._start_learners()
-        dropped = sum(len(s.rows) for shards in self.in_flight for s in shards)
+        dropped = sum(self.ledger.in_flight.values())  # prompts out for rollouts that are now discarded
         self.in_flight.clear()
         if state_dir is not None:
             self.learners.load(str(state_dir))
-            self._load_controller_state(json.loads((state_dir / "controller.json").read_text()))
-        else:
-            self._load_controller_state(self._initial)
+        self._load_controller_state(json.loads((state_dir / "controller.json").read_text()) if state_dir
+                                    else self._initial)
         self.faults.add("steps_retrained", self.step - back_to)
         self.faults.add("requeued", dropped)
         self.step = self.planned = self.rollout.step = self.reward.step = back_to

@@ -12,14 +12,22 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 
-@pytest.fixture(scope="session")
-def ray_cluster():
+WORKER_ENV = {"env_vars": {"DS_ACCELERATOR": "cpu", "TOKENIZERS_PARALLELISM": "false"}}
+
+
+def start_local_ray():
+    """The suite's one-node cluster: 8 logical CPUs (the roles oversubscribe 2 real cores), loopback only."""
     import ray
 
     if not ray.is_initialized():
         ray.init(address="local", num_cpus=8, include_dashboard=False, _node_ip_address="127.0.0.1",
-                 runtime_env={"env_vars": {"DS_ACCELERATOR": "cpu", "TOKENIZERS_PARALLELISM": "false"}},
-                 logging_level="WARNING")
+                 runtime_env=WORKER_ENV, logging_level="WARNING")
+    return ray
+
+
+@pytest.fixture(scope="session")
+def ray_cluster():
+    ray = start_local_ray()
     yield ray
     ray.shutdown()
 
