@@ -10,7 +10,30 @@ from alignray.rewards.bench import BENCHMARKS, length_bias, noisy_raters, overop
 
 
 def test_registry_names():
-    assert set(BENCHMARKS) == {"length-bias", "noisy-raters", "overoptimisation", "sycophancy", "haf-small-data"}
+    assert set(BENCHMARKS) == {"length-bias", "noisy-raters", "overoptimisation", "sycophancy", "haf-small-data",
+                               "concept-text", "sycophancy-text"}
+
+
+def test_concept_text_generator_rates_flips_and_exact_counterfactuals():
+    from alignray.rewards.bench import concept_text as ct
+
+    train_pairs = ct.make_pairs(1000, 0, "concept", train=True)
+    better = np.array([p["better"].value != "none" for p in train_pairs])
+    worse = np.array([p["worse"].value != "none" for p in train_pairs])
+    assert better.mean() == pytest.approx(0.8, abs=0.04) and worse.mean() == pytest.approx(0.2, abs=0.04)
+    noisy = ct.to_data(train_pairs, 0.25, 0, "train")
+    q = noisy.attributes["quality"]
+    assert np.mean(q[:, 0] < q[:, 1]) == pytest.approx(0.25, abs=0.04)  # flipped labels
+    assert noisy.attributes["present"][:, 0].mean() == pytest.approx(0.65, abs=0.05)
+    test = ct.to_data(ct.make_pairs(1000, 1, "concept", train=False), 0.0, 0, "test")
+    assert np.all(test.attributes["quality"][:, 0] > test.attributes["quality"][:, 1])
+    assert test.attributes["present"].mean() == pytest.approx(0.5, abs=0.04)
+    pair = train_pairs[0]["better"]
+    cf_value = train_pairs[0]["cf"][0]
+    assert (pair.value == "none") != (cf_value == "none")
+    assert pair.render(cf_value) != pair.render() and pair.render(pair.value) == pair.render()
+    one = ct.make_pairs(3, 5, "sycophancy", train=False)
+    assert one[0]["better"].render() == ct.make_pairs(3, 5, "sycophancy", train=False)[0]["better"].render()
 
 
 def test_length_bias_train_is_biased_and_test_is_not():

@@ -42,3 +42,18 @@ def test_minilm_reward_model_learns_and_serves(tmp_path):
     bad = scorer.score(test.prompts, test.rejected).columns["reward"]
     assert (good > bad).mean() >= 0.75
     assert load_reward_model(tmp_path / "rm").score(["hi"], ["thanks!"])["reward"].shape == (1,)
+
+
+def test_concept_text_benchmark_runs_on_minilm_features(tmp_path, monkeypatch):
+    """A tiny slice of `alignray rm bench concept-text`: real sentences, cached MiniLM features, BT vs the default
+    causal recipe with its λ sweep (the full-size numbers are in the README)."""
+    from alignray.rewards.bench import concept_text
+
+    monkeypatch.setenv("ALIGNRAY_BENCH_CACHE", str(tmp_path))
+    results = concept_text.run_task("concept", 48, 32, [0.25], [0], recipes=["bt", "default (cond auto + cf)"],
+                                    grid=[1.0])
+    bt, default = results["rows"]
+    assert bt["recipe"] == "bt" and bt["accuracy"] > 0.55
+    assert {"gap_present", "gap_price", "gap_ambience", "cf_rel", "cf_abs"} <= set(default)
+    assert results["per_seed"][1]["sweep"]["sweep"][0]["lambda"] == 1.0
+    assert list(tmp_path.glob("*.npy"))  # the features were cached

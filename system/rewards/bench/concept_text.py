@@ -31,14 +31,18 @@ from .common import finish, format_rows, quiet_transformers
 from .features import FeatureBank, fit_head, minilm_path
 
 ATTR = "concept"
-# name → RewardTrainConfig fields (kind causal unless "bt"); "default" is what a bare `kind: causal` config does
+# name → RewardTrainConfig fields (kind causal unless "bt"); "default" is what a bare `kind: causal` config does;
+# _without_counterfactuals: the training rows lose their counterfactuals (the λ rule falls back to the MMD statistic)
 RECIPES: dict[str, dict[str, Any]] = {
     "bt": {"kind": "bt"},
     "causal cond λ=1 (paper)": {"mmd_lambda": 1.0, "cf_weight": 0.0},
     "causal uncond λ=1 (paper)": {"mmd_lambda": 1.0, "mmd_mode": "unconditional", "cf_weight": 0.0},
     "causal cond auto": {"cf_weight": 0.0},
+    "causal cond auto, no cf in data": {"cf_weight": 0.0, "_without_counterfactuals": True},
+    "causal cond-estimate λ=1": {"mmd_lambda": 1.0, "mmd_condition": "estimate", "cf_weight": 0.0},
     "causal cond-estimate auto": {"mmd_condition": "estimate", "cf_weight": 0.0},
     "counterfactual only": {"mmd_lambda": 0.0, "cf_weight": 1.0},
+    "causal cond-estimate auto + cf": {"mmd_condition": "estimate", "cf_weight": 1.0},
     "default (cond auto + cf)": {},
 }
 
@@ -91,6 +95,8 @@ def all_texts(pairs: list[dict[str, Any]]) -> list[tuple[str, str]]:
 def train_recipe(name: str, base: dict[str, Any], train: PreferenceData, bank: FeatureBank, seed: int
                  ) -> tuple[Any, RewardTrainConfig, dict | None]:
     fields = {**base, "seed": seed, **RECIPES[name]}
+    if fields.pop("_without_counterfactuals", False):
+        train = PreferenceData(train.prompts, train.chosen, train.rejected, train.attributes, source=train.source)
     cfg = RewardTrainConfig(**{"kind": "causal", **fields})
     if cfg.kind != "causal":
         return fit_head(cfg, train, bank), cfg, None
@@ -112,8 +118,8 @@ def run_task(concept: str, n_train: int, n_test: int, noises: list[float], seeds
     bank = FeatureBank(minilm_path())
     bank.add(all_texts(train_pairs) + all_texts(test_pairs))
     test = to_data(test_pairs, 0.0, 0, f"{concept}-text test")
-    base = {"base_model": bank.model_path, "mmd_attribute": ATTR, "mmd_bins": "categorical", "epochs": 20,
-            "batch_size": 64, "lr": 3e-3, "weight_decay": 0.01}
+    base = {"base_model": bank.model_path, "mmd_attribute": ATTR, "mmd_bins": "categorical", "epochs": 15,
+            "batch_size": 128, "lr": 3e-3, "weight_decay": 0.01}
     if grid is not None:
         base["mmd_auto_grid"] = grid
     per_seed, rows = [], []
