@@ -17,8 +17,7 @@ def start_local_nodes(worker_cpus: list[float], head_cpus: float = 0, runtime_en
                       ) -> tuple[Cluster, list]:
     """A head with `head_cpus` (it hosts the driver) and one worker node per entry of `worker_cpus`; the driver is
     connected. Returns the cluster and the worker nodes (pass one to `cluster.remove_node` to lose it)."""
-    # Ray rewrites a 127.0.0.1 address to the machine's IP unless it believes clusters are off; keep it on loopback.
-    ray_constants.ENABLE_RAY_CLUSTER = False
+    ray_constants.ENABLE_RAY_CLUSTER = False  # keep 127.0.0.1 as it is (see alignray.actors.control.connect)
     loopback = {"node_ip_address": "127.0.0.1"}
     cluster = Cluster(initialize_head=True, head_node_args={
         "num_cpus": head_cpus, "include_dashboard": False, "_system_config": FAST_NODE_DEATH, **loopback})

@@ -3,6 +3,8 @@
   alignray train [--config run.yaml] [--run-dir DIR | --resume DIR] [section.field=value ...]
   alignray rm train --config rm.yaml | rm eval --model DIR --data FILE | rm bench NAME [--out results.json]
   alignray config [--config run.yaml] [overrides ...]     print the resolved config and exit
+  alignray scale RUN_DIR --rollout N [--reward M]         resize a running run's pools
+  alignray status RUN_DIR [--json]                        step, pools, throughput, recent faults
   alignray --version
 
 Quiet by default: workers' output (library logs, Ray's) reaches the terminal only with `train --verbose`.
@@ -12,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import json
 import os
 import sys
 from importlib.metadata import PackageNotFoundError, version
@@ -114,6 +117,22 @@ def _rm(args: argparse.Namespace) -> int:
     return 0
 
 
+def _scale(args: argparse.Namespace) -> int:
+    from alignray.run_commands import scale_main
+
+    print(json.dumps(scale_main(args.run_dir, args.rollout, args.reward, args.address)))
+    return 0
+
+
+def _status(args: argparse.Namespace) -> int:
+    from alignray.run_commands import status_main
+    from alignray.scaling import format_status
+
+    status = status_main(args.run_dir, args.address)
+    print(json.dumps(status, indent=1) if args.json else format_status(status))
+    return 0
+
+
 def package_version() -> str:
     try:
         return version("alignray")
@@ -140,6 +159,18 @@ def build_parser() -> argparse.ArgumentParser:
     show.add_argument("--config")
     show.add_argument("overrides", nargs="*")
     show.set_defaults(func=_config)
+    scale = sub.add_parser("scale", help="resize a running run's rollout / reward pools")
+    scale.add_argument("run_dir", metavar="RUN_DIR")
+    scale.add_argument("--rollout", type=int, metavar="N", help="rollout workers wanted")
+    scale.add_argument("--reward", type=int, metavar="M", help="reward workers wanted")
+    scale.add_argument("--address", help="Ray address of the run's cluster (default: RAY_ADDRESS; none: this "
+                       "machine, through RUN_DIR/control.yaml)")
+    scale.set_defaults(func=_scale)
+    status = sub.add_parser("status", help="a running run's step, pools, throughput and recent faults")
+    status.add_argument("run_dir", metavar="RUN_DIR")
+    status.add_argument("--address", help="Ray address of the run's cluster (default: RAY_ADDRESS)")
+    status.add_argument("--json", action="store_true", help="print the raw status")
+    status.set_defaults(func=_status)
     rm = sub.add_parser("rm", help="reward models: train, evaluate, synthetic benchmarks")
     rm_sub = rm.add_subparsers(dest="rm_command", required=True)
     rm_train = rm_sub.add_parser("train", help="train a reward model on Ray with DeepSpeed ranks")

@@ -88,9 +88,35 @@ class VllmConfig(Section):
     """VLLM_LOGGING_LEVEL for the engine (unless already set in the environment)."""
 
 
+class AutoscaleConfig(Section):
+    """Grow/shrink a pool from the measured wait share (the rule: alignray.autoscale.decide)."""
+
+    min: int = Field(1, ge=1)
+    max: int = Field(1, ge=1)
+    """Off while max == min (the default): the pool keeps its `num_workers`."""
+    grow_above: float = Field(0.5, gt=0, le=1)
+    shrink_below: float = Field(0.1, ge=0, lt=1)
+    window: int = Field(3, ge=1)
+
+    @model_validator(mode="after")
+    def _ordered(self) -> AutoscaleConfig:
+        if self.max < self.min:
+            raise ValueError(f"autoscale.max ({self.max}) is below autoscale.min ({self.min})")
+        if self.shrink_below >= self.grow_above:
+            raise ValueError(f"autoscale.shrink_below ({self.shrink_below}) must be below grow_above "
+                             f"({self.grow_above})")
+        return self
+
+    @property
+    def enabled(self) -> bool:
+        return self.max > self.min
+
+
 class RolloutConfig(Section):
     engine: Literal["hf", "vllm"] = "hf"
     num_workers: int = Field(1, ge=1)
+    autoscale: AutoscaleConfig = AutoscaleConfig()
+    """Between min and max members, by the generate-wait share (off unless min < max; starts at num_workers)."""
     samples_per_prompt: int = Field(4, ge=1)
     """Group size: GRPO/RLOO normalise rewards within the samples of one prompt."""
     max_new_tokens: int = Field(32, gt=0)
@@ -126,6 +152,8 @@ class ScorerConfig(Section):
 
 class RewardConfig(Section):
     num_workers: int = Field(1, ge=1)
+    autoscale: AutoscaleConfig = AutoscaleConfig()
+    """Between min and max members, by the score-wait share (off unless min < max; starts at num_workers)."""
     scorers: list[ScorerConfig] = [
         ScorerConfig(name="vowels", function="vowel_ratio", weight=1.0),
         ScorerConfig(name="length", function="length_target", weight=0.2, kwargs={"target": 24}),

@@ -20,7 +20,6 @@ from collections import deque
 from pathlib import Path
 
 import ray
-import yaml
 
 from alignray.actors.calls import ActorFault, kill
 from alignray.actors.cluster import check_capacity
@@ -33,6 +32,7 @@ from alignray.ledger import PromptLedger
 from alignray.models import load_tokenizer
 from alignray.quiet import SETUP_HOOK, verbose
 from alignray.runlog import RunLog, latest_checkpoint, latest_state
+from alignray.scaling import Scaler
 from alignray.shards import Shard, ShardPipeline
 from alignray.stats import step_metrics
 
@@ -74,7 +74,6 @@ class Controller:
         self.rollout = rollout_pool(cfg, self.faults, lambda: self.current_update)
         self.reward = reward_pool(cfg, self.faults)
         self.learners = self._start_learners()
-        self._control_seen: int | None = None  # mtime of RUN_DIR/control.yaml when last read
         self.recorder = RolloutRecorder.options(scheduling_strategy=ray.util.scheduling_strategies.
                                                 NodeAffinitySchedulingStrategy(ray.get_runtime_context()
                                                                                .get_node_id(), soft=False)
@@ -87,16 +86,18 @@ class Controller:
         self.in_flight: deque[list[Shard]] = deque()  # one entry per step: its rollout shards
         self.planned = self.step
         self.shards = ShardPipeline(cfg, self.prompts, self.ledger, self.rollout, self.reward, self.faults)
+        self.scaler = Scaler(cfg, self.run_dir, {"rollout": self.rollout, "reward": self.reward}, self.faults)
 
     # ---- the loop ----------------------------------------------------------------------------------------------
     def run(self, on_step=None) -> list[dict]:
         cfg, history = self.cfg.train, []
         self._recovering(self._start_up)
         while self.step < cfg.steps:
-            self._recovering(self.apply_control)
+            self._recovering(self.scaler.apply_requests)  # `alignray scale` / RUN_DIR/control.yaml
             metrics = self._recovering(self.train_one_step)
             if metrics is None:  # the learner group was lost and rolled back: go on from the restored step
                 continue
+            self.scaler.after_step(metrics, self.step)  # autoscaling rule; RUN_DIR/status.json
             self.log.log(metrics)
             history.append(metrics)
             if on_step:
@@ -132,7 +133,8 @@ class Controller:
         gen = sum(s.generate_s for s in shards) / max(len(shards), 1)
         metrics = step_metrics(step, stats, learner, [s.meta for s in shards],
                                {"generate_s": gen, "reward_s": t2 - t0 - gen, "train_s": t3 - t2, "sync_s": t4 - t3})
-        metrics.update({"rollout/pending": self.rollout.count("pending"), **self.faults.metrics()})
+        metrics.update({"rollout/pending": self.rollout.count("pending"), "reward/pending": self.reward.count("pending"),
+                        "reward/workers": len(self.reward.ready()), **self.faults.metrics()})
         return metrics
 
     def _persist(self) -> None:
@@ -204,32 +206,13 @@ class Controller:
         return results
 
     def scale_rollout(self, num_workers: int) -> None:
-        """Grow or shrink the rollout pool during a run; new members load the current weights before any work (the
-        ones the cluster can place start now and take work from the next step; the others wait, pending)."""
-        self.rollout.scale(num_workers)
-        self.rollout.wait_ready()
-
-    def apply_control(self) -> None:
-        """Elastic scaling while a run goes on: `echo "rollout_workers: 3" > RUN_DIR/control.yaml` takes effect at the
-        next step (read when it changes; a bad file is reported once and ignored, never fatal)."""
-        path = self.run_dir / "control.yaml"
-        if not path.is_file() or path.stat().st_mtime_ns == self._control_seen:
-            return
-        self._control_seen = path.stat().st_mtime_ns
-        try:
-            wanted = int((yaml.safe_load(path.read_text()) or {})["rollout_workers"])
-            if wanted < 1:
-                raise ValueError("must be at least 1")
-        except (yaml.YAMLError, KeyError, TypeError, ValueError) as e:
-            print(f"alignray: ignoring {path}: expected 'rollout_workers: N' with N >= 1 ({e})", flush=True)
-            return
-        if wanted != self.rollout.target:
-            self.scale_rollout(wanted)
+        """Grow or shrink the rollout pool during a run (as `alignray scale RUN --rollout N` does)."""
+        self.scaler.scale("rollout", num_workers, "requested")
 
     def close(self) -> None:
         """Stop every actor of this run and free its placement groups (the Ray cluster itself stays up)."""
         try:
-            for part in (self.rollout, self.reward, self.learners):
+            for part in (self.scaler, self.rollout, self.reward, self.learners):
                 part.close()
             if self.recorder is not None:
                 ray.get(self.recorder.flush.remote())
