@@ -39,12 +39,14 @@ class ChaosMonkey:
         self._t0 = time.monotonic()
 
     def start(self) -> ChaosMonkey:
+        self._t0 = time.monotonic()
         self._thread.start()
         return self
 
     def stop(self) -> list[Kill]:
         self._stop.set()
-        self._thread.join()
+        if self._thread.is_alive():
+            self._thread.join()
         return self.kills
 
     def _victims(self, role: str) -> dict[str, int]:

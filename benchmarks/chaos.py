@@ -27,6 +27,7 @@ from alignray.controller import Controller
 from alignray.invariants import check_invariants
 from alignray.runlog import read_metrics
 
+os.environ.setdefault("RAY_IGNORE_UNHANDLED_ERRORS", "1")  # abandoned refs of dead actors: reported as faults
 ENV = {"env_vars": {"DS_ACCELERATOR": os.environ.get("DS_ACCELERATOR", "cpu"), "TOKENIZERS_PARALLELISM": "false"}}
 
 
@@ -44,6 +45,11 @@ def one_run(args, run_dir: Path, kills: int, node_step: int | None, cluster=None
         if kills else None
     removed: list[str] = []
 
+    def on_step(metrics: dict) -> None:
+        if monkey and metrics["step"] == 1:  # the clock starts once the run is up: kills land between steps 1 and N
+            monkey.start()
+        maybe_remove_node(metrics)
+
     def maybe_remove_node(metrics: dict) -> None:
         if node_step is None or removed or metrics["step"] != node_step:
             return
@@ -56,9 +62,7 @@ def one_run(args, run_dir: Path, kills: int, node_step: int | None, cluster=None
                              daemon=True).start()
 
     try:
-        if monkey:
-            monkey.start()
-        history = controller.run(on_step=maybe_remove_node)
+        history = controller.run(on_step=on_step)
     finally:
         done = monkey.stop() if monkey else []
         controller.close()
@@ -83,7 +87,7 @@ def start_ray(args):
     """A local Ray; with --remove-node-at, a head plus three 4-CPU worker nodes on loopback (ray.cluster_utils)."""
     if args.remove_node_at is None:
         ray.init(address="local", num_cpus=8, include_dashboard=False, _node_ip_address="127.0.0.1", runtime_env=ENV,
-                 logging_level="WARNING")
+                 logging_level="WARNING", log_to_driver=False)
         return None, []
     from alignray.actors.local_nodes import start_local_nodes
 
@@ -95,7 +99,7 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--steps", type=int, default=60)
     parser.add_argument("--kills", type=int, default=20)
-    parser.add_argument("--mean-interval", type=float, default=3.0, help="mean seconds between kills (Poisson)")
+    parser.add_argument("--mean-interval", type=float, default=6.0, help="mean seconds between kills (Poisson)")
     parser.add_argument("--snapshot-interval", type=int, default=5)
     parser.add_argument("--remove-node-at", type=int, help="lose the node of a rollout worker after this step")
     parser.add_argument("--seed", type=int, default=0)

@@ -41,6 +41,9 @@ def connect_ray(address: str | None, num_cpus: float) -> None:
     """An existing cluster (`address`, else RAY_ADDRESS, e.g. `auto`), else a new local Ray on loopback."""
     if ray.is_initialized():
         return
+    # Results of calls to actors that died are abandoned on purpose (the fault is reported once, as a warning line);
+    # Ray would print each one's remote traceback when it is garbage-collected.
+    os.environ.setdefault("RAY_IGNORE_UNHANDLED_ERRORS", "1")
     address = address or os.environ.get("RAY_ADDRESS")
     env_vars = {"TOKENIZERS_PARALLELISM": "false"}
     if os.environ.get("DS_ACCELERATOR"):
