@@ -57,7 +57,8 @@ def alignray_side(args: argparse.Namespace) -> None:
     prompts, samples, new_tokens = SHAPES[args.shape]
     cfg = load_config(None, [f"train.steps={args.steps}", f"train.prompts_per_step={prompts}",
                              f"rollout.samples_per_prompt={samples}", f"rollout.max_new_tokens={new_tokens}",
-                             "train.progress=false", "train.save_rollouts=false", f"model.path={args.model}"])
+                             "train.progress=false", "train.save_rollouts=false", f"model.path={args.model}",
+                             *args.alignray_override])
     ends, rewards = [], []
 
     def on_step(m: dict) -> None:
@@ -103,6 +104,8 @@ def main() -> None:
     parser.add_argument("--trl-threads", type=int, default=1,
                         help="torch threads of the TRL process (1: alignray's actors use 1 each; on the loaded 2-core "
                              "machine 2 threads made TRL 9x slower)")
+    parser.add_argument("--alignray-override", action="append", default=[],
+                        help="an extra alignray override, e.g. train.max_staleness=1 (repeatable)")
     parser.add_argument("--side", choices=["alignray"], default=None, help=argparse.SUPPRESS)
     parser.add_argument("--model", default=None, help=argparse.SUPPRESS)
     parser.add_argument("--run-dir", default=None, help=argparse.SUPPRESS)
@@ -126,7 +129,7 @@ def main() -> None:
             if side == "alignray":
                 cmd = [sys.executable, __file__, "--side", "alignray", "--shape", args.shape, "--steps",
                        str(args.steps), "--model", str(work / "model"), "--run-dir", str(work / f"run-{r}"),
-                       "--result", str(result)]
+                       "--result", str(result), *[f"--alignray-override={o}" for o in args.alignray_override]]
             else:
                 cmd = [str(trl_python), str(Path(__file__).with_name("vs_trl_side.py")), "--model",
                        str(work / "model"), "--steps", str(args.steps), "--prompts", str(prompts), "--samples",
@@ -155,6 +158,7 @@ def main() -> None:
                               / summary["trl"]["steady_completions_per_s"])
     summary["wall_ratio"] = summary["alignray"]["wall_s"] / summary["trl"]["wall_s"]
     summary["trl_threads"] = args.trl_threads
+    summary["alignray_overrides"] = args.alignray_override
     summary["shape"] = {"name": args.shape, "prompts_per_step": prompts, "completions_per_prompt": samples,
                         "new_tokens": new_tokens, "steps": args.steps, "rounds": args.rounds}
     print("| side | steady completions/s | wall s | reward first 8 → last 8 |\n|---|---|---|---|")
