@@ -23,6 +23,8 @@ import torch.multiprocessing as mp
 
 from alignray.schema import SCHEMAS, list_array
 
+pytestmark = pytest.mark.slow  # starts 2 DeepSpeed ranks
+
 ALGOS = ["grpo", "dr_grpo", "rloo", "reinforce_pp", "reinforce_pp_baseline", "ppo"]
 AGGS = ["token_mean", "seq_mean_token_mean", "seq_mean_token_sum_norm"]
 KL_MODES = ["reward", "loss"]
