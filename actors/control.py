@@ -51,10 +51,13 @@ def connect(address: str) -> None:
 
 
 def start_control(run_dir: str | Path):
-    """The run's control actor; an old one of the same name (a run that died without cleanup) is replaced."""
+    """The run's control actor. Non-detached, it dies with its run; a live one of the same name belongs to another
+    run with the same directory name, which keeps it (this run then has none and says so: use RUN_DIR/control.yaml)."""
     name = control_name(run_dir)
     try:
-        ray.kill(ray.get_actor(name, namespace=NAMESPACE))
+        ray.get_actor(name, namespace=NAMESPACE)
     except ValueError:
-        pass
-    return RunControl.options(name=name, namespace=NAMESPACE, lifetime=None).remote()
+        return RunControl.options(name=name, namespace=NAMESPACE).remote()
+    print(f"alignray: warning: another live run is named {Path(run_dir).resolve().name!r}; this run takes scale "
+          f"requests through {Path(run_dir) / 'control.yaml'} only", flush=True)
+    return RunControl.remote()
