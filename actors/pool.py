@@ -31,6 +31,7 @@ class Member:
     actor: ray.actor.ActorHandle | None = None
     start_ref: ray.ObjectRef | None = None
     pid_ref: ray.ObjectRef | None = None
+    node_hint: str | None = None  # the node it was asked to go to (spreading), until it is placed
     state: str = PENDING
     since: float = field(default_factory=time.monotonic)
 
@@ -67,9 +68,25 @@ class WorkerPool:
 
     def _add(self) -> str:
         name = f"{self.role}-{next(self._ids)}"
-        pg = placement_group([dict(self.resources)], strategy="PACK", name=f"alignray-{name}")
-        self.members[name] = Member(name, pg, pg.ready())
+        target = self._emptiest_node()
+        pg = placement_group([dict(self.resources)], strategy="STRICT_PACK", name=f"alignray-{name}",
+                             _soft_target_node_id=target)
+        self.members[name] = Member(name, pg, pg.ready(), node_hint=target)
         return name
+
+    def _emptiest_node(self) -> str | None:
+        """Spread members over nodes: the live node big enough for a member that hosts the fewest of them (a soft
+        target: Ray places the member elsewhere when that node has no room now)."""
+        try:
+            nodes = [n["NodeID"] for n in ray.nodes() if n["Alive"] and all(
+                n["Resources"].get(k, 0) >= v for k, v in self.resources.items())]
+            if len(nodes) < 2:
+                return None
+            hosting = [m.node_hint if m.state == PENDING else
+                       ray.util.placement_group_table(m.pg)["bundles_to_node_id"].get(0) for m in self.members.values()]
+            return min(nodes, key=hosting.count)
+        except Exception:  # noqa: BLE001 - a hint only; without it Ray places the member where it fits
+            return None
 
     def remove(self, name: str) -> None:
         member = self.members.pop(name)

@@ -49,8 +49,10 @@ def test_losing_the_node_of_a_rollout_worker_mid_run(nodes, tmp_path):
     def remove_a_rollout_node(metrics: dict) -> None:
         if metrics["step"] != 2 or removed:
             return
-        member = next(iter(controller.rollout.members.values()))
-        node_id = ray.util.placement_group_table(member.pg)["bundles_to_node_id"][0]
+        hosts = [ray.util.placement_group_table(m.pg)["bundles_to_node_id"][0]
+                 for m in controller.rollout.members.values()]
+        assert len(set(hosts)) == 2  # the pool spreads its members over the nodes
+        node_id = hosts[0]
         (victim,) = [w for w in workers if w.node_id == node_id]
         removed.append(node_id)
         delay = random.Random(5).uniform(0.0, 0.5)  # lands somewhere in step 3
