@@ -118,24 +118,24 @@ class Controller:
         while len(self.in_flight) <= cfg.max_staleness and self.planned < cfg.steps:
             self.planned += 1
             self.in_flight.append(self.shards.dispatch(self.planned))
-        t0 = time.perf_counter()
+        t0 = time.monotonic()
         shards = self.shards.gather(self.in_flight.popleft(), self.step)
-        t2 = time.perf_counter()
+        t2 = time.monotonic()
+        t1 = min(max([t0] + [s.generated_at for s in shards]), t2)  # the driver waited on generation until t1
         learner = self.learners.train([s.scored_ref for s in shards])
         self.ledger.consume([row for shard in shards for row in shard.rows])
-        t3 = time.perf_counter()
+        t3 = time.monotonic()
         self.step = self.rollout.step = self.reward.step = step
         if step % cfg.sync_interval == 0:
             self.sync_weights()
-        t4 = time.perf_counter()
+        t4 = time.monotonic()
         if self.recorder is not None:
             for part, shard in enumerate(shards):
                 self.recorder.write.remote(step, part, shard.scored_ref)
         stats = [s.stats for s in shards]
         self.log.quarantine(step, [q for s in stats for q in s["quarantined"]])
-        gen = sum(s.generate_s for s in shards) / max(len(shards), 1)
         metrics = step_metrics(step, stats, learner, [s.meta for s in shards],
-                               {"generate_s": gen, "reward_s": t2 - t0 - gen, "train_s": t3 - t2, "sync_s": t4 - t3})
+                               {"generate_s": t1 - t0, "reward_s": t2 - t1, "train_s": t3 - t2, "sync_s": t4 - t3})
         metrics.update({"rollout/pending": self.rollout.count("pending"), "reward/pending": self.reward.count("pending"),
                         "reward/workers": len(self.reward.ready()), **self.faults.metrics()})
         return metrics

@@ -38,7 +38,7 @@ class Shard:
     meta_ref: ray.ObjectRef | None = None
     started: float = field(default_factory=time.monotonic)
     meta: dict | None = None
-    generate_s: float = 0.0
+    generated_at: float = 0.0  # time.monotonic() when its rollout batch was ready
     scorer: str | None = None
     scored_ref: ray.ObjectRef | None = None
     stats_ref: ray.ObjectRef | None = None
@@ -101,7 +101,7 @@ class ShardPipeline:
         if ref is shard.meta_ref:
             try:
                 shard.meta = ray.get(ref)
-                shard.generate_s = time.monotonic() - shard.started
+                shard.generated_at = time.monotonic()
             except Exception as exc:  # noqa: BLE001 - classified: faults handled, user errors and bugs re-raised
                 self._rollout_lost(shard, classify(shard.worker, exc))
             return False
