@@ -15,7 +15,9 @@ from alignray.runlog import new_run_dir
 
 def train_reward_model_on_ray(cfg: RmRunConfig, out_dir: str | Path) -> dict:
     """Start `learner.num_ranks` RewardLearner actors in one placement group, train, return rank 0's summary."""
-    from alignray.actors.groups import in_group, release, reserve
+    from ray.util.placement_group import remove_placement_group
+
+    from alignray.actors.groups import in_group, reserve
     from alignray.actors.rm_learner import RewardLearner
     from alignray.controller import connect_ray
 
@@ -29,7 +31,9 @@ def train_reward_model_on_ray(cfg: RmRunConfig, out_dir: str | Path) -> dict:
         model_dir = Path(out_dir) / "model"
         return ray.get([w.train.remote(addr, port, str(model_dir)) for w in ranks])[0]
     finally:
-        release(ranks, pg)
+        for rank in ranks:
+            ray.kill(rank, no_restart=True)
+        remove_placement_group(pg)
 
 
 def rm_train_main(config: str, overrides: list[str], run_dir: str | None) -> dict:

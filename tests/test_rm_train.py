@@ -34,7 +34,7 @@ def test_rm_train_two_ranks_then_score_in_rl(ray_cluster, tmp_path, capsys):
     write_jsonl(tmp_path / "test.jsonl", vowel_pairs(24, 1))
     config = {
         "data": str(tmp_path / "train.jsonl"), "eval_data": str(tmp_path / "test.jsonl"),
-        "model": {"kind": "causal", "mmd_attribute": "length_chars", "mmd_num_bins": 2, "mmd_lambda": 0.5,
+        "model": {"kind": "causal", "mmd_attribute": "length_chars", "mmd_num_bins": 2, "mmd_lambda": "auto", "mmd_auto_grid": [0.5],
                   "tiny_model": {"arch": "bert", "hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 1,
                                  "num_attention_heads": 4},
                   "epochs": 3, "batch_size": 8, "lr": 3e-3, "max_length": 32},
@@ -46,6 +46,8 @@ def test_rm_train_two_ranks_then_score_in_rl(ray_cluster, tmp_path, capsys):
     assert "with 2 DeepSpeed ranks" in capsys.readouterr().out
     assert json.loads((out / "eval.json").read_text())["accuracy"] >= 0.9
     assert json.loads((out / "summary.json").read_text())["ranks"] == 2
+    sweep = json.loads((out / "mmd_sweep.json").read_text())  # mmd_lambda: auto, chosen on a held-out 20 %
+    assert sweep["chosen_lambda"] == 0.5 and sweep["metric"] == "mmd" and sweep["n_heldout"] == 13
 
     scorers = json.dumps([{"name": "vowels", "function": "vowel_ratio"},
                           {"name": "rm", "type": "model", "path": str(out / "model"), "weight": 0.5}])
