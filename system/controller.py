@@ -15,13 +15,14 @@ import json
 import os
 import random
 import shutil
+import sys
 import time
 from collections import deque
 from pathlib import Path
 
 import ray
 
-from alignray.actors.calls import ActorFault, kill
+from alignray.actors.calls import ActorFault, kill, wait_calls
 from alignray.actors.cluster import check_capacity
 from alignray.actors.groups import LearnerGroup, reward_pool, rollout_pool
 from alignray.actors.recorder import RolloutRecorder
@@ -218,7 +219,10 @@ class Controller:
             for part in (self.scaler, self.rollout, self.reward, self.learners):
                 part.close()
             if self.recorder is not None:
-                ray.get(self.recorder.flush.remote())
+                _, lost = wait_calls({"recorder": self.recorder.flush.remote()}, self.cfg.train.call_timeout_s.save)
+                if lost:  # the last steps' rollouts may be missing from RUN_DIR/rollouts: say so, once
+                    print(f"alignray: warning: rollout recorder {lost['recorder'].cause}; the last rollouts "
+                          "Parquet files may be incomplete", file=sys.stderr, flush=True)
                 kill(self.recorder)
         finally:
             self.log.close()  # last: train.loggers [mlflow] uploads the run directory, flushed rollouts included
