@@ -9,7 +9,7 @@ from alignray.errors import ConfigError
 from alignray.rewards.backbones import TinyModelSpec
 from alignray.rewards.cli import rm_bench_main, rm_eval_main
 from alignray.rewards.evaluate import evaluate_reward_model, format_table
-from alignray.rewards.models import load_reward_model
+from alignray.rewards.loading import load_reward_model
 from alignray.rewards.preference_data import PreferenceData, write_jsonl
 from alignray.rewards.train import collate, reward_loss, train_reward_model
 from alignray.rewards.train_config import RewardTrainConfig

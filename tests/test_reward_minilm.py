@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 
 from alignray.config import ScorerConfig
-from alignray.rewards.models import load_reward_model
+from alignray.rewards.loading import load_reward_model
 from alignray.rewards.preference_data import PreferenceData
 from alignray.rewards.scorers import ModelScorer
 from alignray.rewards.train import train_reward_model

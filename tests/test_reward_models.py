@@ -10,7 +10,8 @@ from alignray.rewards.encore import fit_encore
 from alignray.rewards.ensemble_models import EnsembleRewardModel, warm_model
 from alignray.rewards.haf_model import HafRewardModel
 from alignray.rewards.heads_model import HeadsRewardModel
-from alignray.rewards.models import ScalarRewardModel, load_reward_model
+from alignray.rewards.loading import load_reward_model
+from alignray.rewards.models import ScalarRewardModel
 
 WORDS = "the cat sat on a mat and dog ran far away good bad answer question please"
 PROMPTS = ["question the cat", "please answer", "the dog", "a question"]

@@ -18,7 +18,7 @@ def rm_eval_main(model: str, data: str, out: str | None = None, batch_size: int 
     directory): also evaluate it and flag every attribute value where the model's bias gap has the opposite sign and
     a larger size than the baseline's (over-correction by the invariance penalty)."""
     from .evaluate import evaluate_reward_model, format_table, over_correction
-    from .models import load_reward_model
+    from .loading import load_reward_model
     from .preference_data import load_preferences
 
     reward_model = load_reward_model(model, trust_remote_code=trust_remote_code)

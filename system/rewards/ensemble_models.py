@@ -60,7 +60,7 @@ class EnsembleRewardModel(RewardModel):
 
     @classmethod
     def load(cls, path: Path, config: dict[str, Any], trust_remote_code: bool = False) -> EnsembleRewardModel:
-        from .models import load_reward_model
+        from .loading import load_reward_model
 
         members = [load_reward_model(path / name, trust_remote_code) for name in config["members"]]
         return cls(members, config.get("aggregation", "mean"), config.get("coef"), config.get("ddof", 0))

@@ -1,5 +1,5 @@
-"""Reward models in the Hugging Face style: the RewardModel interface, the scalar (BT / causal / WARM) model, and
-`load_reward_model`, the one function that loads every kind.
+"""Reward models in the Hugging Face style: the RewardModel interface and the scalar (BT / causal / WARM) model. It
+imports no other kind; `alignray.rewards.loading.load_reward_model` loads every kind.
 
 Save format: a directory with `alignray_rm.json` ({"kind": ..., "format_version": 1, ...}) and HF subfolders that
 load with `from_pretrained`. A plain HF sequence-classification directory (num_labels=1) loads as a scalar model.
@@ -126,36 +126,3 @@ class ScalarRewardModel(RewardModel):
         tokenizer = AutoTokenizer.from_pretrained(directory, trust_remote_code=trust_remote_code)
         return cls(backbone, tokenizer, config.get("max_length", DEFAULT_MAX_LENGTH),
                    config.get("trained_with", "unknown"), config.get("pooling"), config.get("metadata"))
-
-
-def _kinds() -> dict[str, type[RewardModel]]:
-    from .ensemble_models import EnsembleRewardModel
-    from .haf_model import HafRewardModel
-    from .heads_model import HeadsRewardModel
-
-    return {cls.kind: cls for cls in (ScalarRewardModel, HeadsRewardModel, HafRewardModel, EnsembleRewardModel)}
-
-
-def load_reward_model(path: str | Path, trust_remote_code: bool = False,
-                      device: str | torch.device | None = None) -> RewardModel:
-    """Load any saved reward model (dispatch on `kind` in alignray_rm.json), or a plain HF sequence-classification
-    directory as a scalar model. Returned in eval mode, on `device` if given."""
-    path = Path(path)
-    config_file = path / RM_CONFIG_FILE
-    if config_file.exists():
-        try:
-            config = json.loads(config_file.read_text())
-        except json.JSONDecodeError as exc:
-            raise ValueError(f"{config_file}: not valid JSON ({exc})") from exc
-        kinds = _kinds()
-        kind = config.get("kind")
-        if kind not in kinds:
-            raise ValueError(f"{config_file}: field 'kind' is {kind!r}; expected one of {sorted(kinds)}")
-        model = kinds[kind].load(path, config, trust_remote_code=trust_remote_code)
-    elif (path / "config.json").exists():
-        model = ScalarRewardModel.load(path, {"subfolder": ".", "trained_with": "unknown"}, trust_remote_code)
-    else:
-        raise FileNotFoundError(f"{path}: no {RM_CONFIG_FILE} and no HF config.json; not a reward model directory")
-    if device is not None:
-        model.to(device)
-    return model.eval()

@@ -46,7 +46,7 @@ class ModelScorer:
     """A reward model from a directory: a plain HF sequence classifier or any alignray reward model."""
 
     def __init__(self, cfg: ScorerConfig, trust_remote_code: bool = False):
-        from alignray.rewards.models import load_reward_model
+        from alignray.rewards.loading import load_reward_model
 
         self.name, self.weight, self.batch_size = cfg.name, cfg.weight, cfg.batch_size
         self.model = load_reward_model(cfg.path, trust_remote_code=trust_remote_code)
