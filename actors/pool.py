@@ -55,7 +55,8 @@ class WorkerPool:
     # ---- size ----------------------------------------------------------------------------------------------------
     def scale(self, target: int, place_grace_s: float = 5.0) -> None:
         """Grow (new members start pending) or shrink (pending members go first, then the newest). New members the
-        cluster can place within `place_grace_s` are started before this returns; the others stay pending."""
+        cluster can place within `place_grace_s` are placed before this returns (the next `reconcile` starts them);
+        the others stay pending until capacity appears."""
         self.target = target
         added = [self._add() for _ in range(target - len(self.members))]
         if added:
