@@ -120,7 +120,7 @@ class Controller:
             self.planned += 1
             self.in_flight.append(self.shards.dispatch(self.planned))
         t0 = time.monotonic()
-        shards = self.shards.gather(self.in_flight.popleft(), self.step)
+        shards = self.shards.gather(self.in_flight.popleft())
         t2 = time.monotonic()
         t1 = min(max([t0] + [s.generated_at for s in shards]), t2)  # the driver waited on generation until t1
         learner = self.learners.train([s.scored_ref for s in shards])

@@ -72,7 +72,7 @@ class ShardPipeline:
         shard.worker, shard.started, shard.meta = name, time.monotonic(), None
         shard.ref, shard.meta_ref = self.rollout.actor(name).generate.remote(prompts, seed)
 
-    def gather(self, shards: list[Shard], last_step: int) -> list[Shard]:
+    def gather(self, shards: list[Shard]) -> list[Shard]:
         """Wait until every shard is generated and scored, recovering from faults on the way; in part order."""
         todo, done = list(shards), []
         while todo:
