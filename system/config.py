@@ -138,11 +138,17 @@ class ScorerConfig(Section):
     path: str | None = None
     """Reward model directory (plain HF sequence classifier or an alignray reward model)."""
     weight: float = 1.0
+    """Weight in the optimised total `reward`; 0 = logged only (`reward/<name>/mean`), never optimised."""
     kwargs: dict[str, Any] = {}
     batch_size: int = Field(32, gt=0)
+    gold: bool = False
+    """A reference ("gold") reward: needs weight 0; adds `reward/proxy_gold_gap/mean` = mean(reward − this)."""
 
     @model_validator(mode="after")
     def _source_matches_type(self) -> ScorerConfig:
+        if self.gold and self.weight != 0:
+            raise ValueError(f"scorer '{self.name}' is gold (logged, never optimised), so its weight must be 0, "
+                             f"got {self.weight}")
         if self.type == "function" and not self.function:
             raise ValueError(f"scorer '{self.name}' has type 'function' but no 'function'")
         if self.type == "model" and not self.path:
@@ -171,6 +177,8 @@ class RewardConfig(Section):
             raise ValueError("reward.scorers is empty: give at least one scorer")
         if len(set(names)) != len(names):
             raise ValueError(f"reward.scorers names must be unique, got {names}")
+        if sum(s.gold for s in self.scorers) > 1:
+            raise ValueError("reward.scorers: at most one scorer may be gold")
         return self
 
 

@@ -1,5 +1,10 @@
 """Scorers turn a rollout batch into a scored batch: one `reward_<name>` column per component plus the weighted total.
 
+A scorer with weight 0 is computed and logged (`reward_<name>`, `reward/<name>/mean`) but adds nothing to the optimised
+`reward`. A `gold` scorer (weight 0, at most one) is a reference reward, for example the true reward a learned proxy
+stands in for: the driver also logs `reward/proxy_gold_gap/mean` = mean(reward − gold), which grows while a policy
+over-optimises the proxy (compare it with its first steps; the two scales need not match).
+
 A scorer that raises or returns a non-finite value for a sample is never turned into zero: the sample is reported by its
 (prompt_id, sample_index) and, by policy, the step fails or the sample is quarantined (dropped and logged).
 """
@@ -28,7 +33,7 @@ class ScoreResult:
 
 class FunctionScorer:
     def __init__(self, cfg: ScorerConfig):
-        self.name, self.weight, self.kwargs = cfg.name, cfg.weight, dict(cfg.kwargs)
+        self.name, self.weight, self.gold, self.kwargs = cfg.name, cfg.weight, cfg.gold, dict(cfg.kwargs)
         self.fn = resolve_reward_fn(cfg.function or "")
 
     def score(self, prompts: list[str], responses: list[str]) -> ScoreResult:
@@ -48,7 +53,7 @@ class ModelScorer:
     def __init__(self, cfg: ScorerConfig, trust_remote_code: bool = False):
         from alignray.rewards.loading import load_reward_model
 
-        self.name, self.weight, self.batch_size = cfg.name, cfg.weight, cfg.batch_size
+        self.name, self.weight, self.gold, self.batch_size = cfg.name, cfg.weight, cfg.gold, cfg.batch_size
         self.model = load_reward_model(cfg.path, trust_remote_code=trust_remote_code)
 
     def score(self, prompts: list[str], responses: list[str]) -> ScoreResult:
@@ -89,7 +94,8 @@ def score_batch(batch: pa.RecordBatch, scorers: list, on_error: str) -> tuple[pa
         for key, value in result.columns.items():
             if key != "reward":
                 columns[f"{REWARD_PREFIX}{scorer.name}_{key}"] = value
-        total += scorer.weight * main
+        if scorer.weight != 0:  # weight 0: logged only (and a NaN there must not reach the total as 0·NaN)
+            total += scorer.weight * main
     reports = [f"{_sample_id(batch, row)}: {'; '.join(msgs)}" for row, msgs in sorted(problems.items())]
     if reports and on_error == "fail":
         more = f" (and {len(reports) - 5} more)" if len(reports) > 5 else ""
@@ -102,11 +108,13 @@ def score_batch(batch: pa.RecordBatch, scorers: list, on_error: str) -> tuple[pa
         keep = np.setdiff1d(np.arange(batch.num_rows), np.fromiter(problems, dtype=np.int64))
         scored = scored.take(pa.array(keep, type=pa.int64()))
     check_batch(scored, "scored", "reward worker output")
-    return scored, batch_reward_stats(scored, reports)
+    gold = next((s.name for s in scorers if getattr(s, "gold", False)), None)
+    return scored, batch_reward_stats(scored, reports, gold)
 
 
-def batch_reward_stats(scored: pa.RecordBatch, quarantined: list[str]) -> dict:
-    """Scalars the driver logs: mean/std reward, per-component means, and the reward–length correlation."""
+def batch_reward_stats(scored: pa.RecordBatch, quarantined: list[str], gold: str | None = None) -> dict:
+    """Scalars the driver logs: mean/std reward, per-component means, and the reward–length correlation; with a
+    gold scorer, the sum of (reward − gold), which the driver turns into `reward/proxy_gold_gap/mean`."""
     reward = scored.column("reward").to_numpy()
     lengths = np.diff(np.asarray(scored.column("response_tokens").offsets)).astype(np.float64)
     stats = {"reward/sum": float(reward.sum()), "reward/sumsq": float((reward.astype(np.float64) ** 2).sum()),
@@ -115,6 +123,9 @@ def batch_reward_stats(scored: pa.RecordBatch, quarantined: list[str]) -> dict:
     for name in scored.schema.names:
         if name.startswith(REWARD_PREFIX):
             stats[f"reward/{name[len(REWARD_PREFIX):]}/sum"] = float(scored.column(name).to_numpy().sum())
+    if gold is not None:
+        gap = reward.astype(np.float64) - scored.column(REWARD_PREFIX + gold).to_numpy()
+        stats["reward/proxy_gold_gap/sum"] = float(gap.sum())
     return stats
 
 
