@@ -24,6 +24,7 @@ BENCHMARKS: dict[str, Callable[..., dict[str, Any]]] = {
     "overoptimisation": _lazy("overoptimisation"),
     "sycophancy": _lazy("sycophancy"),
     "haf-small-data": _lazy("haf_small_data"),
+    "haf-text": _lazy("haf_text"),  # real text (MiniLM fine-tuned): few pairs, unseen templates at test time
     # real text: seeded sentence grammars scored with the pretrained MiniLM encoder (cached features + heads)
     "concept-text": _lazy("concept_text"),
     "sycophancy-text": _lazy("concept_text", "run_sycophancy"),
