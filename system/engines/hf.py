@@ -10,16 +10,19 @@ from transformers import PreTrainedModel
 
 from alignray.algorithms.losses import logprobs_from_logits
 from alignray.engines.base import Completion, SamplingSettings, truncate_at_stop
+from alignray.engines.lean_decode import LeanDecoder, supports
 
 
 class HFEngine:
-    """Samples with `model.generate` (left-padded batch) and reads per-token log-probs from its raw logits."""
+    """Samples a left-padded batch and reads per-token log-probs from the raw logits: with the lean loop of
+    `alignray.engines.lean_decode` for Llama-architecture models (`lean=True`, the default), else `model.generate`."""
 
-    def __init__(self, model: PreTrainedModel, pad_token_id: int, eos_token_id: int):
+    def __init__(self, model: PreTrainedModel, pad_token_id: int, eos_token_id: int, lean: bool = True):
         self.model = model.eval()
         self.pad_token_id = pad_token_id
         self.eos_token_id = eos_token_id
         self.params = dict(self.model.named_parameters())
+        self.lean = LeanDecoder(self.model) if lean and supports(self.model) else None
 
     def _left_pad(self, seqs: list[np.ndarray]) -> tuple[torch.Tensor, torch.Tensor]:
         width = max(len(s) for s in seqs)
@@ -38,14 +41,19 @@ class HFEngine:
         ids, mask = self._left_pad(prompts)
         stop = {self.eos_token_id, *sampling.stop_token_ids}
         torch.manual_seed(sampling.seed)
-        out = self.model.generate(
-            input_ids=ids, attention_mask=mask, do_sample=True, temperature=sampling.temperature,
-            top_p=sampling.top_p, top_k=0, max_new_tokens=sampling.max_new_tokens,
-            num_return_sequences=sampling.n, eos_token_id=sorted(stop), pad_token_id=self.pad_token_id,
-            output_logits=True, return_dict_in_generate=True,
-        )
-        new_tokens = out.sequences[:, ids.shape[1]:]
-        logits = torch.stack(out.logits, dim=1)  # [B*n, T, V] raw logits; log-probs as z[y] − logsumexp(z)
+        if self.lean is not None:
+            new_tokens, logits = self.lean.sample(ids, mask, sampling.n, sampling.max_new_tokens, sampling.temperature,
+                                                  sampling.top_p, stop, self.pad_token_id)
+        else:
+            out = self.model.generate(
+                input_ids=ids, attention_mask=mask, do_sample=True, temperature=sampling.temperature,
+                top_p=sampling.top_p, top_k=0, max_new_tokens=sampling.max_new_tokens,
+                num_return_sequences=sampling.n, eos_token_id=sorted(stop), pad_token_id=self.pad_token_id,
+                output_logits=True, return_dict_in_generate=True,
+            )
+            new_tokens = out.sequences[:, ids.shape[1]:]
+            logits = torch.stack(out.logits, dim=1)  # [B*n, T, V] raw logits
+        # log-probs as z[y] − logsumexp(z)
         logprobs = logprobs_from_logits(logits, new_tokens, sampling.temperature)
         tokens_np = new_tokens.to(torch.int32).numpy()
         logprobs_np = logprobs.numpy().astype(np.float32)
