@@ -8,13 +8,13 @@ objective of `alignray.objective`.
 from __future__ import annotations
 
 import os
-import socket
 import time
 from pathlib import Path
 
 import ray
 import torch
 
+from alignray.actors.ranks import deepspeed_config, init_process_group, prepare_rank, rank_address
 from alignray.config import Config
 from alignray.models import load_critic, load_policy, load_tokenizer, save_hf
 from alignray.objective import Objective
@@ -23,51 +23,9 @@ from alignray.train_step import LearnerStep
 from alignray.weights import WeightUpdate, pack_state
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def prepare_rank(torch_threads: int, num_gpus: float) -> bool:
-    """Per-rank process setup shared by the RL and reward-model learners; returns whether this rank uses a GPU."""
-    torch.set_num_threads(torch_threads)
-    use_gpu = num_gpus > 0 and torch.cuda.is_available()
-    if not use_gpu:
-        os.environ.setdefault("DS_ACCELERATOR", "cpu")
-    return use_gpu
-
-
-def rank_address() -> tuple[str, int]:
-    """Where rank 0 hosts the process-group rendezvous: this node's IP and a free port."""
-    return ray.util.get_node_ip_address(), free_port()
-
-
-def init_process_group(rank: int, world: int, master_addr: str, master_port: int, backend: str,
-                       use_gpu: bool) -> None:
-    """The env DeepSpeed expects (it otherwise tries MPI discovery), then its process group (gloo on CPU)."""
-    os.environ.update(MASTER_ADDR=master_addr, MASTER_PORT=str(master_port), RANK=str(rank), LOCAL_RANK="0",
-                      WORLD_SIZE=str(world))
-    import deepspeed
-
-    if backend == "auto":
-        backend = "nccl" if use_gpu else "gloo"
-    deepspeed.init_distributed(dist_backend=backend, auto_mpi_discovery=False)
-
-
 def ds_config(cfg: Config, world_size: int) -> dict:
     lc = cfg.learner
-    return {
-        "train_micro_batch_size_per_gpu": lc.micro_batch_size,
-        "gradient_accumulation_steps": 1,
-        "train_batch_size": lc.micro_batch_size * world_size,
-        "gradient_clipping": lc.grad_clip,
-        "zero_optimization": {"stage": lc.zero_stage},
-        "zero_allow_untested_optimizer": True,
-        "bf16": {"enabled": cfg.model.dtype == "bfloat16"},
-        "fp16": {"enabled": cfg.model.dtype == "float16"},
-        "steps_per_print": 10**9,
-    }
+    return deepspeed_config(lc.micro_batch_size, world_size, lc.grad_clip, lc.zero_stage, cfg.model.dtype)
 
 
 @ray.remote

@@ -1,51 +1,76 @@
-"""RewardLearner: one DeepSpeed rank of `alignray rm train`. Every rank builds the same model from the same seed, trains
-on its slice of each global batch (gradients all-reduced by DeepSpeed), and rank 0 saves the result."""
+"""RewardLearner: one DeepSpeed rank of `alignray rm train`, launched and joined by `actors.ranks.RankGroup`. Every rank
+builds the same model from the same seed, trains on its slice of each global batch (gradients all-reduced by
+DeepSpeed), and rank 0 saves the result. A threaded actor (max_concurrency 2): the driver reads `progress` while
+`train` runs."""
 
 from __future__ import annotations
 
+import threading
+from collections import deque
 from pathlib import Path
 
 import ray
 
-from alignray.actors.learner import init_process_group, prepare_rank, rank_address
-from alignray.rm_config import RmRunConfig
+from alignray.actors.ranks import deepspeed_config, init_process_group, prepare_rank, rank_address
+from alignray.rewards.training.config import RewardTrainConfig
+
+SMOOTH_STEPS = 20
+"""The progress shows loss and accuracy averaged over this many recent steps of rank 0's slice."""
 
 
 @ray.remote
 class RewardLearner:
     def __init__(self, cfg_dict: dict, rank: int, world: int):
-        self.cfg = RmRunConfig.model_validate(cfg_dict)
+        self.cfg = RewardTrainConfig.model_validate(cfg_dict)
         self.rank, self.world = rank, world
         self.use_gpu = prepare_rank(self.cfg.learner.torch_threads, self.cfg.learner.num_gpus)
+        self._lock = threading.Lock()
+        self._report: dict = {}
+        self._recent: deque = deque(maxlen=SMOOTH_STEPS)
 
     def address(self) -> tuple[str, int]:
         return rank_address()
 
-    def train(self, master_addr: str, master_port: int, out_dir: str) -> dict | None:
+    def setup(self, master_addr: str, master_port: int) -> None:
+        init_process_group(self.rank, self.world, master_addr, master_port, self.cfg.learner.backend, self.use_gpu)
+
+    def progress(self) -> dict:
+        """The latest step of the current fit: {fit, fits, step, total, loss, accuracy} (smoothed); {} before the first."""
+        with self._lock:
+            return dict(self._report)
+
+    def _on_step(self, report: dict) -> None:
+        with self._lock:
+            if report["step"] == 1:
+                self._recent.clear()
+                self._report["fits"] = self._report.get("fits", 0) + 1
+            self._recent.append((report["loss"], report["accuracy"]))
+            n = len(self._recent)
+            self._report.update(report, loss=sum(x[0] for x in self._recent) / n,
+                                accuracy=sum(x[1] for x in self._recent) / n)
+
+    def train(self, out_dir: str) -> dict | None:
         """Train; rank 0 writes `out_dir` (loadable by `load_reward_model` and the RewardWorker) and returns a summary."""
         import deepspeed
 
-        from alignray.rewards.train import Distributed, make_tokenizer, train_reward_model
-        from alignray.rm_config import load_training_data
+        from alignray.rewards.preference_data import load_preferences
+        from alignray.rewards.training.loop import Distributed, make_tokenizer, train_reward_model
 
-        init_process_group(self.rank, self.world, master_addr, master_port, self.cfg.learner.backend, self.use_gpu)
-        lc, mc = self.cfg.learner, self.cfg.model
-        ds = {"train_micro_batch_size_per_gpu": mc.batch_size, "gradient_accumulation_steps": 1,
-              "train_batch_size": mc.batch_size * self.world, "gradient_clipping": mc.grad_clip,
-              "zero_optimization": {"stage": lc.zero_stage}, "zero_allow_untested_optimizer": True,
-              "steps_per_print": 10**9}
+        cfg, lc = self.cfg, self.cfg.learner
+        ds = deepspeed_config(cfg.batch_size, self.world, cfg.grad_clip, lc.zero_stage)
 
         def wrap(model, optimizer):
             return deepspeed.initialize(model=model, optimizer=optimizer, config=ds)[0]
 
-        data = load_training_data(self.cfg)
-        tokenizer = make_tokenizer(mc, data)
-        model = train_reward_model(mc, data, tokenizer, dist=Distributed(self.rank, self.world, wrap))
+        data = load_preferences(cfg.data, attributes=cfg.attributes)
+        tokenizer = make_tokenizer(cfg, data)
+        dist = Distributed(self.rank, self.world, wrap, self._on_step if self.rank == 0 else None)
+        model = train_reward_model(cfg, data, tokenizer, dist=dist)
         if self.rank != 0:
             return None
         model.save(Path(out_dir))
-        summary = {"pairs": len(data), "kind": mc.kind, "ranks": self.world, "out": out_dir}
+        summary = {"pairs": len(data), "kind": cfg.kind, "ranks": self.world, "out": out_dir}
         metadata = getattr(model, "metadata", {})
-        if mc.kind == "causal":  # the resolved recipe, and the λ sweep when mmd_lambda was "auto"
+        if cfg.kind == "causal":  # the resolved recipe, and the λ sweep when mmd_lambda was "auto"
             summary.update({k: metadata.get(k) for k in ("mmd_lambda", "cf_weight", "mmd_condition", "mmd_auto")})
         return summary

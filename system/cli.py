@@ -1,7 +1,8 @@
 """The `alignray` command.
 
   alignray train [--config run.yaml] [--run-dir DIR | --resume DIR] [section.field=value ...]
-  alignray rm train --config rm.yaml | rm eval --model DIR --data FILE | rm bench NAME [--out results.json]
+  alignray rm train [--config rm.yaml] [--run-dir DIR] [field=value ...]   (default: the built-in example)
+  alignray rm eval --model DIR --data FILE | rm bench NAME [--out results.json]
   alignray config [--config run.yaml] [overrides ...]     print the resolved config and exit
   alignray scale RUN_DIR --rollout N [--reward M]         resize a running run's pools
   alignray status RUN_DIR [--json]                        step, pools, throughput, recent faults
@@ -111,7 +112,7 @@ def _rm(args: argparse.Namespace) -> int:
     elif args.rm_command == "bench":
         rm_cli.rm_bench_main(args.name, args.out, args.quick)
     else:
-        from alignray.rm_trainer import rm_train_main
+        from alignray.rewards.training.run import rm_train_main
 
         rm_train_main(args.config, args.overrides, args.run_dir)
     return 0
@@ -173,10 +174,12 @@ def build_parser() -> argparse.ArgumentParser:
     status.set_defaults(func=_status)
     rm = sub.add_parser("rm", help="reward models: train, evaluate, synthetic benchmarks")
     rm_sub = rm.add_subparsers(dest="rm_command", required=True)
-    rm_train = rm_sub.add_parser("train", help="train a reward model on Ray with DeepSpeed ranks")
-    rm_train.add_argument("--config", required=True)
-    rm_train.add_argument("--run-dir")
-    rm_train.add_argument("overrides", nargs="*")
+    rm_train = rm_sub.add_parser("train", help="train a reward model on Ray with DeepSpeed ranks (default: the "
+                                 "built-in example)")
+    rm_train.add_argument("--config", help="YAML reward-model config (default: the built-in example, "
+                          "system/presets/rm-quickstart.yaml)")
+    rm_train.add_argument("--run-dir", help="output folder (default: a new folder under runs/rm/)")
+    rm_train.add_argument("overrides", nargs="*", help="dotted overrides, e.g. kind=bt epochs=2 learner.num_ranks=1")
     rm_eval = rm_sub.add_parser("eval", help="accuracy, calibration, spurious correlations of a reward model")
     rm_eval.add_argument("--model", required=True)
     rm_eval.add_argument("--data", required=True)

@@ -11,8 +11,8 @@ from alignray.rewards.cli import rm_bench_main, rm_eval_main
 from alignray.rewards.evaluate import evaluate_reward_model, format_table
 from alignray.rewards.loading import load_reward_model
 from alignray.rewards.preference_data import PreferenceData, write_jsonl
-from alignray.rewards.train import collate, reward_loss, train_reward_model
-from alignray.rewards.train_config import RewardTrainConfig
+from alignray.rewards.training import RewardTrainConfig
+from alignray.rewards.training.loop import collate, reward_loss, train_reward_model
 
 TINY = TinyModelSpec(arch="bert", hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=4)
 

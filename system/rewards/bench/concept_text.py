@@ -21,11 +21,11 @@ from typing import Any
 
 import numpy as np
 
-from ..causal_setup import resolve_causal
 from ..evaluate import evaluate_reward_model
 from ..mmd import fit_bins
 from ..preference_data import PreferenceData
-from ..train_config import RewardTrainConfig
+from ..training import RewardTrainConfig
+from ..training.causal import resolve_causal
 from . import text_grammar as g
 from .common import finish, format_rows, quiet_transformers
 from .features import FeatureBank, fit_head, minilm_path

@@ -21,7 +21,7 @@ from torch import nn
 from ..encoding import encode_pairs, pool
 from ..objectives import preference_objective
 from ..preference_data import PreferenceData
-from ..train_config import RewardTrainConfig
+from ..training import RewardTrainConfig
 
 HEAD_HIDDEN = 64
 

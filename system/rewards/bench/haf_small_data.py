@@ -18,8 +18,8 @@ import numpy as np
 from ..backbones import TinyModelSpec
 from ..evaluate import pairwise_accuracy
 from ..preference_data import PreferenceData
-from ..train import train_reward_model
-from ..train_config import RewardTrainConfig
+from ..training import RewardTrainConfig
+from ..training.loop import train_reward_model
 from .common import finish, format_rows, quiet_transformers
 
 

@@ -22,8 +22,8 @@ from ..backbones import TinyModelSpec
 from ..encore import encore_weights
 from ..evaluate import pairwise_accuracy
 from ..preference_data import PreferenceData
-from ..train import train_reward_model
-from ..train_config import RewardTrainConfig
+from ..training import RewardTrainConfig
+from ..training.loop import train_reward_model
 from .common import finish, format_rows, quiet_transformers
 
 ATTENTIVENESS = (0.95, 0.85, 0.7, 0.4, 0.15, 0.0)

@@ -22,8 +22,8 @@ from ..backbones import TinyModelSpec
 from ..ensemble import aggregate
 from ..ensemble_models import EnsembleRewardModel, warm_model
 from ..preference_data import PreferenceData
-from ..train import build_reward_model, fit, seed_everything, train_reward_model
-from ..train_config import RewardTrainConfig
+from ..training import RewardTrainConfig
+from ..training.loop import build_reward_model, fit, seed_everything, train_reward_model
 from .common import finish, format_rows, quiet_transformers
 
 FLIP_RATE, TRAIN_MAX_LEN, POOL_MAX_LEN, LENGTH_BONUS, LENGTH_PENALTY = 0.25, 16, 40, 0.03, 0.06

@@ -19,8 +19,8 @@ import torch
 from ..backbones import TinyModelSpec
 from ..evaluate import evaluate_reward_model
 from ..preference_data import PreferenceData
-from ..train import train_reward_model
-from ..train_config import RewardTrainConfig
+from ..training import RewardTrainConfig
+from ..training.loop import train_reward_model
 from .common import finish, format_rows, quiet_transformers
 from .length_bias import response
 

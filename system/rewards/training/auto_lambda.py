@@ -23,9 +23,9 @@ from typing import Any
 import numpy as np
 import torch
 
-from .evaluate import pairwise_accuracy
-from .mmd import conditional_causal_penalty
-from .preference_data import PreferenceData
+from ..evaluate import pairwise_accuracy
+from ..mmd import conditional_causal_penalty
+from ..preference_data import PreferenceData
 
 AUTO_GRID = (0.03, 0.1, 0.3, 1.0, 3.0, 10.0)
 

@@ -11,9 +11,9 @@ from typing import Any
 
 import numpy as np
 
+from ..preference_data import PreferenceData
 from .auto_lambda import sweep_lambda
-from .preference_data import PreferenceData
-from .train_config import RewardTrainConfig
+from .config import RewardTrainConfig
 
 
 def cf_attribute(cfg: RewardTrainConfig) -> str:
@@ -28,7 +28,7 @@ def has_counterfactuals(data: PreferenceData, attribute: str) -> bool:
 def fit_scalar(cfg: RewardTrainConfig, data: PreferenceData, tokenizer, bins: np.ndarray | None,
                swap: np.ndarray | None, dist) -> Any:
     """One seeded BT / causal fit (λ already a number) — the unit the sweep and the cross-fit repeat."""
-    from .train import build_reward_model, fit, seed_everything
+    from .loop import build_reward_model, fit, seed_everything
 
     seed_everything(cfg.seed)
     model = build_reward_model(cfg, tokenizer)

@@ -1,12 +1,33 @@
-"""RewardTrainConfig: every knob of reward-model training, with its documented default."""
+"""RewardTrainConfig: the one config of reward-model training — the recipe (kind, backbone, loss settings) and, for an
+`alignray rm train` run, its data, evaluation data and DeepSpeed ranks. In process (`train_reward_model`, the
+benchmarks, tests) only the recipe matters: `RewardTrainConfig(kind="bt", tiny_model=...)`.
+
+YAML: every field at the top level; the older layout, the recipe under `model:`, still loads."""
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-from .backbones import TinyModelSpec
+from alignray.config import apply_overrides, format_validation_error, read_yaml
+from alignray.errors import ConfigError
+
+from ..backbones import TinyModelSpec
+
+
+class RankConfig(BaseModel):
+    """The DeepSpeed ranks of a run (`learner:` in YAML)."""
+
+    model_config = ConfigDict(extra="forbid")
+    num_ranks: int = Field(2, ge=1)
+    zero_stage: int = Field(1, ge=0, le=2)
+    """0-2: every rank holds the full model, so rank 0 saves it as is (ZeRO-3 is for the RL learner)."""
+    backend: Literal["auto", "gloo", "nccl"] = "auto"
+    num_cpus: float = Field(1.0, gt=0)
+    num_gpus: float = Field(0.0, ge=0)
+    torch_threads: int = Field(1, ge=1)
 
 
 class RewardTrainConfig(BaseModel):
@@ -16,6 +37,20 @@ class RewardTrainConfig(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
+    # ---- a run (`alignray rm train`; unused in process) --------------------------------------------------------
+    data: str | None = None
+    """Preference pairs: .jsonl / .parquet with prompt, chosen, rejected (+ chosen_<attr>/rejected_<attr>, ratings),
+    a hub dataset name, or `builtin:restaurants` (the embedded example; `builtin:restaurants-test` is its test set)."""
+    eval_data: str | None = None
+    """Held-out pairs: evaluated after training, written to RUN/eval.json."""
+    attributes: list[str] | None = None
+    """Attribute columns to read; None auto-detects them from the first row."""
+    learner: RankConfig = Field(default_factory=RankConfig)
+    ray_address: str | None = None
+    progress: bool = True
+    """The progress bar (loss, accuracy) on the terminal; on a pipe, a plain line every 10% of a fit."""
+
+    # ---- the recipe --------------------------------------------------------------------------------------------
     kind: Literal["bt", "causal", "haf", "multihead", "ensemble"] = "bt"
     # backbone: exactly one of a pretrained path (or hub name) and a tiny random model
     base_model: str | None = None
@@ -83,3 +118,50 @@ class RewardTrainConfig(BaseModel):
         if (self.base_model is None) == (self.tiny_model is None):
             raise ValueError("set exactly one of base_model (pretrained path) and tiny_model (random tiny model)")
         return self
+
+    @model_validator(mode="after")
+    def _batch_fits_mmd(self) -> RewardTrainConfig:
+        if self.data is not None and self.kind == "causal" and self.mmd_bins != "categorical" \
+                and self.batch_size < 2 * self.mmd_num_bins:
+            raise ValueError(f"batch_size={self.batch_size} pairs per rank leaves bins of "
+                             f"mmd_num_bins={self.mmd_num_bins} mostly empty: use at least twice as many")
+        return self
+
+
+EXAMPLE = "rm-quickstart"
+"""The built-in example `alignray rm train` runs without --config (system/presets/rm-quickstart.yaml)."""
+
+
+def _flatten(data: dict, source: str) -> dict:
+    """The older YAML layout kept the recipe under `model:`; its fields join the top level."""
+    if not isinstance(data.get("model"), dict):
+        return data
+    data = dict(data)
+    nested = data.pop("model")
+    both = sorted(set(nested) & set(data))
+    if both:
+        raise ConfigError(f"invalid config ({source}): {', '.join(both)} given both at the top level and under "
+                          "model: (the older layout of the same fields); use one")
+    return {**data, **nested}
+
+
+def load_train_config(path: str | Path | None, overrides: list[str] | None = None) -> RewardTrainConfig:
+    """A run's config from YAML (None: the built-in example) with dotted overrides, validated."""
+    from importlib import resources
+
+    import yaml
+
+    if path is None:
+        data = yaml.safe_load(resources.files("alignray.presets").joinpath(f"{EXAMPLE}.yaml").read_text())
+        source = f"preset {EXAMPLE}"
+    else:
+        data, source = read_yaml(path), str(path)
+    data = _flatten(apply_overrides(data, overrides or []), source)
+    try:
+        cfg = RewardTrainConfig.model_validate(data)
+    except ValidationError as e:
+        raise ConfigError(format_validation_error(e, source, RewardTrainConfig)) from None
+    if cfg.data is None:
+        raise ConfigError(f"invalid config ({source}):\n  data: a run needs preference pairs (a .jsonl / .parquet "
+                          "file, a hub dataset or builtin:restaurants)")
+    return cfg

