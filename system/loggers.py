@@ -24,7 +24,6 @@ from typing import Any
 
 from alignray.errors import ConfigError
 
-LOGGERS = ("tensorboard", "mlflow", "wandb")
 EXTRAS = {"mlflow": "mlflow", "wandb": "wandb"}
 SKIP_ARTIFACTS = {"mlflow.db", "mlartifacts", "mlflow_run_id", "wandb", "checkpoints", "snapshots", "tb"}
 

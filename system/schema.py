@@ -41,7 +41,6 @@ SCHEMAS: dict[str, pa.Schema] = {
     "rollout": pa.schema(ROLLOUT_FIELDS),
     "scored": pa.schema(SCORED_FIELDS),
 }
-FINISH_REASONS = ("stop", "length")
 
 
 def check_batch(batch: pa.RecordBatch, kind: str, where: str = "") -> pa.RecordBatch:
@@ -71,10 +70,6 @@ def check_batch(batch: pa.RecordBatch, kind: str, where: str = "") -> pa.RecordB
             raise SchemaError(f"{kind} batch{at}: reward column '{name}' must be float, "
                               f"got {batch.schema.field(name).type}")
     return batch
-
-
-def reward_columns(batch: pa.RecordBatch) -> list[str]:
-    return [n for n in batch.schema.names if n.startswith(REWARD_PREFIX)]
 
 
 def concat_batches(batches: list[pa.RecordBatch]) -> pa.RecordBatch:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 
 import pytest
@@ -53,3 +54,26 @@ def ids(x) -> torch.Tensor:
 def close(actual, expected, atol: float = 1e-5) -> None:
     """`actual` equals the hand-computed `expected` within `atol` (no relative tolerance)."""
     torch.testing.assert_close(actual, t(expected).to(actual.dtype), atol=atol, rtol=0)
+
+
+def records_of(data) -> list[dict]:
+    """PreferenceData as JSONL rows (prompt, chosen, rejected, chosen_<a>/rejected_<a>, ratings, counterfactual)."""
+    records = []
+    for i in range(len(data)):
+        row = {"prompt": data.prompts[i], "chosen": data.chosen[i], "rejected": data.rejected[i]}
+        for name, values in data.attributes.items():
+            row[f"chosen_{name}"], row[f"rejected_{name}"] = values[i, 0].item(), values[i, 1].item()
+        if data.ratings:
+            row["chosen_ratings"] = {r: float(v[i, 0]) for r, v in data.ratings.items()}
+            row["rejected_ratings"] = {r: float(v[i, 1]) for r, v in data.ratings.items()}
+        cf = {a: v[i] for a, v in data.counterfactuals.items() if v[i] is not None}
+        if cf:
+            row["counterfactual"] = cf
+        records.append(row)
+    return records
+
+
+def write_jsonl(path, records) -> None:
+    with open(path, "w") as f:
+        for record in records:
+            f.write(json.dumps(record) + "\n")

@@ -4,10 +4,11 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
+from conftest import write_jsonl
 
 from alignray.errors import DataError
 from alignray.rewards.backbones import build_word_tokenizer
-from alignray.rewards.preference_data import load_preferences, write_jsonl
+from alignray.rewards.preference_data import load_preferences
 
 ROWS = [
     {"prompt": "p1", "chosen": "a b c", "rejected": "a", "chosen_polite": 1, "rejected_polite": 0,

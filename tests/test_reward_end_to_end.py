@@ -4,13 +4,14 @@ import json
 
 import numpy as np
 import pytest
+from conftest import records_of, write_jsonl
 
 from alignray.errors import ConfigError
 from alignray.rewards.backbones import TinyModelSpec
 from alignray.rewards.cli import rm_bench_main, rm_eval_main
 from alignray.rewards.evaluate import evaluate_reward_model, format_table
 from alignray.rewards.loading import load_reward_model
-from alignray.rewards.preference_data import PreferenceData, write_jsonl
+from alignray.rewards.preference_data import PreferenceData
 from alignray.rewards.training import RewardTrainConfig
 from alignray.rewards.training.loop import collate, reward_loss, train_reward_model
 
@@ -42,7 +43,7 @@ def test_bt_train_save_load_eval(tmp_path):
     assert set(results["spearman"]) == {"length"} and results["counterfactual"]["length"]["n"] == 40
     table = format_table(results)
     assert "accuracy" in table and "spearman(reward, length)" in table
-    write_jsonl(tmp_path / "test.jsonl", toy_data(20, 2).to_records())
+    write_jsonl(tmp_path / "test.jsonl", records_of(toy_data(20, 2)))
     cli_results = rm_eval_main(str(tmp_path / "bt"), str(tmp_path / "test.jsonl"), str(tmp_path / "eval.json"))
     saved = json.loads((tmp_path / "eval.json").read_text())
     assert saved["accuracy"] == cli_results["accuracy"] >= 0.9

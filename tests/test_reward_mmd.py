@@ -8,8 +8,14 @@ from alignray.rewards.mmd import (
     conditional_causal_penalty,
     fit_bins,
     median_bandwidth,
-    mmd2,
 )
+
+
+def mmd2(x: torch.Tensor, y: torch.Tensor, bandwidth="median") -> torch.Tensor:
+    """Biased MMD²(P_x, P_y) = mean K(x, x) + mean K(y, y) - 2 mean K(x, y), bandwidth from the pooled sample: the
+    causal penalty of two bins."""
+    bins = torch.cat([torch.zeros(len(x)), torch.ones(len(y))]).long()
+    return causal_penalty(torch.cat([x, y]), bins, bandwidth, min_bin_size=1)
 
 # with σ = 1: MMD²_b({0}, {1}) = 1 + 1 - 2 e^{-1/2}
 MMD_0_1 = 0.7869387

@@ -9,12 +9,13 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
+from conftest import records_of, write_jsonl
 
 from alignray.rewards.backbones import TinyModelSpec
 from alignray.rewards.cli import rm_eval_main
 from alignray.rewards.evaluate import bias_gaps, over_correction
 from alignray.rewards.objectives import grouped_values, invariance_penalty, preference_objective
-from alignray.rewards.preference_data import PreferenceData, write_jsonl
+from alignray.rewards.preference_data import PreferenceData
 from alignray.rewards.training import RewardTrainConfig
 from alignray.rewards.training.auto_lambda import choose_lambda, heldout_split
 from alignray.rewards.training.loop import train_reward_model
@@ -109,7 +110,7 @@ def test_auto_lambda_sweep_is_saved_and_rm_eval_compares_to_a_baseline(tmp_path)
     saved = json.loads((tmp_path / "crm" / "alignray_rm.json").read_text())
     assert saved["metadata"]["mmd_auto"]["chosen_lambda"] == sweep["chosen_lambda"]
     train_reward_model(RewardTrainConfig(kind="bt", **common), data).save(tmp_path / "bt")
-    write_jsonl(tmp_path / "test.jsonl", tagged_data(24, 1).to_records())
+    write_jsonl(tmp_path / "test.jsonl", records_of(tagged_data(24, 1)))
     results = rm_eval_main(str(tmp_path / "crm"), str(tmp_path / "test.jsonl"), str(tmp_path / "eval.json"),
                            baseline=str(tmp_path / "bt"))
     assert set(results["bias_gap"]["tag"]) == {"shiny", "plain"}

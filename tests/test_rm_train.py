@@ -8,12 +8,11 @@ import numpy as np
 import pyarrow.parquet as pq
 import pytest
 import yaml
-from conftest import tiny_overrides
+from conftest import tiny_overrides, write_jsonl
 
 from alignray.cli import main
 from alignray.config import load_config
 from alignray.controller import Controller
-from alignray.rewards.preference_data import write_jsonl
 
 pytestmark = pytest.mark.slow
 

@@ -71,10 +71,6 @@ class EncoreWeights:
     discretisation: Discretisation = field(default_factory=Discretisation)
     dropped_heads: list[str] = field(default_factory=list)
 
-    def combine(self, head_ratings: np.ndarray) -> np.ndarray:
-        """φ = ψ @ w for ψ [n, K] in head_names order."""
-        return np.asarray(head_ratings, dtype=float) @ np.asarray(self.weights)
-
     def to_dict(self) -> dict:
         return {**asdict(self), "discretisation": asdict(self.discretisation)}
 

@@ -14,7 +14,7 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 from .encoding import pool
-from .losses import summed_response_logprobs
+from .losses import dpo_implicit_reward, summed_response_logprobs
 from .models import DEFAULT_MAX_LENGTH, RewardModel, save_hf, write_rm_config
 
 
@@ -85,7 +85,7 @@ class HafRewardModel(RewardModel):
             b = self.encode(list(prompts[start : start + batch_size]), list(responses[start : start + batch_size]))
             logp = self(b["input_ids"], b["attention_mask"], b["response_mask"])["logp"]
             ref = self.reference_logprobs(b["input_ids"], b["attention_mask"], b["response_mask"])
-            parts.append((beta * (logp - ref)).float().cpu().numpy())
+            parts.append(dpo_implicit_reward(logp, ref, beta).float().cpu().numpy())
         self.train(was_training)
         return np.concatenate(parts)
 

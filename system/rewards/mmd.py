@@ -64,16 +64,6 @@ def gaussian_kernel(a: torch.Tensor, b: torch.Tensor, bandwidths: torch.Tensor) 
     return sum(torch.exp(-sq_dist / (2.0 * s * s)) for s in bandwidths)
 
 
-def mmd2(x: torch.Tensor, y: torch.Tensor, bandwidth: BandwidthRule = "median") -> torch.Tensor:
-    """Biased MMD²(P_x, P_y) = mean K(x, x) + mean K(y, y) - 2 mean K(x, y); bandwidth from the pooled sample."""
-    sigmas = bandwidths_for(torch.cat([_as_2d(x), _as_2d(y)]), bandwidth)
-    return (
-        gaussian_kernel(x, x, sigmas).mean()
-        + gaussian_kernel(y, y, sigmas).mean()
-        - 2.0 * gaussian_kernel(x, y, sigmas).mean()
-    )
-
-
 def causal_penalty(
     values: torch.Tensor,
     bins: torch.Tensor,

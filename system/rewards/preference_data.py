@@ -11,7 +11,6 @@ Every validation error names the file, the line (1-based; Parquet: row, 0-based)
 
 from __future__ import annotations
 
-import json
 import math
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
@@ -55,28 +54,6 @@ class PreferenceData:
             [self.prompts[i] for i in index], [self.chosen[i] for i in index], [self.rejected[i] for i in index],
             {k: v[index] for k, v in self.attributes.items()}, {k: v[index] for k, v in self.ratings.items()},
             {k: [v[i] for i in index] for k, v in self.counterfactuals.items()}, self.source)
-
-    def to_records(self) -> list[dict[str, Any]]:
-        records = []
-        for i in range(len(self)):
-            row: dict[str, Any] = {"prompt": self.prompts[i], "chosen": self.chosen[i], "rejected": self.rejected[i]}
-            for name, values in self.attributes.items():
-                row[f"chosen_{name}"], row[f"rejected_{name}"] = values[i, 0].item(), values[i, 1].item()
-            if self.ratings:
-                row["chosen_ratings"] = {r: float(v[i, 0]) for r, v in self.ratings.items()}
-                row["rejected_ratings"] = {r: float(v[i, 1]) for r, v in self.ratings.items()}
-            cf = {a: v[i] for a, v in self.counterfactuals.items() if v[i] is not None}
-            if cf:
-                row["counterfactual"] = cf
-            records.append(row)
-        return records
-
-
-def write_jsonl(path: str | Path, records: Iterable[dict[str, Any]]) -> None:
-    with open(path, "w") as f:
-        for record in records:
-            f.write(json.dumps(record) + "\n")
-
 
 def _is_number(value: Any) -> bool:
     return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
