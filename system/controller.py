@@ -53,9 +53,11 @@ def connect_ray(address: str | None, num_cpus: float) -> None:
     if address:
         ray.init(address=address, runtime_env=env, log_to_driver=verbose())
         return
+    # No prestarted idle workers: every process of a run is an actor with its own placement, so the raylet's default
+    # of one idle Python worker per CPU only adds processes competing for the CPU while the actors boot.
     ray.init(address="local", num_cpus=max(os.cpu_count() or 1, int(num_cpus + 0.999)), include_dashboard=False,
              _node_ip_address="127.0.0.1", runtime_env=env, configure_logging=True, logging_level="WARNING",
-             log_to_driver=verbose())
+             log_to_driver=verbose(), _system_config={"enable_worker_prestart": False})
 
 
 def cpus_needed(cfg: Config) -> float:
