@@ -211,10 +211,6 @@ class Controller:
             raise ActorFault("learner", "weights lost", lost[0].detail if lost else "read by a starting member")
         return results
 
-    def scale_rollout(self, num_workers: int) -> None:
-        """Grow or shrink the rollout pool during a run (as `alignray scale RUN --rollout N` does)."""
-        self.scaler.scale("rollout", num_workers, "requested")
-
     def close(self) -> None:
         """Stop every actor of this run and free its placement groups (the Ray cluster itself stays up)."""
         try:
