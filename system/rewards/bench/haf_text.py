@@ -74,12 +74,9 @@ def causal_minilm() -> str:
 
 
 def _train_fns():
-    try:  # the rm training modules moved to alignray.rewards.training
-        from ..training.config import RewardTrainConfig
-        from ..training.loop import train_reward_model
-    except ImportError:
-        from ..train import train_reward_model
-        from ..train_config import RewardTrainConfig
+    from ..training import RewardTrainConfig
+    from ..training.loop import train_reward_model
+
     return RewardTrainConfig, train_reward_model
 
 
