@@ -100,3 +100,10 @@ def test_a_bad_row_names_file_line_and_field(tmp_path, capsys):
                                            {"prompt": "p", "chosen": 3, "rejected": "b"}])
     assert main(["rm", "train", f"data={tmp_path / 'pairs.jsonl'}"]) == 2
     assert f"data: {tmp_path / 'pairs.jsonl'}:2: field 'chosen' must be a string" in capsys.readouterr().err
+
+
+def test_local_files_reach_the_ranks_as_absolute_paths(tmp_path, monkeypatch):
+    write_jsonl(tmp_path / "pairs.jsonl", [{"prompt": "p", "chosen": "a", "rejected": "b"}] * 2)
+    monkeypatch.chdir(tmp_path)
+    resolved = resolve_sources(load_train_config(None, ["data=pairs.jsonl"]))
+    assert resolved.data == str(tmp_path / "pairs.jsonl") and resolved.eval_data == "builtin:restaurants-test"

@@ -14,6 +14,7 @@ installed and the hub cannot provide the model (offline).
 from __future__ import annotations
 
 from functools import lru_cache
+from pathlib import Path
 
 from alignray.errors import AlignrayError, ConfigError
 
@@ -73,8 +74,8 @@ def resolve_base_model(name: str) -> str:
 
 
 def resolve_sources(cfg):
-    """`cfg` with base_model (and tiny_model.tokenizer) resolved to what the ranks load, after checking that the
-    data and eval data load: every bad input fails here, on the driver, in one line."""
+    """`cfg` with base_model resolved to what the ranks load and local files as absolute paths, after checking that
+    the data and eval data load: every bad input fails here, on the driver, in one line."""
     from alignray.preflight import check_model_source
 
     from ..preference_data import load_preferences
@@ -91,6 +92,10 @@ def resolve_sources(cfg):
                 builtin_name(source)  # the ranks generate the pairs themselves
             elif source is not None:
                 load_preferences(source, attributes=cfg.attributes if field == "data" else None)
+                if Path(source).exists():  # the ranks may not share the driver's working directory
+                    update[field] = str(Path(source).resolve())
         except AlignrayError as e:
             raise type(e)(f"{field}: {e}") from None
+    if update.get("base_model") and Path(update["base_model"]).expanduser().is_dir():
+        update["base_model"] = str(Path(update["base_model"]).expanduser().resolve())
     return cfg.model_copy(update=update)
