@@ -5,8 +5,9 @@ Same tiny random Llama (the quickstart's, saved once and loaded by both), byte-l
 prompts, rewards (vowel_ratio ×1 + length_target ×0.2), prompts × completions per step, new tokens, GRPO with
 kl_coef 0, lr 1e-3, token-mean loss, temperature 1. Each side runs in its own process: alignray in this virtual
 environment, TRL in its own (created under ~/.cache/alignray/trl-venv if missing: trl pinned, torch constrained to
-the CPU build). Reported per side and round: steady completions/s (steps 6…N, wall between step ends), end-to-end
-wall of the process, and the reward curve.
+the CPU build). Round r runs both sides with seed r (sampling and data order), so the reward curves average over as
+many trajectories as rounds. Reported per side and round: steady completions/s (steps 6…N, wall between step ends),
+end-to-end wall of the process, and the reward curve.
 """
 
 from __future__ import annotations
@@ -58,7 +59,7 @@ def alignray_side(args: argparse.Namespace) -> None:
     cfg = load_config(None, [f"train.steps={args.steps}", f"train.prompts_per_step={prompts}",
                              f"rollout.samples_per_prompt={samples}", f"rollout.max_new_tokens={new_tokens}",
                              "train.progress=false", "train.save_rollouts=false", f"model.path={args.model}",
-                             *args.alignray_override])
+                             f"train.seed={args.seed}", *args.alignray_override])
     ends, rewards = [], []
 
     def on_step(m: dict) -> None:
@@ -105,8 +106,13 @@ def main() -> None:
                         help="torch threads of the TRL process (1: alignray's actors use 1 each; on the loaded 2-core "
                              "machine 2 threads made TRL 9x slower)")
     parser.add_argument("--alignray-override", action="append", default=[],
-                        help="an extra alignray override, e.g. train.max_staleness=1 (repeatable)")
+                        help="an extra alignray override for every alignray side, e.g. train.max_staleness=1 "
+                             "(repeatable)")
+    parser.add_argument("--variant", action="append", default=[], metavar="NAME=OVERRIDE[,OVERRIDE...]",
+                        help="a further alignray side in the same alternating rounds, e.g. "
+                             "async=train.max_staleness=1,algo.old_logprobs=rollout (repeatable)")
     parser.add_argument("--side", choices=["alignray"], default=None, help=argparse.SUPPRESS)
+    parser.add_argument("--seed", type=int, default=0, help=argparse.SUPPRESS)
     parser.add_argument("--model", default=None, help=argparse.SUPPRESS)
     parser.add_argument("--run-dir", default=None, help=argparse.SUPPRESS)
     parser.add_argument("--result", default=None, help=argparse.SUPPRESS)
@@ -121,52 +127,67 @@ def main() -> None:
     (work / "prompts.jsonl").write_text("".join(json.dumps({"prompt": p}) + "\n" for p in builtin_prompts("vowels")))
     prompts, samples, new_tokens = SHAPES[args.shape]
     completions = prompts * samples
-    runs: dict[str, list[dict]] = {"alignray": [], "trl": []}
+    variants = {"alignray": list(args.alignray_override)}
+    for spec in args.variant:
+        name, _, overrides = spec.partition("=")
+        variants[f"alignray:{name}"] = [*args.alignray_override, *overrides.split(",")]
+    sides = [*variants, "trl"]
+    runs: dict[str, list[dict]] = {side: [] for side in sides}
     for r in range(args.rounds):
-        order = ["alignray", "trl"] if r % 2 == 0 else ["trl", "alignray"]
-        for side in order:
-            result = work / f"{side}-{r}.json"
-            if side == "alignray":
+        for side in sides if r % 2 == 0 else sides[::-1]:  # alternating, so load from other jobs hits all alike
+            result = work / f"{side.replace(':', '-')}-{r}.json"
+            if side in variants:
                 cmd = [sys.executable, __file__, "--side", "alignray", "--shape", args.shape, "--steps",
-                       str(args.steps), "--model", str(work / "model"), "--run-dir", str(work / f"run-{r}"),
-                       "--result", str(result), *[f"--alignray-override={o}" for o in args.alignray_override]]
+                       str(args.steps), "--model", str(work / "model"), "--run-dir",
+                       str(work / f"run-{side.replace(':', '-')}-{r}"), "--result", str(result), "--seed", str(r),
+                       *[f"--alignray-override={o}" for o in variants[side]]]
             else:
                 cmd = [str(trl_python), str(Path(__file__).with_name("vs_trl_side.py")), "--model",
                        str(work / "model"), "--steps", str(args.steps), "--prompts", str(prompts), "--samples",
                        str(samples), "--new-tokens", str(new_tokens), "--out-dir", str(work / f"trl-{r}"),
                        "--result", str(result), "--functions", str(ROOT / "system" / "rewards" / "functions.py"),
-                       "--prompts-file", str(work / "prompts.jsonl"), "--threads", str(args.trl_threads)]
+                       "--prompts-file", str(work / "prompts.jsonl"), "--threads", str(args.trl_threads),
+                       "--seed", str(r)]
+            load = os.getloadavg()[0]
             out = run_side(cmd, result)
             out["steady_completions_per_s"] = steady_rate(out["step_ends"], completions)
+            out["load_before"], out["load_after"] = load, os.getloadavg()[0]
             runs[side].append(out)
             print(f"round {r} {side}: {out['steady_completions_per_s']:.1f} completions/s steady, "
-                  f"wall {out['wall_s']:.1f} s, reward {out['rewards'][0]:.3f} → {out['rewards'][-1]:.3f}",
+                  f"wall {out['wall_s']:.1f} s (first step at {out['step_ends'][0]:.1f} s), reward "
+                  f"{out['rewards'][0]:.3f} → {out['rewards'][-1]:.3f}, load {load:.1f} → {out['load_after']:.1f}",
                   flush=True)
-    summary = {}
+    summary: dict = {"sides": {}}
     for side, outs in runs.items():
         curves = list(zip(*[o["rewards"] for o in outs], strict=True))
-        summary[side] = {
+        summary["sides"][side] = {
+            "overrides": variants.get(side),
             "steady_completions_per_s": statistics.mean(o["steady_completions_per_s"] for o in outs),
             "per_round_completions_per_s": [round(o["steady_completions_per_s"], 2) for o in outs],
             "wall_s": statistics.mean(o["wall_s"] for o in outs),
             "per_round_wall_s": [round(o["wall_s"], 1) for o in outs],
+            "per_round_first_step_s": [round(o["step_ends"][0], 1) for o in outs],
+            "per_round_load": [[round(o["load_before"], 1), round(o["load_after"], 1)] for o in outs],
             "reward_first8": statistics.mean(statistics.mean(c) for c in curves[:8]),
             "reward_last8": statistics.mean(statistics.mean(c) for c in curves[-8:]),
             "reward_curve": [round(statistics.mean(c), 4) for c in curves],
         }
-    summary["speed_ratio"] = (summary["alignray"]["steady_completions_per_s"]
-                              / summary["trl"]["steady_completions_per_s"])
-    summary["wall_ratio"] = summary["alignray"]["wall_s"] / summary["trl"]["wall_s"]
+    trl = summary["sides"]["trl"]
+    for side in variants:
+        s = summary["sides"][side]
+        s["speed_ratio"] = s["steady_completions_per_s"] / trl["steady_completions_per_s"]
+        s["wall_ratio"] = s["wall_s"] / trl["wall_s"]
     summary["trl_threads"] = args.trl_threads
-    summary["alignray_overrides"] = args.alignray_override
+    summary["seeds"] = list(range(args.rounds))
+    summary["load_average"] = os.getloadavg()
     summary["shape"] = {"name": args.shape, "prompts_per_step": prompts, "completions_per_prompt": samples,
                         "new_tokens": new_tokens, "steps": args.steps, "rounds": args.rounds}
-    print("| side | steady completions/s | wall s | reward first 8 → last 8 |\n|---|---|---|---|")
-    for side in ("alignray", "trl"):
-        s = summary[side]
-        print(f"| {side} | {s['steady_completions_per_s']:.1f} | {s['wall_s']:.1f} | "
-              f"{s['reward_first8']:.3f} → {s['reward_last8']:.3f} |")
-    print(f"speed ×{summary['speed_ratio']:.2f} of TRL, wall ×{summary['wall_ratio']:.2f}")
+    print("| side | steady completions/s (rounds) | × TRL | wall s (rounds) | × TRL | reward first 8 → last 8 |\n"
+          "|---|---|---|---|---|---|")
+    for side, s in summary["sides"].items():
+        print(f"| {side} | {s['steady_completions_per_s']:.1f} ({', '.join(map(str, s['per_round_completions_per_s']))})"
+              f" | {s.get('speed_ratio', 1.0):.2f} | {s['wall_s']:.1f} ({', '.join(map(str, s['per_round_wall_s']))})"
+              f" | {s.get('wall_ratio', 1.0):.2f} | {s['reward_first8']:.3f} → {s['reward_last8']:.3f} |")
     if args.out:
         Path(args.out).write_text(json.dumps(summary, indent=1))
 

@@ -28,7 +28,7 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     for name in ("--model", "--out-dir", "--result", "--functions", "--prompts-file"):
         parser.add_argument(name)
-    for name in ("--steps", "--prompts", "--samples", "--new-tokens", "--threads"):
+    for name in ("--steps", "--prompts", "--samples", "--new-tokens", "--threads", "--seed"):
         parser.add_argument(name, type=int)
     args = parser.parse_args()
     import torch
@@ -57,7 +57,7 @@ def main() -> None:
         learning_rate=1e-3, lr_scheduler_type="constant", warmup_steps=0, weight_decay=0.0, max_grad_norm=1.0,
         beta=0.0, loss_type="dapo", scale_rewards="group", num_iterations=1, reward_weights=[1.0, 0.2],
         max_steps=args.steps, logging_steps=1, save_strategy="no", report_to=[], use_cpu=True, bf16=False,
-        seed=0, disable_tqdm=True, dataloader_num_workers=0,
+        seed=args.seed or 0, disable_tqdm=True, dataloader_num_workers=0,
         gradient_checkpointing=False,  # TRL's default is on: a tiny model needs no activation memory savings
     )
     ends: list[float] = []
