@@ -211,19 +211,24 @@ class AlgoConfig(Section):
     """Run the reference forward to log `kl` even when kl_coef is 0 (otherwise it is skipped and `kl` is absent)."""
 
 
-class LearnerConfig(Section):
+class RanksConfig(Section):
+    """DeepSpeed ranks (`learner:`), the same fields for the RL learner and `alignray rm train`."""
+
     num_ranks: int = Field(2, ge=1)
     zero_stage: int = Field(1, ge=0, le=3)
     backend: Literal["auto", "gloo", "nccl"] = "auto"
     """`auto`: nccl when the rank has a GPU, gloo otherwise."""
+    num_cpus: float = Field(1.0, gt=0)
+    num_gpus: float = Field(0.0, ge=0)
+    torch_threads: int = Field(1, ge=1)
+
+
+class LearnerConfig(RanksConfig):
     lr: float = Field(1e-3, gt=0)
     critic_lr: float = Field(1e-3, gt=0)
     weight_decay: float = Field(0.0, ge=0)
     grad_clip: float = Field(1.0, gt=0)
     micro_batch_size: int = Field(32, gt=0)
-    num_cpus: float = Field(1.0, gt=0)
-    num_gpus: float = Field(0.0, ge=0)
-    torch_threads: int = Field(1, ge=1)
     weight_bucket_mb: float = Field(64.0, gt=0)
 
 

@@ -11,23 +11,17 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-from alignray.config import apply_overrides, format_validation_error, read_yaml
+from alignray.config import RanksConfig, apply_overrides, format_validation_error, read_yaml
 from alignray.errors import ConfigError
 
 from ..backbones import TinyModelSpec
 
 
-class RankConfig(BaseModel):
+class RankConfig(RanksConfig):
     """The DeepSpeed ranks of a run (`learner:` in YAML)."""
 
-    model_config = ConfigDict(extra="forbid")
-    num_ranks: int = Field(2, ge=1)
     zero_stage: int = Field(1, ge=0, le=2)
     """0-2: every rank holds the full model, so rank 0 saves it as is (ZeRO-3 is for the RL learner)."""
-    backend: Literal["auto", "gloo", "nccl"] = "auto"
-    num_cpus: float = Field(1.0, gt=0)
-    num_gpus: float = Field(0.0, ge=0)
-    torch_threads: int = Field(1, ge=1)
 
 
 class RewardTrainConfig(BaseModel):
