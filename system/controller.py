@@ -79,6 +79,8 @@ class Controller:
         self.current_update = None  # the latest published weights: what a new rollout member loads first
         self.rollout = rollout_pool(cfg, self.faults, lambda: self.current_update)
         self.reward = reward_pool(cfg, self.faults)
+        self.rollout.reconcile()  # start the placed members now: they boot while the learner ranks do
+        self.reward.reconcile()
         self.learners = self._start_learners()
         self.recorder = RolloutRecorder.options(scheduling_strategy=ray.util.scheduling_strategies.
                                                 NodeAffinitySchedulingStrategy(ray.get_runtime_context()
