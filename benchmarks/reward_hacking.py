@@ -145,9 +145,10 @@ def policy_config(args, rm_dir: Path) -> dict:
         "data": {"prompts": "builtin:vowels"},
         "rollout": {"engine": "hf", "num_workers": 1, "samples_per_prompt": 4, "max_new_tokens": args.max_new_tokens,
                     "temperature": 1.0, "stop_token_ids": byte_ids(tok, STOP_BYTES)},
-        "reward": {"num_workers": 1, "scorers": [
+        "reward": {"num_workers": 1, "scorers": [  # rm_dir None: the reference run optimises the gold reward itself
             {"name": "proxy", "type": "model", "path": str(rm_dir), "weight": 1.0},
-            {"name": "gold", "function": "vowel_ratio", "weight": 0.0, "gold": True}]},
+            {"name": "gold", "function": "vowel_ratio", "weight": 0.0, "gold": True}] if rm_dir else [
+            {"name": "gold", "function": "vowel_ratio", "weight": 1.0}]},
         "algo": {"name": "grpo", "kl_coef": args.kl_coef},
         "learner": {"num_ranks": 1, "zero_stage": 1, "lr": args.lr},
         "train": {"steps": args.steps, "prompts_per_step": 16, "sync_interval": 1, "seed": args.seed,
@@ -157,7 +158,7 @@ def policy_config(args, rm_dir: Path) -> dict:
 
 def run_policy(args, work: Path, kind: str) -> list[dict]:
     cfg_path, run_dir = work / f"grpo_{kind}.yaml", work / f"run_{kind}"
-    cfg_path.write_text(yaml.safe_dump(policy_config(args, work / kind), sort_keys=False))
+    cfg_path.write_text(yaml.safe_dump(policy_config(args, None if kind == "gold" else work / kind), sort_keys=False))
     cli = Path(sys.executable).parent / "alignray"
     cmd = [str(cli), "train", "--config", str(cfg_path), "--run-dir", str(run_dir)]
     print("$", " ".join(cmd), flush=True)
@@ -165,6 +166,8 @@ def run_policy(args, work: Path, kind: str) -> list[dict]:
     return [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines() if line.strip()]
 
 
+LABELS = {"bt": "GRPO vs BT RM", "causal": "GRPO vs causal RM", "gold": "GRPO on gold (reference)"}
+COLORS = {"bt": "tab:red", "causal": "tab:blue", "gold": "tab:gray"}
 SERIES = {"gold": "reward/gold/mean", "proxy": "reward/proxy/mean", "length": "response_length/mean", "kl": "kl",
           "gap": "reward/proxy_gold_gap/mean"}
 
@@ -172,11 +175,11 @@ SERIES = {"gold": "reward/gold/mean", "proxy": "reward/proxy/mean", "length": "r
 def summarise(curves: dict[str, list[dict]], window: int) -> list[dict]:
     rows = []
     for kind, metrics in curves.items():
-        row = {"policy": f"GRPO vs {kind.upper() if kind == 'bt' else kind} RM"}
+        row = {"policy": LABELS[kind]}
         for short, key in SERIES.items():
             values = [m.get(key, float("nan")) for m in metrics]
-            row[f"{short}_start"] = float(np.mean(values[:window]))
-            row[f"{short}_end"] = float(np.mean(values[-window:]))
+            for col, part in ((f"{short}_start", values[:window]), (f"{short}_end", values[-window:])):
+                row[col] = float(np.mean(part)) if np.all(np.isfinite(part)) else None  # None: not logged
         rows.append(row)
     return rows
 
@@ -185,10 +188,12 @@ def table(rows: list[dict], window: int) -> str:
     head = (f"| policy | gold first {window} → last {window} steps | proxy | response length (tokens) | KL | "
             "proxy−gold gap |")
     lines = [head, "|---|---|---|---|---|---|"]
+    def cell(r: dict, s: str, digits: int = 3) -> str:
+        a, b = r[f"{s}_start"], r[f"{s}_end"]
+        return "–" if a is None or b is None else f"{a:.{digits}f} → {b:.{digits}f}"
+
     for r in rows:
-        cells = [f"{r[f'{s}_start']:.3f} → {r[f'{s}_end']:.3f}" for s in ("gold", "proxy")]
-        cells.append(f"{r['length_start']:.1f} → {r['length_end']:.1f}")
-        cells += [f"{r[f'{s}_start']:.3f} → {r[f'{s}_end']:.3f}" for s in ("kl", "gap")]
+        cells = [cell(r, "gold"), cell(r, "proxy"), cell(r, "length", 1), cell(r, "kl"), cell(r, "gap")]
         lines.append(f"| {r['policy']} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
@@ -209,10 +214,9 @@ def plot(curves: dict[str, list[dict]], path: Path, title: str, scale: dict[str,
     for ax, (short, label) in zip(axes, panels, strict=True):
         for kind, metrics in curves.items():
             steps = [m["step"] for m in metrics]
-            div = scale[kind] if short == "proxy" else 1.0
+            div = scale.get(kind, float("nan")) if short == "proxy" else 1.0
             ax.plot(steps, [m.get(SERIES[short], float("nan")) / div for m in metrics],
-                    label=f"vs {kind.upper() if kind == 'bt' else kind} RM", color="tab:red" if kind == "bt"
-                    else "tab:blue")
+                    label=LABELS[kind], color=COLORS[kind], linestyle=":" if kind == "gold" else "-")
         ax.set_title(label, fontsize=10)
         ax.set_xlabel("GRPO step")
         ax.grid(alpha=0.3)
@@ -239,6 +243,7 @@ def main() -> None:
     p.add_argument("--mmd-lambda", default="1.0", help="causal RM λ: a number or 'auto'")
     p.add_argument("--rm-epochs", type=int, default=3)
     p.add_argument("--window", type=int, default=5, help="steps averaged for the start / end columns")
+    p.add_argument("--gold-policy", action="store_true", help="also a reference run optimising the gold reward")
     args = p.parse_args()
     started = time.time()
     from alignray.rewards.bench.common import quiet_transformers
@@ -255,7 +260,8 @@ def main() -> None:
     gold_wins = float(np.mean([r["chosen_gold"] > r["rejected_gold"] for r in train_rows]))
     print(f"training pairs: chosen longer in {longer:.0%}, chosen has the higher gold in {gold_wins:.0%}")
     rms = train_rms(args, work, train_rows, test_path)
-    curves = {kind: run_policy(args, work, kind) for kind in ("bt", "causal")}
+    kinds = ("bt", "causal", "gold") if args.gold_policy else ("bt", "causal")
+    curves = {kind: run_policy(args, work, kind) for kind in kinds}
     rows = summarise(curves, args.window)
     text = table(rows, args.window)
     print(text)
