@@ -11,7 +11,7 @@ from alignray.rewards.bench import BENCHMARKS, length_bias, noisy_raters, overop
 
 def test_registry_names():
     assert set(BENCHMARKS) == {"length-bias", "noisy-raters", "overoptimisation", "sycophancy", "haf-small-data",
-                               "concept-text", "sycophancy-text"}
+                               "concept-text", "sycophancy-text", "haf-text"}
 
 
 def test_concept_text_generator_rates_flips_and_exact_counterfactuals():
