@@ -170,6 +170,8 @@ def main() -> None:
             "per_round_load": [[round(o["load_before"], 1), round(o["load_after"], 1)] for o in outs],
             "reward_first8": statistics.mean(statistics.mean(c) for c in curves[:8]),
             "reward_last8": statistics.mean(statistics.mean(c) for c in curves[-8:]),
+            "per_round_reward_last8": [round(statistics.mean(o["rewards"][-8:]), 4) for o in outs],
+            "per_round_reward_final": [round(o["rewards"][-1], 4) for o in outs],
             "reward_curve": [round(statistics.mean(c), 4) for c in curves],
         }
     trl = summary["sides"]["trl"]
@@ -182,12 +184,13 @@ def main() -> None:
     summary["load_average"] = os.getloadavg()
     summary["shape"] = {"name": args.shape, "prompts_per_step": prompts, "completions_per_prompt": samples,
                         "new_tokens": new_tokens, "steps": args.steps, "rounds": args.rounds}
-    print("| side | steady completions/s (rounds) | × TRL | wall s (rounds) | × TRL | reward first 8 → last 8 |\n"
-          "|---|---|---|---|---|---|")
+    print("| side | steady completions/s (rounds) | × TRL | wall s (rounds) | × TRL | reward first 8 → last 8 "
+          "| last 8 (rounds) |\n|---|---|---|---|---|---|---|")
     for side, s in summary["sides"].items():
         print(f"| {side} | {s['steady_completions_per_s']:.1f} ({', '.join(map(str, s['per_round_completions_per_s']))})"
               f" | {s.get('speed_ratio', 1.0):.2f} | {s['wall_s']:.1f} ({', '.join(map(str, s['per_round_wall_s']))})"
-              f" | {s.get('wall_ratio', 1.0):.2f} | {s['reward_first8']:.3f} → {s['reward_last8']:.3f} |")
+              f" | {s.get('wall_ratio', 1.0):.2f} | {s['reward_first8']:.3f} → {s['reward_last8']:.3f}"
+              f" | {', '.join(f'{x:.3f}' for x in s['per_round_reward_last8'])} |")
     if args.out:
         Path(args.out).write_text(json.dumps(summary, indent=1))
 

@@ -185,6 +185,7 @@ class LearnerStep:
         grad_norm = self.policy.get_global_grad_norm()
         stats["grad_norm"] = float(grad_norm) if grad_norm is not None else math.nan
         stats["learner/optimizer_steps"] = float(optimizer_steps)
+        stats["learner/lr"] = float(self.policy.get_lr()[0])  # the rate the step's updates were taken with
         stats["learner/old_forward"] = float(old_forward)
         stats["learner/ref_forward"] = float(ref_logp is not None)
         stats["timing/learner_forward_s"] = t_forward - t0

@@ -240,6 +240,7 @@ def test_mini_batches_take_one_step_each_with_the_mini_batch_gradient(sharded_re
     assert all(r["policy"] <= TOL for r in mini), mini
     assert all(r["stats"]["learner/optimizer_steps"] == 2.0 for r in mini)
     assert all(r["stats"]["learner/old_forward"] == 1.0 for r in mini)  # the 2nd update needs the pre-update π_old
+    assert all(r["stats"]["learner/lr"] == 0.0 for r in mini)  # the rate the engines' optimizer steps with
 
 
 def test_zero_1_and_3_report_the_one_big_batch_gradient_norm(sharded_results):
