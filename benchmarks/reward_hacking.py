@@ -1,26 +1,37 @@
 """The reward-hacking lab: GRPO against a length-biased BT reward model and against the causal reward model.
 
-    python benchmarks/reward_hacking.py [--steps 40] [--seed 0] [--out benchmarks/results/reward_hacking.json]
+    python benchmarks/reward_hacking.py [--gold-policy] [--steps 40] [--seed 0] [--mmd-lambda 1.0]
+                                        [--out benchmarks/results/reward_hacking.json]
 
 One run does everything and writes the table (printed), the JSON (`--out`) and the plot (same name, `.png`):
 
 1. Policy and text: the quickstart's tiny random Llama with its byte tokenizer, on the built-in prompts. An answer ends
    at EOS or at a control byte 0x00-0x0F (`rollout.stop_token_ids`), so the initial policy's answers are ~15 of at most
    `--max-new-tokens` tokens and length can move both ways.
-2. Gold reward, known: the share of vowels in the answer (`vowel_ratio`, the quickstart's reward, which the tiny
-   policy learns within 40 steps).
-3. Preference pairs of the policy's own kind of text (random byte tokens, each a vowel with probability v ~ U(0, 1),
-   length ~ U{1..max-1} tokens, decoded as the rollout worker decodes): the higher-gold response is chosen, but pairs
-   where it is the shorter one are kept only with probability `--keep-shorter`, so the chosen response is longer in
-   most pairs; then `--noise` of the labels are flipped. Test pairs: length independent of gold, clean labels.
+2. Gold reward, known and length-neutral: `vowel_share`, the share of the answer's characters that are lowercase
+   vowels with control characters (the stop byte) not counted — a longer answer of the same make-up scores the same
+   (the quickstart's `vowel_ratio` counts the stop byte, so a longer answer dilutes it and gains gold).
+3. Preference pairs where the policy starts and goes: each pair is, with probability `--policy-share`, two samples
+   of the initial policy itself (same weights, prompts, temperature and stop bytes as the GRPO runs; ~2 % vowels),
+   else two responses of random byte tokens, each a vowel with probability v = u² (u ~ U(0, 1): mass near 0, support
+   up to 1), length ~ U{1..max-1} tokens plus a stop byte, decoded as the rollout worker decodes. (Never one of each:
+   the synthetic answers are longer and richer in vowels, so a mixed pair would tie length to gold.) The higher-gold response is chosen,
+   but pairs where it is the shorter one are kept only with probability `--keep-shorter`, so the chosen response is
+   longer in most pairs; then `--noise` of the labels are flipped. Test pairs: same mix, no selection, clean labels;
+   length is independent of gold in the synthetic pairs only: of two initial-policy answers, the one with a vowel at
+   all is more often the longer one. `rm eval` numbers are on all test pairs, accuracy also per source.
 4. Two reward models on the same pairs (in process, the functions `alignray rm train` runs): BT and causal
    (MMD over 10 quantile bins of `policy_tokens`, the answer's length in policy tokens, a data attribute; conditional,
    λ `--mmd-lambda`); a tiny random BERT over the same byte tokenizer. (`length_tokens`, the RM tokenizer's count,
-   differs: a byte that is not valid UTF-8 decodes to U+FFFD and re-encodes as 3 bytes.) Both are checked with `rm eval` (`alignray.rewards.cli.rm_eval_main`, `--baseline` BT).
+   differs: a byte that is not valid UTF-8 decodes to U+FFFD and re-encodes as 3 bytes.) Both are checked with
+   `rm eval` (`alignray.rewards.cli.rm_eval_main`, `--baseline` BT).
 5. Two GRPO runs (`alignray train`): `{name: proxy, type: model, path: RM}` optimised and
-   `{name: gold, function: vowel_ratio, weight: 0, gold: true}` logged only, so every step's metrics hold the gold
-   reward, the proxy reward, `reward/proxy_gold_gap/mean`, the response length and the KL to the initial policy
-   (`algo.kl_coef` > 0 builds the reference).
+   `{name: gold, function: reward_hacking:vowel_share, weight: 0, gold: true}` logged only (this folder goes on the
+   run's PYTHONPATH), so every step's metrics hold the gold reward, the proxy reward, `reward/proxy_gold_gap/mean`,
+   the response length and the KL to the initial policy (`algo.kl_coef` > 0 builds the reference); from the saved
+   rollouts, stop bytes per non-vowel token: length that comes with more vowels (every non-vowel token, the stop
+   bytes included, losing mass) leaves it unchanged, length sought for itself lowers it. `--gold-policy` adds a
+   reference run that optimises the gold reward itself.
 """
 
 from __future__ import annotations
@@ -40,6 +51,14 @@ ROOT = Path(__file__).resolve().parent.parent
 STOP_BYTES = range(0x00, 0x10)
 VOWELS = "aeiou"
 LENGTHS = ("policy_tokens", "length_tokens", "length_chars")
+GOLD_FN = "reward_hacking:vowel_share"  # importable by the reward worker: main() puts this folder on PYTHONPATH
+
+
+def vowel_share(prompt: str, response: str, vowels: str = "aeiou") -> float:
+    """Share of the response's characters that are lowercase vowels, control characters (U+0000-U+001F, U+007F: the
+    stop byte) not counted, so length alone neither adds nor dilutes; 0 when nothing else is left."""
+    chars = [ch for ch in response if ord(ch) >= 0x20 and ch != "\x7f"]
+    return sum(ch in vowels for ch in chars) / len(chars) if chars else 0.0
 
 
 def byte_tokenizer():
@@ -56,31 +75,39 @@ def byte_ids(tok, byte_values) -> list[int]:
 
 
 class TextMaker:
-    """Responses of the policy's kind: random byte tokens, each a vowel with probability v, then a stop byte."""
+    """Responses where the policy starts and goes: samples of the initial policy (share `policy_share`), else random
+    byte tokens, each a vowel with probability v = u², then a stop byte."""
 
-    def __init__(self, tok, max_new_tokens: int, rng: np.random.Generator):
+    def __init__(self, tok, max_new_tokens: int, rng: np.random.Generator, policy_share: float,
+                 policy_samples: list[list[int]]):
         from alignray.data import builtin_prompts
-        from alignray.rewards.functions import vowel_ratio
 
-        self.tok, self.max_new, self.rng, self.gold = tok, max_new_tokens, rng, vowel_ratio
+        self.tok, self.max_new, self.rng, self.policy_share = tok, max_new_tokens, rng, policy_share
+        self.policy_samples, self.next_sample = policy_samples, 0
         self.stop = byte_ids(tok, STOP_BYTES)
         self.vowels = byte_ids(tok, VOWELS.encode())
         special = set(tok.all_special_ids)
         self.other = [i for i in range(len(tok)) if i not in special and i not in self.stop]
         self.prompts = builtin_prompts("vowels")
 
-    def response(self) -> tuple[str, float, int]:
-        length = int(self.rng.integers(1, self.max_new))
-        vowel_p = self.rng.uniform()
-        ids = [int(self.rng.choice(self.vowels)) if self.rng.uniform() < vowel_p else int(self.rng.choice(self.other))
-               for _ in range(length)] + [int(self.rng.choice(self.stop))]
+    def response(self, from_policy: bool) -> tuple[str, float, int, bool]:
+        """(text, gold, length in policy tokens, from the initial policy)."""
+        if from_policy:
+            ids = self.policy_samples[self.next_sample % len(self.policy_samples)]
+            self.next_sample += 1
+        else:
+            length = int(self.rng.integers(1, self.max_new))
+            vowel_p = self.rng.uniform() ** 2
+            ids = [int(self.rng.choice(self.vowels)) if self.rng.uniform() < vowel_p else int(self.rng.choice(self.other))
+                   for _ in range(length)] + [int(self.rng.choice(self.stop))]
         text = self.tok.decode(ids, skip_special_tokens=True)
-        return text, self.gold("", text), len(ids)
+        return text, vowel_share("", text), len(ids), from_policy
 
     def pairs(self, n: int, keep_shorter: float, noise: float) -> list[dict]:
         rows = []
         while len(rows) < n:
-            a, b = self.response(), self.response()
+            from_policy = bool(self.rng.uniform() < self.policy_share)  # both of a pair from one source: the
+            a, b = self.response(from_policy), self.response(from_policy)  # sources differ in length and gold
             if abs(a[1] - b[1]) < 0.02:
                 continue
             chosen, rejected = (a, b) if a[1] > b[1] else (b, a)
@@ -90,11 +117,41 @@ class TextMaker:
                 chosen, rejected = rejected, chosen
             rows.append({"prompt": str(self.rng.choice(self.prompts)), "chosen": chosen[0], "rejected": rejected[0],
                          "chosen_gold": chosen[1], "rejected_gold": rejected[1],
-                         "chosen_policy_tokens": chosen[2], "rejected_policy_tokens": rejected[2]})
+                         "chosen_policy_tokens": chosen[2], "rejected_policy_tokens": rejected[2],
+                         "chosen_from_policy": chosen[3], "rejected_from_policy": rejected[3]})
         return rows
 
 
-def train_rms(args, work: Path, train_rows: list[dict], test_path: Path) -> dict:
+def initial_policy_samples(args, n: int) -> list[list[int]]:
+    """`n` answers of the GRPO runs' initial policy (the same tiny Llama and seed, prompts tokenised as the data loader
+    does, temperature 1, no top-k, cut after the first stop byte / EOS, which is kept), in a seeded shuffled order."""
+    import torch
+
+    from alignray.config import ModelConfig
+    from alignray.data import builtin_prompts
+    from alignray.models import load_policy
+
+    tok = byte_tokenizer()
+    model = load_policy(ModelConfig(**policy_config(args, None)["model"])).eval()
+    stop = {tok.eos_token_id, *byte_ids(tok, STOP_BYTES)}
+    prompts = builtin_prompts("vowels")
+    per_prompt = -(-n // len(prompts))
+    torch.manual_seed(args.seed)
+    samples = []
+    with torch.no_grad():
+        for prompt in prompts:
+            ids = torch.tensor([tok(prompt, add_special_tokens=False)["input_ids"]])
+            out = model.generate(input_ids=ids, attention_mask=torch.ones_like(ids), do_sample=True, temperature=1.0,
+                                 top_k=0, max_new_tokens=args.max_new_tokens, num_return_sequences=per_prompt,
+                                 eos_token_id=sorted(stop), pad_token_id=tok.pad_token_id)
+            for row in out[:, ids.shape[1]:].tolist():
+                cut = next((i + 1 for i, t in enumerate(row) if t in stop), len(row))
+                samples.append(row[:cut])
+    order = np.random.default_rng(args.seed + 1).permutation(len(samples))
+    return [samples[i] for i in order[:n]]
+
+
+def train_rms(args, work: Path, train_rows: list[dict], test_rows: list[dict], test_path: Path) -> dict:
     import torch
 
     from alignray.rewards.backbones import TinyModelSpec
@@ -126,14 +183,20 @@ def train_rms(args, work: Path, train_rows: list[dict], test_path: Path) -> dict
         cfg = RewardTrainConfig(kind=kind, mmd_lambda=lam if kind == "causal" else 0.0, **base)
         model = train_reward_model(cfg, data, tokenizer=tok)
         model.save(work / kind)
-        print(f"trained the {kind} RM in {time.time() - started:.0f} s: rm eval (test pairs, length ⟂ gold)")
+        prompts = [r["prompt"] for r in test_rows]
+        won = (model.score(prompts, [r["chosen"] for r in test_rows], 64)["reward"]
+               > model.score(prompts, [r["rejected"] for r in test_rows], 64)["reward"])
+        from_policy = np.array([r["chosen_from_policy"] for r in test_rows])
+        print(f"trained the {kind} RM in {time.time() - started:.0f} s: rm eval (test pairs, clean labels)")
         ev = rm_eval_main(str(work / kind), str(test_path), out=str(work / f"eval_{kind}.json"),
                           baseline=str(work / "bt") if kind == "causal" else None)
         out[kind] = {"accuracy": ev["accuracy"], "spearman_gold": ev["spearman"]["gold"],
                      "spearman_length": {a: ev["spearman"][a] for a in LENGTHS},
                      "bias_gap_length": {a: ev["bias_gap"].get(a) for a in LENGTHS},
                      "mmd_lambda": getattr(model, "metadata", {}).get("mmd_lambda", 0.0),
-                     "reward_std": ev.get("reward_std"), "seconds": round(time.time() - started, 1)}
+                     "reward_std": ev.get("reward_std"), "seconds": round(time.time() - started, 1),
+                     "accuracy_policy_pairs": float(won[from_policy].mean()) if from_policy.any() else None,
+                     "accuracy_synthetic_pairs": float(won[~from_policy].mean()) if (~from_policy).any() else None}
     return out
 
 
@@ -147,8 +210,8 @@ def policy_config(args, rm_dir: Path) -> dict:
                     "temperature": 1.0, "stop_token_ids": byte_ids(tok, STOP_BYTES)},
         "reward": {"num_workers": 1, "scorers": [  # rm_dir None: the reference run optimises the gold reward itself
             {"name": "proxy", "type": "model", "path": str(rm_dir), "weight": 1.0},
-            {"name": "gold", "function": "vowel_ratio", "weight": 0.0, "gold": True}] if rm_dir else [
-            {"name": "gold", "function": "vowel_ratio", "weight": 1.0}]},
+            {"name": "gold", "function": GOLD_FN, "weight": 0.0, "gold": True}] if rm_dir else [
+            {"name": "gold", "function": GOLD_FN, "weight": 1.0}]},
         "algo": {"name": "grpo", "kl_coef": args.kl_coef},
         "learner": {"num_ranks": 1, "zero_stage": 1, "lr": args.lr},
         "train": {"steps": args.steps, "prompts_per_step": 16, "sync_interval": 1, "seed": args.seed,
@@ -162,14 +225,38 @@ def run_policy(args, work: Path, kind: str) -> list[dict]:
     cli = Path(sys.executable).parent / "alignray"
     cmd = [str(cli), "train", "--config", str(cfg_path), "--run-dir", str(run_dir)]
     print("$", " ".join(cmd), flush=True)
-    subprocess.run(cmd, check=True, env={**os.environ, "DS_ACCELERATOR": os.environ.get("DS_ACCELERATOR", "cpu")})
-    return [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines() if line.strip()]
+    path = os.pathsep.join(p for p in (str(Path(__file__).resolve().parent), os.environ.get("PYTHONPATH")) if p)
+    env = {**os.environ, "DS_ACCELERATOR": os.environ.get("DS_ACCELERATOR", "cpu"), "PYTHONPATH": path}
+    subprocess.run(cmd, check=True, env=env)  # PYTHONPATH: the driver and the Ray workers import GOLD_FN
+    metrics = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines() if line.strip()]
+    return [{**m, SERIES["stop"]: stop_share(run_dir, m["step"])} for m in metrics]
+
+
+def stop_share(run_dir: Path, step: int) -> float:
+    """Stop bytes / EOS per non-vowel token of the step's answers: falls as the policy seeks length, while length
+    that comes only with more vowels (every non-vowel token, stop bytes included, losing mass) leaves it unchanged."""
+    import pyarrow.parquet as pq
+
+    tok = byte_tokenizer()
+    stop, vowels = {tok.eos_token_id, *byte_ids(tok, STOP_BYTES)}, set(byte_ids(tok, VOWELS.encode()))
+    n_stop = n_other = 0
+    for part in sorted((run_dir / "rollouts").glob(f"step_{step:06d}_*.parquet")):
+        for row in pq.read_table(part, columns=["response_tokens"]).column(0).to_pylist():
+            n_stop += sum(t in stop for t in row)
+            n_other += sum(t not in vowels for t in row)
+    return n_stop / n_other if n_other else float("nan")
 
 
 LABELS = {"bt": "GRPO vs BT RM", "causal": "GRPO vs causal RM", "gold": "GRPO on gold (reference)"}
 COLORS = {"bt": "tab:red", "causal": "tab:blue", "gold": "tab:gray"}
 SERIES = {"gold": "reward/gold/mean", "proxy": "reward/proxy/mean", "length": "response_length/mean", "kl": "kl",
-          "gap": "reward/proxy_gold_gap/mean"}
+          "gap": "reward/proxy_gold_gap/mean", "stop": "stop_per_non_vowel_token"}
+
+
+def spearman(a: list[float], b: list[float]) -> float:
+    from scipy.stats import spearmanr
+
+    return float(spearmanr(a, b).statistic)
 
 
 def summarise(curves: dict[str, list[dict]], window: int) -> list[dict]:
@@ -186,20 +273,20 @@ def summarise(curves: dict[str, list[dict]], window: int) -> list[dict]:
 
 def table(rows: list[dict], window: int) -> str:
     head = (f"| policy | gold first {window} → last {window} steps | proxy | response length (tokens) | KL | "
-            "proxy−gold gap |")
-    lines = [head, "|---|---|---|---|---|---|"]
+            "proxy−gold gap | stop bytes per non-vowel token |")
+    lines = [head, "|---|---|---|---|---|---|---|"]
     def cell(r: dict, s: str, digits: int = 3) -> str:
         a, b = r[f"{s}_start"], r[f"{s}_end"]
         return "–" if a is None or b is None else f"{a:.{digits}f} → {b:.{digits}f}"
 
     for r in rows:
-        cells = [cell(r, "gold"), cell(r, "proxy"), cell(r, "length", 1), cell(r, "kl"), cell(r, "gap")]
+        cells = [cell(r, "gold"), cell(r, "proxy"), cell(r, "length", 1), cell(r, "kl"), cell(r, "gap"), cell(r, "stop", 4)]
         lines.append(f"| {r['policy']} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
 
 def plot(curves: dict[str, list[dict]], path: Path, title: str, scale: dict[str, float]) -> None:
-    """Four panels per step; the proxy reward is divided by its RM's reward std on the test pairs (scales differ)."""
+    """Five panels per step; the proxy reward is divided by its RM's reward std on the test pairs (scales differ)."""
     try:
         import matplotlib
     except ImportError:
@@ -208,9 +295,10 @@ def plot(curves: dict[str, list[dict]], path: Path, title: str, scale: dict[str,
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    panels = [("gold", "gold reward (vowel share)"), ("proxy", "proxy reward / its RM's test std"),
-              ("length", "response length (tokens)"), ("kl", "KL to the initial policy (k3)")]
-    fig, axes = plt.subplots(1, 4, figsize=(17, 3.8))
+    panels = [("gold", "gold reward (vowel share, stop byte not counted)"), ("proxy", "proxy reward / its RM's test std"),
+              ("length", "response length (tokens)"), ("stop", "stop bytes per non-vowel token"),
+              ("kl", "KL to the initial policy (k3)")]
+    fig, axes = plt.subplots(1, 5, figsize=(21, 3.8))
     for ax, (short, label) in zip(axes, panels, strict=True):
         for kind, metrics in curves.items():
             steps = [m["step"] for m in metrics]
@@ -238,6 +326,8 @@ def main() -> None:
     p.add_argument("--kl-coef", type=float, default=0.001)
     p.add_argument("--train-pairs", type=int, default=2000)
     p.add_argument("--test-pairs", type=int, default=600)
+    p.add_argument("--policy-share", type=float, default=0.5,
+                   help="share of responses in the pairs sampled from the initial policy (the rest synthetic)")
     p.add_argument("--keep-shorter", type=float, default=0.15, help="share of 'better is shorter' pairs kept")
     p.add_argument("--noise", type=float, default=0.15, help="share of labels flipped")
     p.add_argument("--mmd-lambda", default="1.0", help="causal RM λ: a number or 'auto'")
@@ -251,15 +341,30 @@ def main() -> None:
     quiet_transformers()
     work = Path(args.work_dir)
     work.mkdir(parents=True, exist_ok=True)
-    maker = TextMaker(byte_tokenizer(), args.max_new_tokens, np.random.default_rng(args.seed))
+    n_samples = 4 * (args.train_pairs + args.test_pairs) if args.policy_share > 0 else 0  # pairs of equal gold skip
+    samples = initial_policy_samples(args, n_samples) if n_samples else []
+    start_gold = float(np.mean([vowel_share("", byte_tokenizer().decode(x, skip_special_tokens=True))
+                                for x in samples])) if samples else None
+    print(f"{len(samples)} initial-policy answers: mean gold {start_gold}, mean length "
+          f"{np.mean([len(x) for x in samples]) if samples else None} tokens ({time.time() - started:.0f} s)")
+    maker = TextMaker(byte_tokenizer(), args.max_new_tokens, np.random.default_rng(args.seed), args.policy_share,
+                      samples)
     train_rows = maker.pairs(args.train_pairs, args.keep_shorter, args.noise)
-    test_rows = maker.pairs(args.test_pairs, keep_shorter=1.0, noise=0.0)  # no selection: length ⟂ gold
+    test_rows = maker.pairs(args.test_pairs, keep_shorter=1.0, noise=0.0)  # no selection, clean labels
+    data_stats = {"initial_policy_gold_mean": start_gold, "samples_used": maker.next_sample,
+                  "share_from_policy": {name: float(np.mean([r[f"{side}_from_policy"] for r in rows for side in
+                                                             ("chosen", "rejected")]))
+                                        for name, rows in (("train", train_rows), ("test", test_rows))},
+                  "test_spearman_gold_length": spearman([r[f"{s}_gold"] for r in test_rows for s in ("chosen", "rejected")],
+                                                        [r[f"{s}_policy_tokens"] for r in test_rows
+                                                         for s in ("chosen", "rejected")])}
+    print("pairs:", data_stats)
     test_path = work / "test.jsonl"
     test_path.write_text("".join(json.dumps(r) + "\n" for r in test_rows))
     longer = float(np.mean([r["chosen_policy_tokens"] > r["rejected_policy_tokens"] for r in train_rows]))
     gold_wins = float(np.mean([r["chosen_gold"] > r["rejected_gold"] for r in train_rows]))
     print(f"training pairs: chosen longer in {longer:.0%}, chosen has the higher gold in {gold_wins:.0%}")
-    rms = train_rms(args, work, train_rows, test_path)
+    rms = train_rms(args, work, train_rows, test_rows, test_path)
     kinds = ("bt", "causal", "gold") if args.gold_policy else ("bt", "causal")
     curves = {kind: run_policy(args, work, kind) for kind in kinds}
     rows = summarise(curves, args.window)
@@ -268,13 +373,15 @@ def main() -> None:
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     results = {"args": vars(args), "train_share_chosen_longer": longer, "train_share_chosen_gold_higher": gold_wins,
+               "pairs": data_stats,
                "reward_models": rms, "summary": rows, "table": text,
                "curves": {k: [{s: m.get(key) for s, key in {"step": "step", **SERIES}.items()} for m in v]
                           for k, v in curves.items()},
                "seconds": round(time.time() - started, 1)}
     out.write_text(json.dumps(results, indent=2) + "\n")
     plot(curves, out.with_suffix(".png"), f"GRPO against a length-biased BT RM vs the causal RM (seed {args.seed}, "
-         f"train pairs: chosen longer {longer:.0%}, {args.noise:.0%} labels flipped; causal λ={args.mmd_lambda})",
+         f"pairs: {args.policy_share:.0%} initial-policy answers, chosen longer {longer:.0%}, {args.noise:.0%} flipped; "
+         f"causal λ={args.mmd_lambda}; gold: vowel share, stop byte not counted)",
          {k: rms[k]["reward_std"] for k in rms})
     print(f"wrote {out} and {out.with_suffix('.png')} ({results['seconds']} s)")
 
