@@ -7,7 +7,7 @@ import sys
 
 import ray
 
-from alignray.capacity import demands_of, infeasible
+from alignray.capacity import Demand, demands_of, infeasible
 from alignray.config import Config
 from alignray.errors import AlignrayError
 
@@ -60,8 +60,12 @@ def check_local_capacity(cfg: Config, address: str | None) -> None:
 
 def check_capacity(cfg: Config) -> None:
     """Fail at once, naming role and numbers, when the run can never be placed; with an autoscaler, say it waits."""
+    check_demands(demands_of(cfg))
+
+
+def check_demands(demands: list[Demand]) -> None:
+    """`check_capacity` for any list of role demands (the RL run's, or `rm train`'s ranks)."""
     nodes = [dict(n["Resources"]) for n in ray.nodes() if n.get("Alive")]
-    demands = demands_of(cfg)
     grows, most = _autoscaler()
     if not grows or most is not None:
         problem = infeasible(demands, nodes, most if grows else None)

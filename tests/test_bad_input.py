@@ -84,6 +84,14 @@ def test_gpu_on_a_cpu_only_cluster_fails_at_once(ray_cluster, tmp_path, capsys):
     assert not [pg for pg in ray.util.placement_group_table().values() if pg["state"] == "PENDING"]
 
 
+def test_rm_train_asking_for_a_gpu_the_cluster_lacks_fails_at_once(ray_cluster, tmp_path, capsys):
+    """`alignray rm train` checks its ranks as `train` checks its roles: no placement group waits for a GPU."""
+    argv = ["rm", "train", "--run-dir", str(tmp_path / "rm"), "learner.num_gpus=1"]
+    one_line_error(capsys, argv, "cannot place the run: learner.num_gpus=1: learner needs 1 GPU per actor, but the "
+                                 "cluster (no autoscaler) has no GPU")
+    assert not [pg for pg in ray.util.placement_group_table().values() if pg["state"] == "PENDING"]
+
+
 def test_more_cpus_than_the_cluster_has(ray_cluster):
     from alignray.actors.cluster import check_capacity
     from alignray.config import load_config

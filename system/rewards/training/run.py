@@ -62,29 +62,18 @@ class FitProgress:
             self.bar = None
 
 
-def _check_gpus(cfg: RewardTrainConfig) -> None:
-    """A local Ray this driver started holds the run's CPUs; GPUs it lacks would wait for the placement timeout."""
-    from alignray.actors.cluster import _started_here
-    from alignray.capacity import Demand, infeasible
-
-    lc = cfg.learner
-    nodes = [dict(n["Resources"]) for n in ray.nodes() if n.get("Alive")]
-    problem = _started_here() and infeasible([Demand("learner", lc.num_ranks, lc.num_cpus, lc.num_gpus)], nodes,
-                                             where="this machine (a local Ray, no cluster address)")
-    if problem:
-        raise AlignrayError(f"cannot place the run: {problem}")
-
-
 def train_on_ray(cfg: RewardTrainConfig, out_dir: str | Path, progress: FitProgress | None = None) -> dict:
     """`learner.num_ranks` RewardLearner ranks in one placement group (`RankGroup`) train; rank 0's summary."""
     from alignray.actors.calls import ActorFault, classify
+    from alignray.actors.cluster import check_demands
     from alignray.actors.ranks import RankGroup
     from alignray.actors.rm_learner import RewardLearner
+    from alignray.capacity import Demand
     from alignray.controller import connect_ray
 
     lc = cfg.learner
     connect_ray(cfg.ray_address, lc.num_ranks * lc.num_cpus)
-    _check_gpus(cfg)
+    check_demands([Demand("learner", lc.num_ranks, lc.num_cpus, lc.num_gpus)])  # never placeable: fail now
     try:
         group = RankGroup("rm-learner", RewardLearner, cfg.model_dump(mode="json"), lc.num_ranks, lc.num_cpus,
                           lc.num_gpus, START_TIMEOUT_S, max_concurrency=2)
@@ -104,7 +93,10 @@ def train_on_ray(cfg: RewardTrainConfig, out_dir: str | Path, progress: FitProgr
                     results[name] = ray.get(ref)
                 except Exception as exc:  # noqa: BLE001 - user errors re-raised as is by classify
                     raise AlignrayError(f"reward-model training failed: {classify(name, exc)}") from None
-            progress.show(ray.get(group.ranks[0].progress.remote()))  # the last one shows the final step
+            try:  # the last one shows the final step; a rank that died is reported by the wait above
+                progress.show(ray.get(group.ranks[0].progress.remote(), timeout=60))
+            except ray.exceptions.RayError:
+                pass
         summary = results[group.names()[0]]
         summary["train_s"] = round(time.perf_counter() - started, 1)
         return summary
