@@ -15,7 +15,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 
 from alignray.errors import ConfigError
 
-PRESETS = ("quickstart",)
+PRESETS = ("quickstart", "rm-quickstart")
 
 
 class Section(BaseModel):

@@ -11,7 +11,7 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-from alignray.config import RanksConfig, apply_overrides, format_validation_error, read_yaml
+from alignray.config import RanksConfig, apply_overrides, format_validation_error, preset_text, read_yaml
 from alignray.errors import ConfigError
 
 from ..backbones import TinyModelSpec
@@ -141,13 +141,10 @@ def _flatten(data: dict, source: str) -> dict:
 
 def load_train_config(path: str | Path | None, overrides: list[str] | None = None) -> RewardTrainConfig:
     """A run's config from YAML (None: the built-in example) with dotted overrides, validated."""
-    from importlib import resources
-
     import yaml
 
     if path is None:
-        data = yaml.safe_load(resources.files("alignray.presets").joinpath(f"{EXAMPLE}.yaml").read_text())
-        source = f"preset {EXAMPLE}"
+        data, source = yaml.safe_load(preset_text(EXAMPLE)), f"preset {EXAMPLE}"
     else:
         data, source = read_yaml(path), str(path)
     data = _flatten(apply_overrides(data, overrides or []), source)
