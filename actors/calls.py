@@ -43,7 +43,7 @@ class ActorFault(Exception):
         return f"{self.actor} {self.cause}" + (f" ({self.detail})" if self.detail else "")
 
 
-def _first_line(text: str) -> str:
+def first_line(text: str) -> str:
     lines = [line.strip() for line in str(text).splitlines() if line.strip()]
     return lines[0][:200] if lines else ""
 
@@ -60,22 +60,22 @@ def classify(actor: str, exc: BaseException) -> ActorFault:
     if user is not None:
         raise user
     if isinstance(exc, GetTimeoutError):
-        return ActorFault(actor, HUNG, _first_line(exc))
+        return ActorFault(actor, HUNG, first_line(exc))
     if isinstance(exc, RayActorError):
         if exc.actor_init_failed:  # the same start would fail again: a clean error, not a restart loop
             detail = [line for line in str(exc).splitlines() if line.strip()]
             raise AlignrayError(f"{actor} failed to start: {detail[-1].strip() if detail else exc}") from None
         cause = NODE_DIED if exc.preempted or _node_died(str(exc)) else \
             UNREACHABLE if isinstance(exc, ActorUnavailableError) else DIED  # unreachable: handled as a death
-        return ActorFault(actor, cause, _first_line(exc))
+        return ActorFault(actor, cause, first_line(exc))
     if isinstance(exc, NodeDiedError | LocalRayletDiedError):
-        return ActorFault(actor, NODE_DIED, _first_line(exc))
+        return ActorFault(actor, NODE_DIED, first_line(exc))
     if isinstance(exc, WorkerCrashedError | OutOfMemoryError):
-        return ActorFault(actor, DIED, _first_line(exc))
+        return ActorFault(actor, DIED, first_line(exc))
     if isinstance(exc, ObjectLostError):
-        return ActorFault(actor, OBJECT_LOST, _first_line(exc))
+        return ActorFault(actor, OBJECT_LOST, first_line(exc))
     if isinstance(exc, RayTaskError) and isinstance(exc.cause, ObjectLostError):
-        return ActorFault(actor, OBJECT_LOST, _first_line(exc.cause))  # lost while the actor read its input
+        return ActorFault(actor, OBJECT_LOST, first_line(exc.cause))  # lost while the actor read its input
     raise exc
 
 

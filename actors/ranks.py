@@ -18,10 +18,12 @@ import ray
 from ray.util.placement_group import PlacementGroup, placement_group, remove_placement_group
 from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
 
-from alignray.actors.calls import ActorFault, kill, wait_calls
+from alignray.actors.calls import DIED, ActorFault, classify, first_line, kill, wait_calls
 from alignray.errors import AlignrayError
 
 PLACEMENT_TIMEOUT_S = 120
+PROBE_TIMEOUT_S = 10.0
+"""How long a rank may take to answer a liveness probe once a peer's call has failed."""
 
 
 # ---- rank side ---------------------------------------------------------------------------------------------------
@@ -115,11 +117,46 @@ class RankGroup:
     def call_all(self, method: str, timeout: float, *args) -> list:
         """`method(*args)` on every rank; the ranks' results in rank order, or `ActorFault(role, ...)`."""
         calls = {name: getattr(w, method).remote(*args) for name, w in zip(self.names(), self.ranks, strict=True)}
-        results, faults = wait_calls(calls, timeout, stop_on_fault=True)
+        try:
+            results, faults = wait_calls(calls, timeout, stop_on_fault=True)
+        except AlignrayError:
+            raise
+        except Exception as exc:  # noqa: BLE001 - a rank's own error: a broken collective when a peer is gone
+            dead = self.dead_peer()
+            if dead is None:
+                raise
+            raise ActorFault(self.role, dead.cause, f"{dead.actor} during {method}: {dead.detail} (then a surviving "
+                                                    f"rank failed: {first_line(getattr(exc, 'cause', None) or exc)})") from None
         if faults:
             name, fault = next(iter(faults.items()))
             raise ActorFault(self.role, fault.cause, f"{name} during {method}: {fault.detail}")
         return [results[name] for name in self.names()]
+
+    def fault_behind(self, name: str, exc: BaseException) -> ActorFault:
+        """The fault behind rank `name`'s failed call: its own (died, hung, ...), or, when the rank raised an error of
+        its own while a peer is gone (a collective broken by the peer's death), the peer's. A user error or a
+        bug with every rank alive is raised as is."""
+        try:
+            return classify(name, exc)
+        except AlignrayError:
+            raise
+        except Exception:  # noqa: BLE001 - not a fault of this rank: look for the peer that broke the collective
+            dead = self.dead_peer()
+            if dead is None:
+                raise
+            return ActorFault(dead.actor, dead.cause, f"{dead.detail} (then {name} failed: {first_line(getattr(exc, 'cause', None) or exc)})")
+
+    def dead_peer(self) -> ActorFault | None:
+        """The first rank that does not answer a liveness probe: died, its node died, or hung."""
+        for name, rank in zip(self.names(), self.ranks, strict=True):
+            try:
+                ray.get(rank.__ray_ready__.remote(), timeout=PROBE_TIMEOUT_S)
+            except Exception as exc:  # noqa: BLE001 - classified below; a bug in a probe is itself a fault
+                try:
+                    return classify(name, exc)
+                except Exception:  # noqa: BLE001
+                    return ActorFault(name, DIED, first_line(exc))
+        return None
 
     def call_rank0(self, method: str, timeout: float, *args):
         name = self.names()[0]

@@ -64,7 +64,7 @@ class FitProgress:
 
 def train_on_ray(cfg: RewardTrainConfig, out_dir: str | Path, progress: FitProgress | None = None) -> dict:
     """`learner.num_ranks` RewardLearner ranks in one placement group (`RankGroup`) train; rank 0's summary."""
-    from alignray.actors.calls import ActorFault, classify
+    from alignray.actors.calls import ActorFault
     from alignray.actors.cluster import check_demands
     from alignray.actors.ranks import RankGroup
     from alignray.actors.rm_learner import RewardLearner
@@ -91,8 +91,8 @@ def train_on_ray(cfg: RewardTrainConfig, out_dir: str | Path, progress: FitProgr
                 name = pending.pop(ref)
                 try:
                     results[name] = ray.get(ref)
-                except Exception as exc:  # noqa: BLE001 - user errors re-raised as is by classify
-                    raise AlignrayError(f"reward-model training failed: {classify(name, exc)}") from None
+                except Exception as exc:  # noqa: BLE001 - user errors re-raised as is; a peer's death named
+                    raise AlignrayError(f"reward-model training failed: {group.fault_behind(name, exc)}") from None
             try:  # the last one shows the final step; a rank that died is reported by the wait above
                 progress.show(ray.get(group.ranks[0].progress.remote(), timeout=60))
             except ray.exceptions.RayError:
