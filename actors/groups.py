@@ -9,6 +9,8 @@ recovers by starting a fresh group from the latest snapshot.
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 from alignray.actors.learner import LearnerWorker
 from alignray.actors.pool import WorkerPool
 from alignray.actors.ranks import RankGroup
@@ -16,7 +18,9 @@ from alignray.actors.reward import RewardWorker
 from alignray.actors.rollout import RolloutWorker
 from alignray.config import Config
 from alignray.events import FaultLog
-from alignray.weights import WeightUpdate
+
+if TYPE_CHECKING:
+    from alignray.weights import WeightUpdate
 
 
 class LearnerGroup(RankGroup):

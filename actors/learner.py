@@ -3,6 +3,9 @@
 Every rank reads the step's scored batches zero-copy from the object store; `alignray.train_step.LearnerStep` plans
 mini-batches, this rank's shard of whole prompt groups and its micro-batches, and optimises the sharding-invariant
 objective of `alignray.objective`.
+
+torch, transformers and DeepSpeed are imported in the rank, not at module level: the driver imports this module to
+create the actors, and must not pay for them on its critical path.
 """
 
 from __future__ import annotations
@@ -10,17 +13,17 @@ from __future__ import annotations
 import os
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import ray
-import torch
 
 from alignray.actors.ranks import deepspeed_config, init_process_group, prepare_rank, rank_address
 from alignray.config import Config
-from alignray.models import load_critic, load_policy, load_tokenizer, save_hf
-from alignray.objective import Objective
-from alignray.schema import check_batch, concat_batches
-from alignray.train_step import LearnerStep
-from alignray.weights import WeightUpdate, pack_state
+
+if TYPE_CHECKING:
+    import torch
+
+    from alignray.weights import WeightUpdate
 
 
 def ds_config(cfg: Config, world_size: int) -> dict:
@@ -59,6 +62,11 @@ class LearnerWorker:
             clock = now
 
         import deepspeed
+        import torch
+
+        from alignray.models import load_critic, load_policy, load_tokenizer
+        from alignray.objective import Objective
+        from alignray.train_step import LearnerStep
 
         lap("import_deepspeed_s")
         init_process_group(self.rank, self.world, master_addr, master_port, self.cfg.learner.backend, self.use_gpu)
@@ -97,6 +105,8 @@ class LearnerWorker:
     def train_step(self, scored_refs: list) -> dict:
         """Train on the step's scored batches (ObjectRefs, read zero-copy); returns the step's global statistics
         (the same on every rank)."""
+        from alignray.schema import check_batch, concat_batches
+
         batch = concat_batches([check_batch(b, "scored", "learner input") for b in ray.get(scored_refs)])
         stats = self.runner.run(batch, version=self.step)
         self.step += 1
@@ -121,6 +131,7 @@ class LearnerWorker:
         if state is None:
             return None
         from alignray.transports import make_transport
+        from alignray.weights import WeightUpdate, pack_state
 
         buckets = pack_state(state.items(), self.cfg.learner.weight_bucket_mb)
         transport = self._weight_transport
@@ -137,6 +148,10 @@ class LearnerWorker:
     def save(self, step_dir: str, hf: bool = True) -> None:
         """DeepSpeed state (model, optimizer, RNG) per rank under step_dir/policy, and (`hf`) an HF folder
         step_dir/hf; a snapshot for in-run recovery skips the HF export."""
+        import torch
+
+        from alignray.models import save_hf
+
         client = {"step": self.step, "torch_rng": torch.get_rng_state()}
         self.policy.save_checkpoint(step_dir, tag="policy", client_state=client)
         if self.critic is not None:
@@ -146,6 +161,8 @@ class LearnerWorker:
             save_hf(self.policy.module, self.tokenizer, Path(step_dir) / "hf", state_dict=state)
 
     def load(self, step_dir: str) -> int:
+        import torch
+
         _, client = self.policy.load_checkpoint(step_dir, tag="policy", load_optimizer_states=True,
                                                 load_lr_scheduler_states=True)
         if self.critic is not None:

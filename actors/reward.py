@@ -1,4 +1,7 @@
-"""RewardWorker: hosts the configured scorers; rollout batch in, scored batch (plus small stats) out."""
+"""RewardWorker: hosts the configured scorers; rollout batch in, scored batch (plus small stats) out.
+
+Its module imports no torch: a worker with reward functions only never loads it (the driver imports this module too).
+"""
 
 from __future__ import annotations
 
@@ -6,23 +9,31 @@ import os
 
 import pyarrow as pa
 import ray
-import torch
 
-from alignray.config import Config
+from alignray.config import Config, RewardConfig
 from alignray.errors import RewardError
-from alignray.rewards.scorers import build_scorers, score_batch
+
+
+def build_reward_scorers(rc: RewardConfig, trust_remote_code: bool) -> list:
+    """The scorers of `reward.scorers` in this process (reward models load here, with `reward.torch_threads`)."""
+    from alignray.rewards.scorers import build_scorers
+
+    if any(s.type == "model" for s in rc.scorers):
+        import torch
+
+        torch.set_num_threads(rc.torch_threads)
+    try:
+        return build_scorers(rc.scorers, trust_remote_code)
+    except Exception as e:  # noqa: BLE001 - e.g. a reward module only the workers have, failing to import
+        raise RewardError(f"reward.scorers: cannot build the scorers on this worker: {type(e).__name__}: "
+                          f"{str(e).strip().splitlines()[0] if str(e).strip() else ''}") from None
 
 
 @ray.remote
 class RewardWorker:
     def __init__(self, cfg_dict: dict):
         self.cfg = Config.model_validate(cfg_dict)
-        torch.set_num_threads(self.cfg.reward.torch_threads)
-        try:
-            self.scorers = build_scorers(self.cfg.reward.scorers, self.cfg.model.trust_remote_code)
-        except Exception as e:  # noqa: BLE001 - e.g. a reward module only the workers have, failing to import
-            raise RewardError(f"reward.scorers: cannot build the scorers on this worker: {type(e).__name__}: "
-                              f"{str(e).strip().splitlines()[0] if str(e).strip() else ''}") from None
+        self.scorers = build_reward_scorers(self.cfg.reward, self.cfg.model.trust_remote_code)
 
     def ready(self) -> bool:
         return True
@@ -33,4 +44,6 @@ class RewardWorker:
 
     @ray.method(num_returns=2)
     def score(self, rollout: pa.RecordBatch) -> tuple[pa.RecordBatch, dict]:
+        from alignray.rewards.scorers import score_batch
+
         return score_batch(rollout, self.scorers, self.cfg.reward.on_error)

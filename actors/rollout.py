@@ -1,23 +1,28 @@
-"""RolloutWorker: owns one generation engine; prompt batch in, rollout batch out, weights loaded in place."""
+"""RolloutWorker: owns one generation engine; prompt batch in, rollout batch out, weights loaded in place.
+
+torch and the engines are imported in the worker, not at module level: the driver imports this module to create the
+actor, and must not pay for torch on its critical path.
+"""
 
 from __future__ import annotations
 
 import os
 import time
+from typing import TYPE_CHECKING
 
 import pyarrow as pa
 import ray
-import torch
 
 from alignray.config import Config
-from alignray.engines.base import SamplingSettings, build_rollout_batch
-from alignray.models import load_policy, load_tokenizer
-from alignray.schema import check_batch
-from alignray.transports import ObjectStoreTransport, make_transport
-from alignray.weights import WeightUpdate, unpack_bucket
+from alignray.tokenizer import load_tokenizer
+
+if TYPE_CHECKING:
+    from alignray.weights import WeightUpdate
 
 
 def make_engine(cfg: Config, tokenizer):
+    from alignray.models import load_policy
+
     if cfg.rollout.engine == "vllm":
         from alignray.engines.vllm import VLLMEngine
 
@@ -30,6 +35,8 @@ def make_engine(cfg: Config, tokenizer):
 @ray.remote
 class RolloutWorker:
     def __init__(self, cfg_dict: dict, name: str):
+        import torch
+
         self.cfg = Config.model_validate(cfg_dict)
         self.name = name
         torch.set_num_threads(self.cfg.rollout.torch_threads)
@@ -49,19 +56,10 @@ class RolloutWorker:
     def generate(self, prompts: pa.RecordBatch, seed: int) -> tuple[pa.RecordBatch, dict]:
         """`prompts` arrives resolved from its ObjectRef (zero-copy); the batch goes back to the object store and
         only a few scalars (`meta`) go to the driver."""
-        t0 = time.perf_counter()
-        check_batch(prompts, "prompt", f"rollout worker {self.name} input")
-        r = self.cfg.rollout
-        sampling = SamplingSettings(max_new_tokens=r.max_new_tokens, temperature=r.temperature, top_p=r.top_p,
-                                    n=r.samples_per_prompt, stop_token_ids=tuple(r.stop_token_ids), seed=seed)
-        column = prompts.column("prompt_tokens")
-        token_lists = [column[i].values.to_numpy() for i in range(prompts.num_rows)]
-        completions = self.engine.generate(token_lists, sampling)
-        batch = build_rollout_batch(prompts, completions, self.version,
-                                    lambda t: self.tokenizer.decode(t, skip_special_tokens=True))
-        new_tokens = sum(len(c.tokens) for group in completions for c in group)
-        return batch, {"worker": self.name, "samples": batch.num_rows, "new_tokens": new_tokens,
-                       "policy_version": self.version, "seconds": time.perf_counter() - t0}
+        from alignray.engines.base import generate_rollout
+
+        return generate_rollout(self.engine, self.tokenizer, self.cfg.rollout, prompts, seed, self.version,
+                                f"rollout worker {self.name}")
 
     def update_weights(self, update: WeightUpdate) -> dict:
         """Load every bucket of `update` in place and adopt its version; returns what moved and how long it took.
@@ -69,6 +67,9 @@ class RolloutWorker:
         Object store: the buckets are read here (zero-copy) and handed to the engine whole when it takes buckets
         (vLLM: one collective RPC for the whole update). GPU transports: the vLLM workers open the handles themselves; an engine
         without that ability receives them in this process."""
+        from alignray.transports import ObjectStoreTransport, make_transport
+        from alignray.weights import unpack_bucket
+
         t0 = time.perf_counter()
         count = 0
         if update.transport == "object_store":

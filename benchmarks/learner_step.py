@@ -67,7 +67,8 @@ def main() -> None:
 
     from alignray.actors.learner import ds_config, init_process_group
     from alignray.config import load_config
-    from alignray.models import load_policy, load_tokenizer
+    from alignray.models import load_policy
+    from alignray.tokenizer import load_tokenizer
     from alignray.train_step import LearnerStep
 
     with socket.socket() as s:

@@ -62,7 +62,7 @@ def vowel_share(prompt: str, response: str, vowels: str = "aeiou") -> float:
 
 
 def byte_tokenizer():
-    from alignray.models import build_byte_tokenizer
+    from alignray.tokenizer import build_byte_tokenizer
 
     return build_byte_tokenizer()
 

@@ -138,7 +138,7 @@ def main() -> None:
     import ray
 
     from alignray.config import Config
-    from alignray.models import load_tokenizer
+    from alignray.tokenizer import load_tokenizer
 
     torch.set_num_threads(os.cpu_count() or 1)
     ray.init(address="local", num_cpus=1, include_dashboard=False, _node_ip_address="127.0.0.1",

@@ -77,7 +77,8 @@ def alignray_side(args: argparse.Namespace) -> None:
 def export_model(folder: Path) -> None:
     """The quickstart's tiny random Llama and byte tokenizer as an HF folder both sides load."""
     from alignray.config import load_config
-    from alignray.models import build_byte_tokenizer, load_policy
+    from alignray.models import load_policy
+    from alignray.tokenizer import build_byte_tokenizer
 
     cfg = load_config(None, [])
     tok = build_byte_tokenizer()

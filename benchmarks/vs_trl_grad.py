@@ -42,10 +42,11 @@ def alignray_batch(model_dir: Path, prompts_file: Path, shape: str, seed: int, o
     from alignray.engines.base import SamplingSettings, build_rollout_batch
     from alignray.engines.hf import HFEngine
     from alignray.experience import advantages_for, forward_logprobs, sequences_from_batch
-    from alignray.models import load_policy, load_tokenizer
+    from alignray.models import load_policy
     from alignray.objective import Objective, Tally, batch_counts
     from alignray.rewards.scorers import build_scorers, score_batch
     from alignray.schema import list_array
+    from alignray.tokenizer import load_tokenizer
 
     n_prompts, samples, new_tokens = SHAPES[shape]
     cfg = load_config(None, [f"model.path={model_dir}", f"rollout.max_new_tokens={new_tokens}",

@@ -30,12 +30,12 @@ from alignray.config import Config
 from alignray.data import PromptSampler, PromptSet, load_prompts
 from alignray.events import FaultEvent, FaultLog
 from alignray.ledger import PromptLedger
-from alignray.models import load_tokenizer
 from alignray.quiet import SETUP_HOOK, verbose
 from alignray.runlog import RunLog, latest_checkpoint, latest_state
 from alignray.scaling import Scaler
 from alignray.shards import Shard, ShardPipeline
 from alignray.stats import step_metrics
+from alignray.tokenizer import load_tokenizer
 
 
 def connect_ray(address: str | None, num_cpus: float) -> None:

@@ -7,6 +7,7 @@ prompt_len[b] + t and is predicted by the logits at prompt_len[b] − 1 + t.
 
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass
 
 import numpy as np
@@ -16,7 +17,7 @@ import torch
 from alignray.algorithms import compute_advantages, entropy_from_logits, kl_estimate, logprobs_from_logits
 from alignray.algorithms.advantages import Reduce
 from alignray.config import AlgoConfig
-from alignray.schema import pad_ragged, ragged_to_torch
+from alignray.errors import SchemaError
 
 
 @dataclass
@@ -35,6 +36,36 @@ class SequenceBatch:
 
     def select(self, rows: torch.Tensor) -> SequenceBatch:
         return SequenceBatch(*(getattr(self, f)[rows] for f in self.__dataclass_fields__))
+
+
+def ragged_to_torch(column: pa.Array) -> tuple[torch.Tensor, torch.Tensor]:
+    """A list<int32|float32> column as (flat values, int64 offsets [B+1]) torch tensors.
+
+    The values tensor aliases the Arrow buffer (no copy; read-only memory, so never write into it).
+    """
+    if isinstance(column, pa.ChunkedArray):
+        if column.num_chunks != 1:
+            raise SchemaError(f"ragged column must be one chunk, got {column.num_chunks}")
+        column = column.chunk(0)
+    values = column.flatten().to_numpy(zero_copy_only=True)
+    offsets = np.asarray(column.offsets, dtype=np.int64)
+    offsets = offsets - offsets[0]
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)  # read-only Arrow memory: torch warns, we only read
+        flat = torch.from_numpy(values)
+    return flat, torch.from_numpy(offsets)
+
+
+def pad_ragged(flat: torch.Tensor, offsets: torch.Tensor, pad_value: float = 0,
+               width: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Right-pad a ragged (values, offsets) pair into [B, T] plus a bool mask, with one vectorised scatter."""
+    lengths = offsets[1:] - offsets[:-1]
+    rows = lengths.numel()
+    width = int(lengths.max()) if width is None and rows else (width or 0)
+    out = torch.full((rows, width), pad_value, dtype=flat.dtype)
+    mask = torch.arange(width).unsqueeze(0) < lengths.unsqueeze(1)
+    out[mask] = flat[: int(offsets[-1])]
+    return out, mask
 
 
 def sequences_from_batch(batch: pa.RecordBatch, pad_token_id: int) -> SequenceBatch:

@@ -55,10 +55,12 @@ def _need(module: str, name: str):
 
 
 class TensorBoardLogger:
-    def __init__(self, run_dir: Path, config: dict, resume: bool):
-        from torch.utils.tensorboard import SummaryWriter
+    """TensorBoard's own numpy-only writer (not torch's SummaryWriter: the driver never imports torch)."""
 
-        self.writer = SummaryWriter(str(run_dir / "tb"))
+    def __init__(self, run_dir: Path, config: dict, resume: bool):
+        from tensorboard.summary import Writer
+
+        self.writer = Writer(str(run_dir / "tb"))
 
     def log(self, step: int, values: dict[str, float]) -> None:
         for k, v in values.items():

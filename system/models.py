@@ -10,57 +10,17 @@ from __future__ import annotations
 from pathlib import Path
 
 import torch
-import transformers.utils
-
-from alignray.config import ModelConfig
-from alignray.errors import ConfigError
-from alignray.preflight import check_model_source
-
-# transformers imports scikit-learn (≈1.5 s of CPU in every process that builds a model) only for assisted
-# generation's candidate filtering, which alignray never uses: report it absent to transformers alone.
-transformers.utils.is_sklearn_available = lambda: False
-
-from transformers import (  # noqa: E402 - after the scikit-learn switch above
+from transformers import (  # noqa: E402, I001 - after the scikit-learn switch in alignray.tokenizer
     AutoModelForCausalLM,
     AutoModelForTokenClassification,
-    AutoTokenizer,
     LlamaConfig,
     PreTrainedModel,
-    PreTrainedTokenizerFast,
 )
 
-SPECIAL_TOKENS = ("<pad>", "<s>", "</s>")
+from alignray.config import ModelConfig
+from alignray.tokenizer import build_byte_tokenizer, load_tokenizer  # first: it switches scikit-learn off
+
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
-
-
-def build_byte_tokenizer() -> PreTrainedTokenizerFast:
-    """A byte-level BPE tokenizer with no merges: ids 0-2 are <pad>, <s>, </s>; ids 3..258 are the 256 bytes."""
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers
-    from transformers.convert_slow_tokenizer import bytes_to_unicode
-
-    vocab = {tok: i for i, tok in enumerate(SPECIAL_TOKENS)}
-    for ch in bytes_to_unicode().values():
-        vocab[ch] = len(vocab)
-    tok = Tokenizer(models.BPE(vocab=vocab, merges=[]))
-    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)
-    tok.decoder = decoders.ByteLevel()
-    return PreTrainedTokenizerFast(tokenizer_object=tok, pad_token="<pad>", bos_token="<s>", eos_token="</s>")
-
-
-def load_tokenizer(cfg: ModelConfig) -> PreTrainedTokenizerFast:
-    source = cfg.tokenizer or cfg.path
-    if not source:
-        return build_byte_tokenizer()
-    check_model_source("model.tokenizer" if cfg.tokenizer else "model.path", source)
-    try:
-        tok = AutoTokenizer.from_pretrained(source, trust_remote_code=cfg.trust_remote_code)
-    except (OSError, ValueError) as e:  # a folder without tokenizer files, an unknown tokenizer class
-        first = (str(e).strip().splitlines() or [type(e).__name__])[0][:200]
-        raise ConfigError(f"{'model.tokenizer' if cfg.tokenizer else 'model.path'}: cannot load a tokenizer from "
-                          f"{source}: {first}") from None
-    if tok.pad_token is None:
-        tok.pad_token = tok.eos_token
-    return tok
 
 
 def tiny_config(cfg: ModelConfig, vocab_size: int) -> LlamaConfig:

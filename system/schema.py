@@ -1,4 +1,4 @@
-"""What travels between actors: Arrow schemas of the three batches, checks at every boundary, zero-copy to torch.
+"""What travels between actors: Arrow schemas of the three batches, checks at every boundary, read zero-copy by the learner (`alignray.experience`).
 
 prompt batch  ─rollout→  rollout batch  ─reward→  scored batch  ─learner
 (No experience batch: each learner rank computes the advantages of its shard with the whole step's statistics —
@@ -9,11 +9,8 @@ holds their buffers once, and a reader maps them without a copy.
 
 from __future__ import annotations
 
-import warnings
-
 import numpy as np
 import pyarrow as pa
-import torch
 
 from alignray.errors import SchemaError
 
@@ -77,36 +74,6 @@ def concat_batches(batches: list[pa.RecordBatch]) -> pa.RecordBatch:
     if len(batches) == 1:
         return batches[0]
     return pa.Table.from_batches(batches).combine_chunks().to_batches()[0]
-
-
-def ragged_to_torch(column: pa.Array) -> tuple[torch.Tensor, torch.Tensor]:
-    """A list<int32|float32> column as (flat values, int64 offsets [B+1]) torch tensors.
-
-    The values tensor aliases the Arrow buffer (no copy; read-only memory, so never write into it).
-    """
-    if isinstance(column, pa.ChunkedArray):
-        if column.num_chunks != 1:
-            raise SchemaError(f"ragged column must be one chunk, got {column.num_chunks}")
-        column = column.chunk(0)
-    values = column.flatten().to_numpy(zero_copy_only=True)
-    offsets = np.asarray(column.offsets, dtype=np.int64)
-    offsets = offsets - offsets[0]
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", UserWarning)  # read-only Arrow memory: torch warns, we only read
-        flat = torch.from_numpy(values)
-    return flat, torch.from_numpy(offsets)
-
-
-def pad_ragged(flat: torch.Tensor, offsets: torch.Tensor, pad_value: float = 0,
-               width: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-    """Right-pad a ragged (values, offsets) pair into [B, T] plus a bool mask, with one vectorised scatter."""
-    lengths = offsets[1:] - offsets[:-1]
-    rows = lengths.numel()
-    width = int(lengths.max()) if width is None and rows else (width or 0)
-    out = torch.full((rows, width), pad_value, dtype=flat.dtype)
-    mask = torch.arange(width).unsqueeze(0) < lengths.unsqueeze(1)
-    out[mask] = flat[: int(offsets[-1])]
-    return out, mask
 
 
 def list_array(rows: list, value_type: pa.DataType) -> pa.Array:

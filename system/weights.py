@@ -9,9 +9,12 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import numpy as np
-import torch
+
+if TYPE_CHECKING:  # torch is imported where tensors are packed: the driver handles `WeightUpdate`s without it
+    import torch
 
 ALIGN = 64  # bytes: every tensor starts aligned so views are valid for any dtype
 
@@ -67,6 +70,8 @@ def group_into_buckets(named: Iterable[tuple[str, torch.Tensor]], bucket_bytes: 
 
 
 def pack_bucket(tensors: list[tuple[str, torch.Tensor]]) -> Bucket:
+    import torch
+
     specs, offset = [], 0
     for name, t in tensors:
         nbytes = t.numel() * t.element_size()
@@ -82,6 +87,8 @@ def pack_bucket(tensors: list[tuple[str, torch.Tensor]]) -> Bucket:
 
 def views(specs: list[TensorSpec], flat: torch.Tensor) -> Iterator[tuple[str, torch.Tensor]]:
     """Named views into a flat uint8 buffer on any device: the inverse of `pack_bucket`'s layout."""
+    import torch
+
     for spec in specs:
         yield spec.name, flat[spec.offset: spec.offset + spec.nbytes].view(getattr(torch, spec.dtype)).reshape(
             spec.shape)
@@ -90,6 +97,8 @@ def views(specs: list[TensorSpec], flat: torch.Tensor) -> Iterator[tuple[str, to
 def unpack_bucket(bucket: Bucket) -> Iterator[tuple[str, torch.Tensor]]:
     """Views into the bucket's buffer (no copy): the engine copies them into its own parameters."""
     import warnings
+
+    import torch
 
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", UserWarning)  # the object store hands out read-only memory

@@ -10,7 +10,7 @@ from conftest import tiny_overrides
 
 from alignray.config import load_config
 from alignray.controller import Controller
-from alignray.models import build_byte_tokenizer
+from alignray.tokenizer import build_byte_tokenizer
 
 pytestmark = pytest.mark.slow
 

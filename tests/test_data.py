@@ -10,7 +10,7 @@ from alignray.config import DataConfig
 from alignray.data import PromptSampler, load_prompts
 from alignray.errors import DataError
 from alignray.ledger import PromptLedger
-from alignray.models import build_byte_tokenizer
+from alignray.tokenizer import build_byte_tokenizer
 
 TOK = build_byte_tokenizer()
 

@@ -8,7 +8,8 @@ import pytest
 from alignray.config import ModelConfig
 from alignray.engines.base import SamplingSettings
 from alignray.engines.hf import HFEngine
-from alignray.models import build_byte_tokenizer, load_policy
+from alignray.models import load_policy
+from alignray.tokenizer import build_byte_tokenizer
 
 
 @pytest.fixture(scope="module")

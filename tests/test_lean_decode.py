@@ -10,7 +10,8 @@ from alignray.config import ModelConfig, TinyModelConfig
 from alignray.engines.base import SamplingSettings
 from alignray.engines.hf import HFEngine
 from alignray.engines.lean_decode import LeanDecoder, supports
-from alignray.models import build_byte_tokenizer, load_policy
+from alignray.models import load_policy
+from alignray.tokenizer import build_byte_tokenizer
 
 
 @pytest.fixture(scope="module", params=[2, 1], ids=["mha", "gqa"])

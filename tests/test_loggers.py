@@ -30,6 +30,22 @@ def test_flatten_config_to_params():
 
 
 @pytest.mark.usefixtures("offline")
+def test_tensorboard_scalars_read_back_by_tensorboard(tmp_path):
+    """TensorBoard's own reader (the one its UI uses) sees every logged scalar at its step."""
+    from tensorboard.backend.event_processing.plugin_event_accumulator import EventAccumulator
+
+    cfg = load_config(None, ["train.loggers=[tensorboard]"])
+    log = RunLog(tmp_path / "run", cfg)
+    for m in STEPS:
+        log.log(m)
+    log.close()
+    acc = EventAccumulator(str(tmp_path / "run" / "tb"))
+    acc.Reload()
+    events = acc.Tensors("reward/mean")
+    assert [e.step for e in events] == [m["step"] for m in STEPS]
+    assert [float(e.tensor_proto.float_val[0]) for e in events] == pytest.approx([m["reward/mean"] for m in STEPS])
+
+
 def test_all_three_loggers_write_inside_the_run_directory(tmp_path):
     pytest.importorskip("mlflow")
     pytest.importorskip("wandb")

@@ -15,7 +15,7 @@ import pytest
 from alignray.config import DataConfig, ModelConfig
 from alignray.data import load_prompts
 from alignray.errors import DataError
-from alignray.models import build_byte_tokenizer, load_tokenizer
+from alignray.tokenizer import build_byte_tokenizer, load_tokenizer
 
 TEMPLATE = ("{% for m in messages %}<|{{ m['role'] }}|>{{ m['content'] }}\n{% endfor %}"
             "{% if add_generation_prompt %}<|assistant|>{% endif %}")

@@ -10,8 +10,8 @@ import torch
 
 from alignray.engines.base import Completion, build_rollout_batch
 from alignray.errors import SchemaError
-from alignray.experience import sequences_from_batch
-from alignray.schema import TOKENS, check_batch, list_array, pad_ragged, ragged_to_torch
+from alignray.experience import pad_ragged, ragged_to_torch, sequences_from_batch
+from alignray.schema import TOKENS, check_batch, list_array
 
 
 def prompt_batch() -> pa.RecordBatch:

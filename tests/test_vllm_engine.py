@@ -25,7 +25,8 @@ from alignray.config import Config, load_config  # noqa: E402
 from alignray.engines.base import SamplingSettings, build_rollout_batch  # noqa: E402
 from alignray.engines.hf import HFEngine  # noqa: E402
 from alignray.engines.vllm import VLLMEngine  # noqa: E402
-from alignray.models import load_policy, load_tokenizer  # noqa: E402
+from alignray.models import load_policy  # noqa: E402
+from alignray.tokenizer import load_tokenizer  # noqa: E402
 from alignray.transports import ObjectStoreTransport, make_transport  # noqa: E402
 from alignray.weights import pack_state  # noqa: E402
 

@@ -6,7 +6,8 @@ import torch
 
 from alignray.config import ModelConfig
 from alignray.engines.hf import HFEngine
-from alignray.models import build_byte_tokenizer, load_policy
+from alignray.models import load_policy
+from alignray.tokenizer import build_byte_tokenizer
 from alignray.weights import group_into_buckets, pack_bucket, pack_state, unpack_bucket
 
 

@@ -7,6 +7,7 @@ An engine generates from token ids and returns token ids plus per-token log-prob
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Protocol
@@ -15,6 +16,7 @@ import numpy as np
 import pyarrow as pa
 import torch
 
+from alignray.config import RolloutConfig
 from alignray.schema import FLOATS, TOKENS, check_batch, list_array
 
 
@@ -74,3 +76,19 @@ def build_rollout_batch(prompt_batch: pa.RecordBatch, completions: list[list[Com
         "finish_reason": pa.array([c.finish_reason for c in flat], type=pa.string()),
     })
     return check_batch(batch, "rollout", "rollout engine output")
+
+
+def generate_rollout(engine: RolloutEngine, tokenizer, rc: RolloutConfig, prompts: pa.RecordBatch, seed: int,
+                     version: int, who: str) -> tuple[pa.RecordBatch, dict]:
+    """One prompt batch through `engine` with the `rollout` settings: the rollout batch (stamped with `version`) and
+    the few scalars the driver reads (`meta`). `who` names the generating actor in errors and in `meta`."""
+    t0 = time.perf_counter()
+    check_batch(prompts, "prompt", f"{who} input")
+    sampling = SamplingSettings(max_new_tokens=rc.max_new_tokens, temperature=rc.temperature, top_p=rc.top_p,
+                                n=rc.samples_per_prompt, stop_token_ids=tuple(rc.stop_token_ids), seed=seed)
+    column = prompts.column("prompt_tokens")
+    completions = engine.generate([column[i].values.to_numpy() for i in range(prompts.num_rows)], sampling)
+    batch = build_rollout_batch(prompts, completions, version, lambda t: tokenizer.decode(t, skip_special_tokens=True))
+    new_tokens = sum(len(c.tokens) for group in completions for c in group)
+    return batch, {"worker": who, "samples": batch.num_rows, "new_tokens": new_tokens, "policy_version": version,
+                   "seconds": time.perf_counter() - t0}
