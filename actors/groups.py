@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
+from alignray.actors.calls import ActorFault
 from alignray.actors.learner import LearnerWorker
 from alignray.actors.pool import WorkerPool
 from alignray.actors.ranks import RankGroup
@@ -64,3 +65,60 @@ def reward_pool(cfg: Config, faults: FaultLog) -> WorkerPool:
     return WorkerPool("reward", lambda options, name: RewardWorker.options(**options).remote(cfg_dict),
                       lambda actor: actor.ready.remote(), rc.num_cpus, rc.num_gpus, rc.num_workers, faults,
                       cfg.train.call_timeout_s.start)
+
+
+class RankPool:
+    """The learner ranks seen as the rollout (or reward) pool of a colocated run (`train.colocate`): every rank is a
+    ready member that generates (or scores) its share. The group is read through `group()` at each call, so a
+    recovered group serves at once. A member's fault is the group's: `replace` raises it for the controller's
+    learner recovery (snapshot, rollback, re-train). Fixed size: it is scaled with `learner.num_ranks`."""
+
+    elastic = False
+
+    def __init__(self, role: str, group):
+        self.role, self.group = role, group
+        self.step = 0
+        self.weights_lost = False
+
+    @property
+    def members(self) -> dict[str, None]:
+        return dict.fromkeys(self.group().names())
+
+    @property
+    def target(self) -> int:
+        return len(self.group().ranks)
+
+    def ready(self) -> list[str]:
+        return self.group().names()
+
+    def actor(self, name: str):
+        return self.group().ranks[self.group().names().index(name)]
+
+    def states(self) -> dict[str, str]:
+        return dict.fromkeys(self.group().names(), "ready")
+
+    def count(self, state: str) -> int:
+        return self.target if state == "ready" else 0
+
+    def pids(self) -> dict[str, int]:
+        return dict(self.group().rank_pids)
+
+    def reconcile(self) -> None:
+        """Nothing to move along: the ranks are started (and replaced) as one group."""
+
+    def wait_ready(self, minimum: int = 1) -> None:
+        """Ready as soon as the group is: it is built whole."""
+
+    def replace(self, fault: ActorFault, action: str = "") -> None:
+        raise ActorFault("learner", fault.cause, f"{fault.actor} while it was the {self.role} member: {fault.detail}")
+
+    def broadcast(self, method: str, timeout: float, *args) -> tuple[dict, list[ActorFault]]:
+        results = self.group().call_all(method, timeout, *args)
+        return dict(zip(self.group().names(), results, strict=True)), []
+
+    def scale(self, target: int) -> None:
+        raise ValueError(f"the {self.role} work runs inside the learner ranks (train.colocate): it scales with "
+                         "learner.num_ranks, not with a scale request")
+
+    def close(self) -> None:
+        """The group is closed by its owner (the controller)."""

@@ -17,7 +17,14 @@ from typing import TYPE_CHECKING
 
 import ray
 
-from alignray.actors.ranks import deepspeed_config, init_process_group, prepare_rank, rank_address
+from alignray.actors.ranks import (
+    deepspeed_config,
+    deepspeed_initialize,
+    import_deepspeed,
+    init_process_group,
+    prepare_rank,
+    rank_address,
+)
 from alignray.config import Config
 
 if TYPE_CHECKING:
@@ -61,9 +68,9 @@ class LearnerWorker:
             timing[name] = now - clock
             clock = now
 
-        import deepspeed
         import torch
 
+        import_deepspeed()
         from alignray.models import load_critic, load_policy, load_tokenizer
         from alignray.objective import Objective
         from alignray.train_step import LearnerStep
@@ -83,18 +90,30 @@ class LearnerWorker:
         critic = load_critic(self.cfg.model, len(tok)) if objective.uses_critic else None
         lap("models_s")
         optim = torch.optim.AdamW(policy.parameters(), lr=lc.lr, weight_decay=lc.weight_decay)
-        self.policy, *_ = deepspeed.initialize(model=policy, optimizer=optim, config=ds_config(self.cfg, self.world))
+        self.policy, *_ = deepspeed_initialize(model=policy, optimizer=optim, config=ds_config(self.cfg, self.world))
         self.critic = None
         if critic is not None:
             c_optim = torch.optim.AdamW(critic.parameters(), lr=lc.critic_lr, weight_decay=lc.weight_decay)
-            self.critic, *_ = deepspeed.initialize(model=critic, optimizer=c_optim,
+            self.critic, *_ = deepspeed_initialize(model=critic, optimizer=c_optim,
                                                    config=ds_config(self.cfg, self.world))
         lap("deepspeed_initialize_s")
+        if self.cfg.train.colocate:
+            self._colocate(tok)
+        lap("colocated_rollout_s")
         self.startup = timing
         self.step = 0
         self.runner = LearnerStep(self.cfg, self.policy, self.reference, self.critic, self.rank, self.world,
                                   self.pad_id, self.device)
         return sum(p.numel() for p in policy.parameters())
+
+    def _colocate(self, tok) -> None:
+        """train.colocate: a sampling engine on the module this rank trains (ZeRO ≤ 2: whole weights on every rank,
+        updated in place by each optimizer step) and the reward scorers."""
+        from alignray.actors.reward import build_reward_scorers
+        from alignray.engines.hf import HFEngine
+
+        self.engine = HFEngine(self.policy.module, tok.pad_token_id, tok.eos_token_id)
+        self.scorers = build_reward_scorers(self.cfg.reward, self.cfg.model.trust_remote_code)
 
     def startup_timing(self) -> dict[str, float]:
         """Seconds of each part of `setup` on this rank; wall-clock times (epoch s) at which the worker process was
@@ -112,6 +131,25 @@ class LearnerWorker:
         self.step += 1
         return stats
 
+    # ---- colocated rollout and reward (train.colocate) ------------------------------------------------------------
+    @ray.method(num_returns=2)
+    def generate(self, prompts, seed: int) -> tuple:
+        """As `RolloutWorker.generate`, with the live weights: stamped with this rank's step (their version)."""
+        from alignray.engines.base import generate_rollout
+
+        return generate_rollout(self.engine, self.tokenizer, self.cfg.rollout, prompts, seed, self.step,
+                                f"learner rank {self.rank}")
+
+    @ray.method(num_returns=2)
+    def score(self, rollout) -> tuple:
+        from alignray.rewards.scorers import score_batch
+
+        return score_batch(rollout, self.scorers, self.cfg.reward.on_error)
+
+    def update_weights(self, update: WeightUpdate) -> dict:
+        """Nothing moves: the engine samples with the module this rank trains."""
+        return {"version": self.step, "tensors": 0, "bytes": 0, "seconds": 0.0}
+
     # ---- weights out -------------------------------------------------------------------------------------------
     def _full_state(self) -> dict[str, torch.Tensor] | None:
         """Full parameters on rank 0 (gathered across ranks under ZeRO-3; every rank must call this)."""
@@ -126,12 +164,16 @@ class LearnerWorker:
 
     def weight_update(self, version: int) -> WeightUpdate | None:
         """Pack the policy into buckets and publish them once through the configured transport (object store: one
-        ray.put per bucket); rank 0 returns the handles (ObjectRefs by default), the other ranks None."""
+        ray.put per bucket); rank 0 returns the handles (ObjectRefs by default), the other ranks None. Colocated
+        (train.colocate), nothing is published: every rank's engine already samples with its own weights."""
+        from alignray.weights import WeightUpdate, pack_state
+
+        if self.cfg.train.colocate:
+            return WeightUpdate(version=version, transport="in_process") if self.rank == 0 else None
         state = self._full_state()
         if state is None:
             return None
         from alignray.transports import make_transport
-        from alignray.weights import WeightUpdate, pack_state
 
         buckets = pack_state(state.items(), self.cfg.learner.weight_bucket_mb)
         transport = self._weight_transport

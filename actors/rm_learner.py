@@ -11,7 +11,14 @@ from pathlib import Path
 
 import ray
 
-from alignray.actors.ranks import deepspeed_config, init_process_group, prepare_rank, rank_address
+from alignray.actors.ranks import (
+    deepspeed_config,
+    deepspeed_initialize,
+    import_deepspeed,
+    init_process_group,
+    prepare_rank,
+    rank_address,
+)
 from alignray.rewards.training.config import RewardTrainConfig
 
 SMOOTH_STEPS = 20
@@ -51,8 +58,7 @@ class RewardLearner:
 
     def train(self, out_dir: str) -> dict | None:
         """Train; rank 0 writes `out_dir` (loadable by `load_reward_model` and the RewardWorker) and returns a summary."""
-        import deepspeed
-
+        import_deepspeed()
         from alignray.rewards.preference_data import load_preferences
         from alignray.rewards.training.loop import Distributed, make_tokenizer, train_reward_model
 
@@ -60,7 +66,7 @@ class RewardLearner:
         ds = deepspeed_config(cfg.batch_size, self.world, cfg.grad_clip, lc.zero_stage)
 
         def wrap(model, optimizer):
-            return deepspeed.initialize(model=model, optimizer=optimizer, config=ds)[0]
+            return deepspeed_initialize(model=model, optimizer=optimizer, config=ds)[0]
 
         data = load_preferences(cfg.data, attributes=cfg.attributes)
         tokenizer = make_tokenizer(cfg, data)

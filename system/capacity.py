@@ -23,9 +23,12 @@ class Demand:
 
 
 def demands_of(cfg: Config) -> list[Demand]:
-    return [Demand("learner", cfg.learner.num_ranks, cfg.learner.num_cpus, cfg.learner.num_gpus),
-            Demand("rollout", cfg.rollout.num_workers, cfg.rollout.num_cpus, cfg.rollout.num_gpus),
-            Demand("reward", cfg.reward.num_workers, cfg.reward.num_cpus, cfg.reward.num_gpus)]
+    """The actors a run starts (`train.colocate`: the learner ranks alone, they generate and score too)."""
+    learner = [Demand("learner", cfg.learner.num_ranks, cfg.learner.num_cpus, cfg.learner.num_gpus)]
+    if cfg.train.colocate:
+        return learner
+    return learner + [Demand("rollout", cfg.rollout.num_workers, cfg.rollout.num_cpus, cfg.rollout.num_gpus),
+                      Demand("reward", cfg.reward.num_workers, cfg.reward.num_cpus, cfg.reward.num_gpus)]
 
 
 def _fmt(x: float) -> str:

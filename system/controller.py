@@ -24,8 +24,9 @@ import ray
 
 from alignray.actors.calls import ActorFault, kill, wait_calls
 from alignray.actors.cluster import check_capacity
-from alignray.actors.groups import LearnerGroup, reward_pool, rollout_pool
+from alignray.actors.groups import LearnerGroup, RankPool, reward_pool, rollout_pool
 from alignray.actors.recorder import RolloutRecorder
+from alignray.capacity import demands_of
 from alignray.config import Config
 from alignray.data import PromptSampler, PromptSet, load_prompts
 from alignray.events import FaultEvent, FaultLog
@@ -61,8 +62,7 @@ def connect_ray(address: str | None, num_cpus: float) -> None:
 
 
 def cpus_needed(cfg: Config) -> float:
-    return (cfg.learner.num_ranks * cfg.learner.num_cpus + cfg.rollout.num_workers * cfg.rollout.num_cpus
-            + cfg.reward.num_workers * cfg.reward.num_cpus)
+    return sum(d.count * d.cpus for d in demands_of(cfg))
 
 
 class Controller:
@@ -77,8 +77,12 @@ class Controller:
         check_capacity(cfg)  # a run the cluster can never hold fails now, naming role and numbers
         self.faults = FaultLog(self.run_dir, cfg.train.max_restarts)
         self.current_update = None  # the latest published weights: what a new rollout member loads first
-        self.rollout = rollout_pool(cfg, self.faults, lambda: self.current_update)
-        self.reward = reward_pool(cfg, self.faults)
+        if cfg.train.colocate:  # the learner ranks generate and score: no worker pools of their own
+            group = lambda: self.learners  # noqa: E731 - read at each call: a recovered group serves at once
+            self.rollout, self.reward = RankPool("rollout", group), RankPool("reward", group)
+        else:
+            self.rollout = rollout_pool(cfg, self.faults, lambda: self.current_update)
+            self.reward = reward_pool(cfg, self.faults)
         self.rollout.reconcile()  # start the placed members now: they boot while the learner ranks do
         self.reward.reconcile()
         self.learners = self._start_learners()

@@ -73,6 +73,10 @@ class Scaler:
         pool = self.pools[role]
         if target == pool.target:
             return
+        if not getattr(pool, "elastic", True):  # train.colocate: the learner ranks do this role's work
+            print(f"alignray: {role} scale request to {target} ignored: {role} runs inside the learner ranks "
+                  "(train.colocate); it scales with learner.num_ranks", file=sys.stderr, flush=True)
+            return
         before = pool.target
         pool.scale(target)
         self._request_resources()
@@ -84,7 +88,8 @@ class Scaler:
     def _request_resources(self) -> None:
         """Tell the Ray autoscaler what the run wants in all (KubeRay / the cluster launcher bring nodes up); a
         cluster without an autoscaler ignores it."""
-        bundles = [dict(pool.resources) for pool in self.pools.values() for _ in range(pool.target)]
+        bundles = [dict(pool.resources) for pool in self.pools.values() if getattr(pool, "elastic", True)
+                   for _ in range(pool.target)]
         try:
             from ray.autoscaler.sdk import request_resources
 

@@ -120,7 +120,8 @@ class ShardPipeline:
         names = self.reward.ready()
         if not names:
             return  # every reward member is starting or pending: scored once one is ready
-        shard.scorer = names[next(self._turn) % len(names)]
+        # the member that generated it when it also scores (train.colocate: a learner rank), else round robin
+        shard.scorer = shard.worker if shard.worker in names else names[next(self._turn) % len(names)]
         shard.scored_ref, shard.stats_ref = self.reward.actor(shard.scorer).score.remote(shard.ref)
         shard.score_started = time.monotonic()
 
