@@ -25,6 +25,7 @@ from alignray.config import Config
 from alignray.events import FaultLog
 
 KEYS = {"rollout_workers": "rollout", "reward_workers": "reward"}
+CONTROL_TIMEOUT_S = 30.0
 
 
 class Scaler:
@@ -34,6 +35,7 @@ class Scaler:
         self.waits: dict[str, list[float]] = {"rollout": [], "reward": [], "step": []}
         self._file_seen: int | None = None
         self.control = start_control(run_dir)
+        self._take = self._ask()
         self.last: dict = {}
         for role, auto in self.autoscale.items():  # the rule works inside [min, max]
             if auto.enabled and not auto.min <= pools[role].target <= auto.max:
@@ -41,13 +43,24 @@ class Scaler:
         self._request_resources()
 
     # ---- requests --------------------------------------------------------------------------------------------------
+    def _ask(self) -> tuple[ray.ObjectRef, float]:
+        return self.control.take_requests.remote(), time.monotonic()
+
     def apply_requests(self) -> None:
-        """Scale requests that arrived since the last step: the control actor's, then RUN_DIR/control.yaml's."""
+        """Scale requests that arrived since the last step: the control actor's, then RUN_DIR/control.yaml's. The
+        control actor is asked ahead and never waited on (the first step does not wait for it to start); an answer
+        not back after CONTROL_TIMEOUT_S counts as the actor being lost."""
+        ref, asked = self._take
+        requests: list[dict] = []
         try:
-            requests = ray.get(self.control.take_requests.remote(), timeout=10)
+            if ray.wait([ref], timeout=0, fetch_local=True)[0]:
+                requests, self._take = ray.get(ref), self._ask()
+            elif time.monotonic() - asked > CONTROL_TIMEOUT_S:
+                raise TimeoutError(f"no answer in {CONTROL_TIMEOUT_S:g}s")
         except Exception as exc:  # noqa: BLE001 - the control actor is a convenience; the run goes on without it
             print(f"alignray: warning: control actor unavailable ({type(exc).__name__}); restarting it", flush=True)
-            self.control, requests = start_control(self.run_dir), []
+            self.control = start_control(self.run_dir)
+            self._take = self._ask()
         for wanted in requests + self._from_file():
             for role, n in wanted.items():
                 self.scale(role, n, "requested")
