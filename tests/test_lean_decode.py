@@ -47,14 +47,18 @@ def test_logprobs_match_a_plain_forward(model):
             np.testing.assert_allclose(c.logprobs, again, atol=1e-5)
 
 
-def test_prefill_logits_match_the_model(model):
+def test_prefill_logprobs_match_the_model(model):
+    """The first token's log-prob (16 samples per prompt, so many different tokens) against the model's own forward."""
     ids = torch.tensor([[0, 0, 5, 6, 7], [8, 9, 10, 11, 12]])
     mask = (ids != 0).long()
-    reference = model(input_ids=ids, attention_mask=mask).logits[:, -1]
+    reference = model(input_ids=ids, attention_mask=mask).logits[:, -1].repeat_interleave(16, 0)
     dec = LeanDecoder(model)
     torch.manual_seed(0)
-    _, logits = dec.sample(ids, mask, n=1, max_new_tokens=1, temperature=1.0, top_p=1.0, stop_ids={2}, pad_id=0)
-    torch.testing.assert_close(logits[:, 0], reference, atol=1e-5, rtol=1e-5)
+    tokens, logprobs = dec.sample(ids, mask, n=16, max_new_tokens=1, temperature=1.0, top_p=1.0, stop_ids={2},
+                                  pad_id=0)
+    assert len(set(tokens[:, 0].tolist())) > 4
+    expected = torch.log_softmax(reference, -1).gather(-1, tokens[:, :1]).squeeze(-1)
+    torch.testing.assert_close(logprobs[:, 0], expected, atol=1e-5, rtol=1e-5)
 
 
 def test_same_distribution_as_generate(model):

@@ -38,12 +38,12 @@ class HFEngine:
     def generate(self, prompts: list[np.ndarray], sampling: SamplingSettings) -> list[list[Completion]]:
         if not prompts:
             return []
-        ids, mask = self._left_pad(prompts)
+        ids, mask = (t.to(self.model.device) for t in self._left_pad(prompts))  # a colocated rank's GPU model
         stop = {self.eos_token_id, *sampling.stop_token_ids}
         torch.manual_seed(sampling.seed)
         if self.lean is not None:
-            new_tokens, logits = self.lean.sample(ids, mask, sampling.n, sampling.max_new_tokens, sampling.temperature,
-                                                  sampling.top_p, stop, self.pad_token_id)
+            new_tokens, logprobs = self.lean.sample(ids, mask, sampling.n, sampling.max_new_tokens,
+                                                    sampling.temperature, sampling.top_p, stop, self.pad_token_id)
         else:
             out = self.model.generate(
                 input_ids=ids, attention_mask=mask, do_sample=True, temperature=sampling.temperature,
@@ -52,11 +52,11 @@ class HFEngine:
                 output_logits=True, return_dict_in_generate=True,
             )
             new_tokens = out.sequences[:, ids.shape[1]:]
-            logits = torch.stack(out.logits, dim=1)  # [B*n, T, V] raw logits
-        # log-probs as z[y] − logsumexp(z)
-        logprobs = logprobs_from_logits(logits, new_tokens, sampling.temperature)
-        tokens_np = new_tokens.to(torch.int32).numpy()
-        logprobs_np = logprobs.numpy().astype(np.float32)
+            # log-probs as z[y] − logsumexp(z), step by step from the raw logits (no [B*n, T, V] stack)
+            logprobs = torch.stack([logprobs_from_logits(step_logits.float(), new_tokens[:, t], sampling.temperature)
+                                    for t, step_logits in enumerate(out.logits)], dim=1)
+        tokens_np = new_tokens.to(torch.int32).cpu().numpy()
+        logprobs_np = logprobs.cpu().numpy().astype(np.float32)
         completions: list[list[Completion]] = []
         for p in range(len(prompts)):
             group = []

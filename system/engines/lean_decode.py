@@ -14,6 +14,8 @@ import torch
 import torch.nn.functional as F
 from transformers.models.llama.modeling_llama import apply_rotary_pos_emb
 
+from alignray.algorithms.losses import logprobs_from_logits
+
 SUPPORTED = {"llama"}
 
 
@@ -65,8 +67,10 @@ class LeanDecoder:
     def sample(self, ids: torch.Tensor, attention_mask: torch.Tensor, n: int, max_new_tokens: int,
                temperature: float, top_p: float, stop_ids: set[int], pad_id: int
                ) -> tuple[torch.Tensor, torch.Tensor]:
-        """Left-padded prompts [P, L] → (tokens [P·n, T], raw logits [P·n, T, V]); rows p·n … p·n+n−1 are prompt p's
-        samples, finished rows are padded with `pad_id`, T ≤ max_new_tokens (it stops when every row has stopped)."""
+        """Left-padded prompts [P, L] → (tokens [P·n, T], log-probs [P·n, T] of each token under softmax(z / T));
+        rows p·n … p·n+n−1 are prompt p's samples, finished rows are padded with `pad_id`, T ≤ max_new_tokens (it
+        stops when every row has stopped). A step's log-probs are read from its logits at once, so no [P·n, T, V]
+        tensor is ever held (with a real vocabulary that would be gigabytes)."""
         p, width = ids.shape
         total = width + max_new_tokens
         dtype = self.model.dtype
@@ -86,14 +90,14 @@ class LeanDecoder:
         head = self.model.lm_head
         stop = torch.tensor(sorted(stop_ids), dtype=torch.long)
         done = torch.zeros(p * n, dtype=torch.bool)
-        tokens, logits_out = [], []
+        tokens, logprobs = [], []
         for step in range(max_new_tokens):
-            logits = head(hidden)[:, -1].float()
-            logits_out.append(logits)
-            probs = torch.softmax(_top_p(logits / temperature, top_p), dim=-1)
+            scores = head(hidden)[:, -1].float() / temperature
+            probs = torch.softmax(_top_p(scores, top_p), dim=-1)
             token = torch.multinomial(probs, 1).squeeze(1)
             token = torch.where(done, torch.full_like(token, pad_id), token)
             tokens.append(token)
+            logprobs.append(logprobs_from_logits(scores, token))  # z[y] − logsumexp(z), z = logits / T
             done = done | torch.isin(token, stop)
             if bool(done.all()) or step == max_new_tokens - 1:
                 break
@@ -101,7 +105,7 @@ class LeanDecoder:
             keys[:, slot] = 0.0
             hidden = self._forward(token[:, None], next_pos, cache, slot, keys[:, None, None, :slot + 1])
             next_pos = next_pos + 1
-        return torch.stack(tokens, 1), torch.stack(logits_out, 1)
+        return torch.stack(tokens, 1), torch.stack(logprobs, 1)
 
 
 def _additive(see: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
