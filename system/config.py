@@ -13,7 +13,7 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-from alignray.errors import ConfigError
+from alignray.errors import ConfigError, format_validation_error
 
 PRESETS = ("quickstart", "rm-quickstart")
 
@@ -309,39 +309,6 @@ class Config(Section):
                 raise ValueError(f"train.colocate needs {field} {wanted}")
 
 
-def format_validation_error(err: ValidationError, source: str, root: type[BaseModel] | None = None) -> str:
-    lines = [f"invalid config ({source}):"]
-    for e in err.errors():
-        field = ".".join(str(p) for p in e["loc"]) or "<root>"
-        msg = e["msg"]
-        if e["type"] == "extra_forbidden":
-            msg = "unknown field"
-            parent = _model_at(e["loc"][:-1], root or Config)
-            if parent is not None:
-                msg += f"; allowed: {', '.join(parent.model_fields)}"
-        elif "input" in e and e["type"] not in ("missing",):
-            msg += f" (got {e['input']!r})"
-        lines.append(f"  {field}: {msg}")
-    return "\n".join(lines)
-
-
-def _model_at(loc: tuple, model: type[BaseModel]) -> type[BaseModel] | None:
-    for part in loc:
-        if isinstance(part, int):
-            continue
-        field = model.model_fields.get(str(part))
-        if field is None:
-            return None
-        ann = field.annotation
-        args = getattr(ann, "__args__", ())
-        candidates = [ann, *args]
-        nxt = next((c for c in candidates if isinstance(c, type) and issubclass(c, BaseModel)), None)
-        if nxt is None:
-            return None
-        model = nxt
-    return model
-
-
 def parse_override(text: str) -> tuple[list[str], Any]:
     """`a.b.c=value` → (["a","b","c"], YAML-parsed value)."""
     if "=" not in text:
@@ -402,7 +369,7 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
     try:
         return Config.model_validate(data)
     except ValidationError as e:
-        raise ConfigError(format_validation_error(e, source)) from None
+        raise ConfigError(format_validation_error(e, source, Config)) from None
 
 
 def dump_config(cfg: Config) -> str:

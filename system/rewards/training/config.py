@@ -11,8 +11,8 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-from alignray.config import RanksConfig, apply_overrides, format_validation_error, preset_text, read_yaml
-from alignray.errors import ConfigError
+from alignray.config import RanksConfig, apply_overrides, preset_text, read_yaml
+from alignray.errors import ConfigError, format_validation_error
 
 from ..backbones import TinyModelSpec
 
