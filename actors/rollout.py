@@ -21,13 +21,12 @@ if TYPE_CHECKING:
 
 
 def make_engine(cfg: Config, tokenizer):
-    from alignray.models import load_policy
-
     if cfg.rollout.engine == "vllm":
         from alignray.engines.vllm import VLLMEngine
 
         return VLLMEngine(cfg, tokenizer)
     from alignray.engines.hf import HFEngine
+    from alignray.models import load_policy
 
     return HFEngine(load_policy(cfg.model, len(tokenizer)), tokenizer.pad_token_id, tokenizer.eos_token_id)
 
