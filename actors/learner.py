@@ -113,7 +113,7 @@ class LearnerWorker:
         from alignray.engines.hf import HFEngine
 
         self.engine = HFEngine(self.policy.module, tok.pad_token_id, tok.eos_token_id)
-        self.scorers = build_reward_scorers(self.cfg.reward, self.cfg.model.trust_remote_code)
+        self.scorers = build_reward_scorers(self.cfg.reward, self.cfg.model.trust_remote_code, own_process=False)
 
     def startup_timing(self) -> dict[str, float]:
         """Seconds of each part of `setup` on this rank; wall-clock times (epoch s) at which the worker process was

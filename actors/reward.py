@@ -6,6 +6,7 @@ Its module imports no torch: a worker with reward functions only never loads it 
 from __future__ import annotations
 
 import os
+import sys
 
 import pyarrow as pa
 import ray
@@ -14,19 +15,19 @@ from alignray.config import Config, RewardConfig
 from alignray.errors import RewardError
 
 
-def build_reward_scorers(rc: RewardConfig, trust_remote_code: bool) -> list:
-    """The scorers of `reward.scorers` in this process (reward models load here, with `reward.torch_threads`)."""
+def build_reward_scorers(rc: RewardConfig, trust_remote_code: bool, own_process: bool = True) -> list:
+    """The scorers of `reward.scorers` in this process (reward models load here). In a process of its own, torch
+    (where they use it) runs `reward.torch_threads` threads; a learner rank that scores (train.colocate) keeps its own."""
     from alignray.rewards.scorers import build_scorers
 
-    if any(s.type == "model" for s in rc.scorers):
-        import torch
-
-        torch.set_num_threads(rc.torch_threads)
     try:
-        return build_scorers(rc.scorers, trust_remote_code)
+        scorers = build_scorers(rc.scorers, trust_remote_code)
     except Exception as e:  # noqa: BLE001 - e.g. a reward module only the workers have, failing to import
         raise RewardError(f"reward.scorers: cannot build the scorers on this worker: {type(e).__name__}: "
                           f"{str(e).strip().splitlines()[0] if str(e).strip() else ''}") from None
+    if own_process and "torch" in sys.modules:  # a reward model, or a reward function's module, uses torch: its thread budget
+        sys.modules["torch"].set_num_threads(rc.torch_threads)
+    return scorers
 
 
 @ray.remote
