@@ -37,6 +37,8 @@ class Member:
 
 
 class WorkerPool:
+    elastic = True  # scale requests and the autoscaler resize it (a colocated run's `RankPool` is not)
+
     def __init__(self, role: str, make_actor: Callable[[dict, str], ray.actor.ActorHandle],
                  start_call: Callable[[ray.actor.ActorHandle], ray.ObjectRef], cpus: float, gpus: float,
                  target: int, faults: FaultLog, start_timeout: float):

@@ -86,7 +86,7 @@ class Scaler:
         pool = self.pools[role]
         if target == pool.target:
             return
-        if not getattr(pool, "elastic", True):  # train.colocate: the learner ranks do this role's work
+        if not pool.elastic:  # train.colocate: the learner ranks do this role's work
             print(f"alignray: {role} scale request to {target} ignored: {role} runs inside the learner ranks "
                   "(train.colocate); it scales with learner.num_ranks", file=sys.stderr, flush=True)
             return
@@ -101,7 +101,7 @@ class Scaler:
     def _request_resources(self) -> None:
         """Tell the Ray autoscaler what the run wants in all (KubeRay / the cluster launcher bring nodes up); a
         cluster without an autoscaler ignores it."""
-        bundles = [dict(pool.resources) for pool in self.pools.values() if getattr(pool, "elastic", True)
+        bundles = [dict(pool.resources) for pool in self.pools.values() if pool.elastic
                    for _ in range(pool.target)]
         try:
             from ray.autoscaler.sdk import request_resources
