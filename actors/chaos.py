@@ -24,7 +24,7 @@ class Kill:
 
 @dataclass
 class ChaosMonkey:
-    controller: object  # alignray.controller.Controller
+    controller: object  # alignray.driver.controller.Controller
     seed: int
     mean_interval_s: float
     mix: dict[str, float] = field(default_factory=lambda: {"rollout": 1.0, "reward": 1.0, "learner": 1.0})

@@ -1,15 +1,18 @@
-"""What the connected Ray cluster can ever provide, checked once before any placement group is created."""
+"""The Ray cluster a driver runs on: `connect_ray` (both drivers, `alignray train` and `alignray rm train`, join or
+start it here), and what it can ever provide, checked once before any placement group is created."""
 
 from __future__ import annotations
 
 import json
+import os
 import sys
 
 import ray
 
-from alignray.capacity import Demand, demands_of, infeasible
 from alignray.config import Config
+from alignray.driver.capacity import Demand, demands_of, infeasible
 from alignray.errors import AlignrayError
+from alignray.quiet import SETUP_HOOK, verbose
 
 
 def _started_here() -> bool:
@@ -75,3 +78,25 @@ def check_demands(demands: list[Demand]) -> None:
         now = infeasible(demands, nodes, None)
         if now:
             print(f"alignray: waiting for the autoscaler (up to the placement timeout): {now}", file=sys.stderr)
+
+
+def connect_ray(address: str | None, num_cpus: float) -> None:
+    """An existing cluster (`address`, else RAY_ADDRESS, e.g. `auto`), else a new local Ray on loopback."""
+    if ray.is_initialized():
+        return
+    # Results of calls to actors that died are abandoned on purpose (the fault is reported once, as a warning line);
+    # Ray would print each one's remote traceback when it is garbage-collected.
+    os.environ.setdefault("RAY_IGNORE_UNHANDLED_ERRORS", "1")
+    address = address or os.environ.get("RAY_ADDRESS")
+    env_vars = {"TOKENIZERS_PARALLELISM": "false"}
+    if os.environ.get("DS_ACCELERATOR"):
+        env_vars["DS_ACCELERATOR"] = os.environ["DS_ACCELERATOR"]
+    env = {"env_vars": env_vars, "worker_process_setup_hook": SETUP_HOOK}  # known warnings filtered in workers
+    if address:
+        ray.init(address=address, runtime_env=env, log_to_driver=verbose())
+        return
+    # No prestarted idle workers: every process of a run is an actor with its own placement, so the raylet's default
+    # of one idle Python worker per CPU only adds processes competing for the CPU while the actors boot.
+    ray.init(address="local", num_cpus=max(os.cpu_count() or 1, int(num_cpus + 0.999)), include_dashboard=False,
+             _node_ip_address="127.0.0.1", runtime_env=env, configure_logging=True, logging_level="WARNING",
+             log_to_driver=verbose(), _system_config={"enable_worker_prestart": False})

@@ -18,10 +18,10 @@ from alignray.actors.ranks import RankGroup
 from alignray.actors.reward import RewardWorker
 from alignray.actors.rollout import RolloutWorker
 from alignray.config import Config
-from alignray.events import FaultLog
+from alignray.driver.events import FaultLog
 
 if TYPE_CHECKING:
-    from alignray.weights import WeightUpdate
+    from alignray.rollout.weights import WeightUpdate
 
 
 class LearnerGroup(RankGroup):
@@ -74,10 +74,10 @@ class RankPool:
     learner recovery (snapshot, rollback, re-train). Fixed size: it is scaled with `learner.num_ranks`."""
 
     elastic = False
+    resources: dict[str, float] = {}  # placed with the learner group, never by the scaler
 
     def __init__(self, role: str, group):
         self.role, self.group = role, group
-        self.step = 0
         self.weights_lost = False
 
     @property

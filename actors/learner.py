@@ -1,8 +1,8 @@
 """LearnerWorker: one DeepSpeed rank owning the policy (trained), the frozen reference and, for PPO, the critic.
 
-Every rank reads the step's scored batches zero-copy from the object store; `alignray.train_step.LearnerStep` plans
+Every rank reads the step's scored batches zero-copy from the object store; `alignray.learner.train_step.LearnerStep` plans
 mini-batches, this rank's shard of whole prompt groups and its micro-batches, and optimises the sharding-invariant
-objective of `alignray.objective`.
+objective of `alignray.learner.objective`.
 
 torch, transformers and DeepSpeed are imported in the rank, not at module level: the driver imports this module to
 create the actors, and must not pay for them on its critical path.
@@ -19,8 +19,6 @@ import ray
 
 from alignray.actors.ranks import (
     deepspeed_config,
-    deepspeed_initialize,
-    import_deepspeed,
     init_process_group,
     prepare_rank,
     rank_address,
@@ -30,7 +28,7 @@ from alignray.config import Config
 if TYPE_CHECKING:
     import torch
 
-    from alignray.weights import WeightUpdate
+    from alignray.rollout.weights import WeightUpdate
 
 
 def ds_config(cfg: Config, world_size: int) -> dict:
@@ -68,12 +66,12 @@ class LearnerWorker:
             timing[name] = now - clock
             clock = now
 
+        import deepspeed
         import torch
 
-        import_deepspeed()
+        from alignray.learner.objective import Objective
+        from alignray.learner.train_step import LearnerStep
         from alignray.models import load_critic, load_policy, load_tokenizer
-        from alignray.objective import Objective
-        from alignray.train_step import LearnerStep
 
         lap("import_deepspeed_s")
         init_process_group(self.rank, self.world, master_addr, master_port, self.cfg.learner.backend, self.use_gpu)
@@ -90,11 +88,11 @@ class LearnerWorker:
         critic = load_critic(self.cfg.model, len(tok)) if objective.uses_critic else None
         lap("models_s")
         optim = torch.optim.AdamW(policy.parameters(), lr=lc.lr, weight_decay=lc.weight_decay)
-        self.policy, *_ = deepspeed_initialize(model=policy, optimizer=optim, config=ds_config(self.cfg, self.world))
+        self.policy, *_ = deepspeed.initialize(model=policy, optimizer=optim, config=ds_config(self.cfg, self.world))
         self.critic = None
         if critic is not None:
             c_optim = torch.optim.AdamW(critic.parameters(), lr=lc.critic_lr, weight_decay=lc.weight_decay)
-            self.critic, *_ = deepspeed_initialize(model=critic, optimizer=c_optim,
+            self.critic, *_ = deepspeed.initialize(model=critic, optimizer=c_optim,
                                                    config=ds_config(self.cfg, self.world))
         lap("deepspeed_initialize_s")
         if self.cfg.train.colocate:
@@ -110,7 +108,7 @@ class LearnerWorker:
         """train.colocate: a sampling engine on the module this rank trains (ZeRO ≤ 2: whole weights on every rank,
         updated in place by each optimizer step) and the reward scorers."""
         from alignray.actors.reward import build_reward_scorers
-        from alignray.engines.hf import HFEngine
+        from alignray.rollout.hf import HFEngine
 
         self.engine = HFEngine(self.policy.module, tok.pad_token_id, tok.eos_token_id)
         self.scorers = build_reward_scorers(self.cfg.reward, self.cfg.model.trust_remote_code, own_process=False)
@@ -135,7 +133,7 @@ class LearnerWorker:
     @ray.method(num_returns=2)
     def generate(self, prompts, seed: int) -> tuple:
         """As `RolloutWorker.generate`, with the live weights: stamped with this rank's step (their version)."""
-        from alignray.engines.base import generate_rollout
+        from alignray.rollout.engine import generate_rollout
 
         return generate_rollout(self.engine, self.tokenizer, self.cfg.rollout, prompts, seed, self.step,
                                 f"learner rank {self.rank}")
@@ -166,14 +164,14 @@ class LearnerWorker:
         """Pack the policy into buckets and publish them once through the configured transport (object store: one
         ray.put per bucket); rank 0 returns the handles (ObjectRefs by default), the other ranks None. Colocated
         (train.colocate), nothing is published: every rank's engine already samples with its own weights."""
-        from alignray.weights import WeightUpdate, pack_state
+        from alignray.rollout.weights import WeightUpdate, pack_state
 
         if self.cfg.train.colocate:
             return WeightUpdate(version=version, transport="in_process") if self.rank == 0 else None
         state = self._full_state()
         if state is None:
             return None
-        from alignray.transports import make_transport
+        from alignray.rollout.transports import make_transport
 
         buckets = pack_state(state.items(), self.cfg.learner.weight_bucket_mb)
         transport = self._weight_transport

@@ -10,17 +10,49 @@ from __future__ import annotations
 
 import itertools
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
+from typing import Any, Protocol, runtime_checkable
 
 import ray
 from ray.util.placement_group import PlacementGroup, placement_group, remove_placement_group
 from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
 
 from alignray.actors.calls import HUNG, OBJECT_LOST, ActorFault, classify, kill, wait_calls
-from alignray.events import FaultEvent, FaultLog
+from alignray.driver.events import FaultEvent, FaultLog
 
 PENDING, STARTING, READY = "pending", "starting", "ready"
+
+
+@runtime_checkable
+class Pool(Protocol):
+    """What the controller, the shard pipeline and the scaler drive: a pool of members of one role. A `WorkerPool`
+    (rollout or reward workers, elastic), or in a colocated run an `actors.groups.RankPool` (the learner ranks doing
+    that role's work, fixed size)."""
+
+    role: str
+    elastic: bool
+    """Scale requests and the autoscaler may resize it."""
+    weights_lost: bool
+    """A member could not read the published weights: the learner must publish them again."""
+    resources: dict[str, float]
+    """One member's resources (the bundle the scaler asks the Ray autoscaler for; empty when not elastic)."""
+
+    @property
+    def members(self) -> Mapping[str, Any]: ...
+    @property
+    def target(self) -> int: ...
+    def ready(self) -> list[str]: ...
+    def actor(self, name: str) -> Any: ...
+    def states(self) -> dict[str, str]: ...
+    def count(self, state: str) -> int: ...
+    def pids(self) -> dict[str, int]: ...
+    def reconcile(self) -> None: ...
+    def wait_ready(self, minimum: int = 1) -> None: ...
+    def replace(self, fault: ActorFault, action: str = "") -> str | None: ...
+    def broadcast(self, method: str, timeout: float, *args) -> tuple[dict, list[ActorFault]]: ...
+    def scale(self, target: int) -> None: ...
+    def close(self) -> None: ...
 
 
 @dataclass
@@ -37,6 +69,8 @@ class Member:
 
 
 class WorkerPool:
+    """An elastic pool of Ray actors of one role (see the module docstring)."""
+
     elastic = True  # scale requests and the autoscaler resize it (a colocated run's `RankPool` is not)
 
     def __init__(self, role: str, make_actor: Callable[[dict, str], ray.actor.ActorHandle],
@@ -51,7 +85,6 @@ class WorkerPool:
         self._ids = itertools.count()
         self.target = 0
         self.weights_lost = False  # a starting member could not read its weights: the learner must republish
-        self.step = 0  # the controller's last completed step, for fault reports
         self.scale(target)
 
     # ---- size ----------------------------------------------------------------------------------------------------
@@ -144,7 +177,7 @@ class WorkerPool:
         new = self._add() if len(self.members) < self.target else None
         what = f"replaced by {new}" if new else "removed"
         self.faults.record(FaultEvent(self.role, fault.actor, fault.cause, what + (f"; {action}" if action else ""),
-                                      self.step, fault.detail))
+                                      detail=fault.detail))
         return new
 
     def broadcast(self, method: str, timeout: float, *args) -> tuple[dict, list[ActorFault]]:

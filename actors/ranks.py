@@ -11,11 +11,8 @@ A rank actor is built as `cls(cfg_dict, rank, world)` and has `address()` and `s
 
 from __future__ import annotations
 
-import importlib
 import os
 import socket
-import sys
-from contextlib import contextmanager
 
 import ray
 from ray.util.placement_group import PlacementGroup, placement_group, remove_placement_group
@@ -47,53 +44,6 @@ def prepare_rank(torch_threads: int, num_gpus: float) -> bool:
     return use_gpu
 
 
-@contextmanager
-def absent(*modules: str):
-    """Inside the block `import m` raises ImportError for each module not yet imported: for optional imports a
-    library makes for features alignray never uses. Restored afterwards (a later import works as usual)."""
-    blocked = [m for m in modules if m not in sys.modules]
-    for m in blocked:
-        sys.modules[m] = None
-    try:
-        yield
-    finally:
-        for m in blocked:
-            if m in sys.modules and sys.modules[m] is None:
-                del sys.modules[m]
-
-
-def import_deepspeed():
-    """DeepSpeed, imported lean: transformers' scikit-learn import switched off first (`alignray.tokenizer`; DeepSpeed
-    imports transformers) and MLflow kept out (DeepSpeed's autotuner imports it only to log autotuning, which
-    alignray never runs): ≈1.2 s of CPU less per rank, at start-up, when every rank imports at once."""
-    import alignray.tokenizer  # noqa: F401 - for its scikit-learn switch
-
-    with absent("mlflow"):
-        import deepspeed
-    return deepspeed
-
-
-def deepspeed_initialize(**kwargs):
-    """`deepspeed.initialize`, with DeepSpeed's Muon optimizer module imported uncompiled first. DeepSpeed imports it
-    during ZeRO's sanity check and every gradient reduction, and the import `torch.compile`s Muon's kernels, which pulls
-    in inductor: ≈1.6 s of CPU per rank on the critical path, for an optimizer alignray never uses (its optimizer is
-    AdamW). Uncompiled, Muon would still run correctly (eagerly) if anything in this process used it."""
-    deepspeed = import_deepspeed()
-    muon = "deepspeed.runtime.zero.muon.muon_optimizer"
-    if muon not in sys.modules:
-        from deepspeed.runtime import compiler
-
-        compile_ = compiler.compile
-        compiler.compile = lambda: (lambda fn: fn)
-        try:
-            importlib.import_module(muon)
-        except ImportError:  # a DeepSpeed without Muon: nothing to import
-            pass
-        finally:
-            compiler.compile = compile_
-    return deepspeed.initialize(**kwargs)
-
-
 def rank_address() -> tuple[str, int]:
     """Where rank 0 hosts the process-group rendezvous: this node's IP and a free port."""
     return ray.util.get_node_ip_address(), free_port()
@@ -104,7 +54,7 @@ def init_process_group(rank: int, world: int, master_addr: str, master_port: int
     """The env DeepSpeed expects (it otherwise tries MPI discovery), then its process group (gloo on CPU)."""
     os.environ.update(MASTER_ADDR=master_addr, MASTER_PORT=str(master_port), RANK=str(rank), LOCAL_RANK="0",
                       WORLD_SIZE=str(world))
-    deepspeed = import_deepspeed()
+    import deepspeed
 
     if backend == "auto":
         backend = "nccl" if use_gpu else "gloo"

@@ -13,13 +13,11 @@ import ray
 
 from alignray.actors.ranks import (
     deepspeed_config,
-    deepspeed_initialize,
-    import_deepspeed,
     init_process_group,
     prepare_rank,
     rank_address,
 )
-from alignray.rewards.training.config import RewardTrainConfig
+from alignray.rm.config import RewardTrainConfig
 
 SMOOTH_STEPS = 20
 """The progress shows loss and accuracy averaged over this many recent steps of rank 0's slice."""
@@ -58,15 +56,16 @@ class RewardLearner:
 
     def train(self, out_dir: str) -> dict | None:
         """Train; rank 0 writes `out_dir` (loadable by `load_reward_model` and the RewardWorker) and returns a summary."""
-        import_deepspeed()
-        from alignray.rewards.preference_data import load_preferences
-        from alignray.rewards.training.loop import Distributed, make_tokenizer, train_reward_model
+        import deepspeed
+
+        from alignray.rm.loop import Distributed, make_tokenizer, train_reward_model
+        from alignray.rm.preference_data import load_preferences
 
         cfg, lc = self.cfg, self.cfg.learner
         ds = deepspeed_config(cfg.batch_size, self.world, cfg.grad_clip, lc.zero_stage)
 
         def wrap(model, optimizer):
-            return deepspeed_initialize(model=model, optimizer=optimizer, config=ds)[0]
+            return deepspeed.initialize(model=model, optimizer=optimizer, config=ds)[0]
 
         data = load_preferences(cfg.data, attributes=cfg.attributes)
         tokenizer = make_tokenizer(cfg, data)

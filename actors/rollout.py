@@ -17,16 +17,16 @@ from alignray.config import Config
 from alignray.tokenizer import load_tokenizer
 
 if TYPE_CHECKING:
-    from alignray.weights import WeightUpdate
+    from alignray.rollout.weights import WeightUpdate
 
 
 def make_engine(cfg: Config, tokenizer):
     if cfg.rollout.engine == "vllm":
-        from alignray.engines.vllm import VLLMEngine
+        from alignray.rollout.vllm import VLLMEngine
 
         return VLLMEngine(cfg, tokenizer)
-    from alignray.engines.hf import HFEngine
     from alignray.models import load_policy
+    from alignray.rollout.hf import HFEngine
 
     return HFEngine(load_policy(cfg.model, len(tokenizer)), tokenizer.pad_token_id, tokenizer.eos_token_id)
 
@@ -55,7 +55,7 @@ class RolloutWorker:
     def generate(self, prompts: pa.RecordBatch, seed: int) -> tuple[pa.RecordBatch, dict]:
         """`prompts` arrives resolved from its ObjectRef (zero-copy); the batch goes back to the object store and
         only a few scalars (`meta`) go to the driver."""
-        from alignray.engines.base import generate_rollout
+        from alignray.rollout.engine import generate_rollout
 
         return generate_rollout(self.engine, self.tokenizer, self.cfg.rollout, prompts, seed, self.version,
                                 f"rollout worker {self.name}")
@@ -66,8 +66,8 @@ class RolloutWorker:
         Object store: the buckets are read here (zero-copy) and handed to the engine whole when it takes buckets
         (vLLM: one collective RPC for the whole update). GPU transports: the vLLM workers open the handles themselves; an engine
         without that ability receives them in this process."""
-        from alignray.transports import ObjectStoreTransport, make_transport
-        from alignray.weights import unpack_bucket
+        from alignray.rollout.transports import ObjectStoreTransport, make_transport
+        from alignray.rollout.weights import unpack_bucket
 
         t0 = time.perf_counter()
         count = 0

@@ -1,6 +1,6 @@
 """Chaos run: the same seeded run twice — undisturbed, then with `kill -9` of actor processes at Poisson-timed moments
 (victims drawn over rollout, reward and learner processes), optionally losing a Ray node that hosts a rollout worker
-— then the run invariants (alignray.invariants), a table and JSON. Exits non-zero if any invariant fails.
+— then the run invariants (alignray.driver.invariants), a table and JSON. Exits non-zero if any invariant fails.
 
   python benchmarks/chaos.py --steps 60 --kills 20 --out chaos.json        # 2 rollout + 2 reward workers
   python benchmarks/chaos.py --steps 30 --kills 6 --remove-node-at 10      # also lose a node (multi-node local)
@@ -23,9 +23,9 @@ import ray
 
 from alignray.actors.chaos import ChaosMonkey
 from alignray.config import load_config
-from alignray.controller import Controller
-from alignray.invariants import check_invariants
-from alignray.runlog import read_metrics
+from alignray.driver.controller import Controller
+from alignray.driver.invariants import check_invariants
+from alignray.driver.runlog import read_metrics
 
 os.environ.setdefault("RAY_IGNORE_UNHANDLED_ERRORS", "1")  # abandoned refs of dead actors: reported as faults
 ENV = {"env_vars": {"DS_ACCELERATOR": os.environ.get("DS_ACCELERATOR", "cpu"), "TOKENIZERS_PARALLELISM": "false"}}

@@ -40,7 +40,7 @@ def batch(prompts: int, samples: int, new_tokens: int, version: int, vocab: int,
 
 def logprob_read(reps: int) -> dict[str, float]:
     """[64, 60, 259] logits: forward + backward of the lean read vs log_softmax + gather."""
-    from alignray.algorithms import logprobs_from_logits
+    from alignray.algorithms.logprobs import logprobs_from_logits
 
     logits = torch.randn(64, 60, 259, requires_grad=True)
     tokens = torch.randint(0, 259, (64, 60))
@@ -67,9 +67,9 @@ def main() -> None:
 
     from alignray.actors.learner import ds_config, init_process_group
     from alignray.config import load_config
+    from alignray.learner.train_step import LearnerStep
     from alignray.models import load_policy
     from alignray.tokenizer import load_tokenizer
-    from alignray.train_step import LearnerStep
 
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

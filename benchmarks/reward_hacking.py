@@ -24,7 +24,7 @@ One run does everything and writes the table (printed), the JSON (`--out`) and t
    (MMD over 10 quantile bins of `policy_tokens`, the answer's length in policy tokens, a data attribute; conditional,
    λ `--mmd-lambda`); a tiny random BERT over the same byte tokenizer. (`length_tokens`, the RM tokenizer's count,
    differs: a byte that is not valid UTF-8 decodes to U+FFFD and re-encodes as 3 bytes.) Both are checked with
-   `rm eval` (`alignray.rewards.cli.rm_eval_main`, `--baseline` BT).
+   `rm eval` (`alignray.rm.cli.rm_eval_main`, `--baseline` BT).
 5. Two GRPO runs (`alignray train`): `{name: proxy, type: model, path: RM}` optimised and
    `{name: gold, function: reward_hacking:vowel_share, weight: 0, gold: true}` logged only (this folder goes on the
    run's PYTHONPATH), so every step's metrics hold the gold reward, the proxy reward, `reward/proxy_gold_gap/mean`,
@@ -154,12 +154,12 @@ def initial_policy_samples(args, n: int) -> list[list[int]]:
 def train_rms(args, work: Path, train_rows: list[dict], test_rows: list[dict], test_path: Path) -> dict:
     import torch
 
-    from alignray.rewards.backbones import TinyModelSpec
-    from alignray.rewards.cli import rm_eval_main
-    from alignray.rewards.preference_data import load_preferences
-    try:  # the rm training modules moved to alignray.rewards.training
-        from alignray.rewards.training.config import RewardTrainConfig
-        from alignray.rewards.training.loop import train_reward_model
+    from alignray.rm.backbones import TinyModelSpec
+    from alignray.rm.cli import rm_eval_main
+    from alignray.rm.preference_data import load_preferences
+    try:  # the rm training modules moved to alignray.rm
+        from alignray.rm.config import RewardTrainConfig
+        from alignray.rm.loop import train_reward_model
     except ImportError:
         from alignray.rewards.train import train_reward_model
         from alignray.rewards.train_config import RewardTrainConfig
@@ -336,7 +336,7 @@ def main() -> None:
     p.add_argument("--gold-policy", action="store_true", help="also a reference run optimising the gold reward")
     args = p.parse_args()
     started = time.time()
-    from alignray.rewards.bench.common import quiet_transformers
+    from rm_bench.common import quiet_transformers
 
     quiet_transformers()
     work = Path(args.work_dir)

@@ -55,7 +55,7 @@ def build_engine(name: str, cfg, tokenizer):
 
 def no_stop_sampling(new_tokens: int, seed: int):
     """Temperature 1, top-p 1, one sample, no stop ids beyond </s>."""
-    from alignray.engines.base import SamplingSettings
+    from alignray.rollout.engine import SamplingSettings
 
     return SamplingSettings(max_new_tokens=new_tokens, temperature=1.0, top_p=1.0, n=1, seed=seed)
 
@@ -75,8 +75,8 @@ def time_weight_update(engine, cfg, tokenizer, repeats: int) -> dict:
     import ray
 
     from alignray.models import load_policy
-    from alignray.transports import ObjectStoreTransport
-    from alignray.weights import pack_state, unpack_bucket
+    from alignray.rollout.transports import ObjectStoreTransport
+    from alignray.rollout.weights import pack_state, unpack_bucket
 
     state = {n: p.detach() for n, p in load_policy(cfg.model, len(tokenizer)).named_parameters()}
     sender, receiver = ObjectStoreTransport(put=ray.put), ObjectStoreTransport(get=ray.get)

@@ -18,8 +18,9 @@ from pathlib import Path
 
 import ray
 
+from alignray.actors.cluster import connect_ray
 from alignray.config import load_config
-from alignray.controller import Controller, connect_ray
+from alignray.driver.controller import Controller
 
 
 def one_run(rollout: int, reward: int, args, root: Path) -> dict:

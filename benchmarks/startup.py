@@ -39,7 +39,7 @@ def main(argv: list[str] | None = None) -> dict:
     t_start = time.perf_counter()
     import ray
 
-    import alignray.controller as ctl
+    import alignray.driver.controller as ctl
     from alignray.config import load_config
 
     stages: dict[str, float] = {"import_s": time.perf_counter() - t_start}

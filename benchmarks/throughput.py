@@ -21,7 +21,7 @@ VARIANTS = {"sync": [], "async(staleness=1)": ["train.max_staleness=1"]}
 
 def run_variant(overrides: list[str], steps: int, run_dir: Path) -> list[dict]:
     from alignray.config import load_config
-    from alignray.controller import Controller
+    from alignray.driver.controller import Controller
 
     cfg = load_config(None, [f"train.steps={steps}", "train.progress=false", "train.save_rollouts=false",
                              *overrides])

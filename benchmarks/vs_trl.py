@@ -53,7 +53,7 @@ def steady_rate(step_ends: list[float], completions: int) -> float:
 def alignray_side(args: argparse.Namespace) -> None:
     t0 = time.perf_counter()
     from alignray.config import load_config
-    from alignray.controller import Controller
+    from alignray.driver.controller import Controller
 
     prompts, samples, new_tokens = SHAPES[args.shape]
     cfg = load_config(None, [f"train.steps={args.steps}", f"train.prompts_per_step={prompts}",

@@ -39,12 +39,12 @@ def alignray_batch(model_dir: Path, prompts_file: Path, shape: str, seed: int, o
     from vs_trl import SHAPES
 
     from alignray.config import load_config
-    from alignray.engines.base import SamplingSettings, build_rollout_batch
-    from alignray.engines.hf import HFEngine
-    from alignray.experience import advantages_for, forward_logprobs, sequences_from_batch
+    from alignray.learner.batch import advantages_for, forward_logprobs, sequences_from_batch
+    from alignray.learner.objective import Objective, Tally, batch_counts
     from alignray.models import load_policy
-    from alignray.objective import Objective, Tally, batch_counts
     from alignray.rewards.scorers import build_scorers, score_batch
+    from alignray.rollout.engine import SamplingSettings, build_rollout_batch
+    from alignray.rollout.hf import HFEngine
     from alignray.schema import list_array
     from alignray.tokenizer import load_tokenizer
 

@@ -65,8 +65,8 @@ class Progress:
 
 
 def _train(args: argparse.Namespace) -> int:
-    from alignray.preflight import preflight
-    from alignray.runlog import latest_checkpoint, new_run_dir
+    from alignray.driver.preflight import preflight
+    from alignray.driver.runlog import latest_checkpoint, new_run_dir
 
     if args.resume:
         run_dir = Path(args.resume)
@@ -80,7 +80,9 @@ def _train(args: argparse.Namespace) -> int:
     from alignray.actors.cluster import check_local_capacity
 
     check_local_capacity(cfg, cfg.train.ray_address or os.environ.get("RAY_ADDRESS"))
-    from alignray.controller import Controller  # imports Ray: after the checks, so they answer in a second
+    from alignray.driver.controller import (
+        Controller,  # imports Ray: after the checks, so they answer in a second
+    )
 
     controller = Controller(cfg, run_dir, resume=bool(args.resume))
     progress = Progress(cfg.train.steps, controller.step, cfg.train.progress)
@@ -105,29 +107,29 @@ def _config(args: argparse.Namespace) -> int:
 
 
 def _rm(args: argparse.Namespace) -> int:
-    from alignray.rewards import cli as rm_cli
+    import alignray.rm.cli as rm_cli
 
     if args.rm_command == "eval":
         rm_cli.rm_eval_main(args.model, args.data, args.out, baseline=args.baseline)
     elif args.rm_command == "bench":
         rm_cli.rm_bench_main(args.name, args.out, args.quick)
     else:
-        from alignray.rewards.training.run import rm_train_main
+        from alignray.rm.run import rm_train_main
 
         rm_train_main(args.config, args.overrides, args.run_dir)
     return 0
 
 
 def _scale(args: argparse.Namespace) -> int:
-    from alignray.run_commands import scale_main
+    from alignray.driver.run_commands import scale_main
 
     print(json.dumps(scale_main(args.run_dir, args.rollout, args.reward, args.address)))
     return 0
 
 
 def _status(args: argparse.Namespace) -> int:
-    from alignray.run_commands import status_main
-    from alignray.scaling import format_status
+    from alignray.driver.run_commands import status_main
+    from alignray.driver.scaling import format_status
 
     status = status_main(args.run_dir, args.address)
     print(json.dumps(status, indent=1) if args.json else format_status(status))

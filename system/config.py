@@ -13,6 +13,7 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
+from alignray.algorithms.estimators import ALGORITHMS, GROUP_BASED
 from alignray.errors import ConfigError, format_validation_error
 
 PRESETS = ("quickstart", "rm-quickstart")
@@ -89,7 +90,7 @@ class VllmConfig(Section):
 
 
 class AutoscaleConfig(Section):
-    """Grow/shrink a pool from the measured wait share (the rule: alignray.autoscale.decide)."""
+    """Grow/shrink a pool from the measured wait share (the rule: alignray.driver.autoscale.decide)."""
 
     min: int = Field(1, ge=1)
     max: int = Field(1, ge=1)
@@ -182,7 +183,7 @@ class RewardConfig(Section):
         return self
 
 
-AlgoName = Literal["grpo", "dr_grpo", "rloo", "reinforce_pp", "reinforce_pp_baseline", "ppo"]
+AlgoName = Literal[ALGORITHMS]  # the estimators registry (alignray.algorithms.estimators)
 
 
 class AlgoConfig(Section):
@@ -266,7 +267,7 @@ class TrainConfig(Section):
     progress: bool = True
     loggers: list[Literal["tensorboard", "mlflow", "wandb"]] = ["tensorboard"]
     """Metric sinks besides DIR/metrics.jsonl; mlflow and wandb are optional extras and write inside the run
-    directory unless MLFLOW_TRACKING_URI / WANDB_API_KEY say otherwise (see alignray.loggers)."""
+    directory unless MLFLOW_TRACKING_URI / WANDB_API_KEY say otherwise (see alignray.driver.loggers)."""
     snapshot_interval: int = Field(5, ge=0)
     """A light learner snapshot (DeepSpeed state, no HF export; only the latest is kept) every this many steps: a
     learner rank that dies is recovered inside the run from the newest snapshot or checkpoint (0: checkpoints only)."""
@@ -286,7 +287,7 @@ class Config(Section):
 
     @model_validator(mode="after")
     def _cross_field(self) -> Config:
-        if self.algo.name in ("grpo", "dr_grpo", "rloo", "reinforce_pp_baseline") and self.rollout.samples_per_prompt < 2:
+        if self.algo.name in GROUP_BASED and self.rollout.samples_per_prompt < 2:
             raise ValueError(f"algo.name={self.algo.name} compares samples of one prompt: "
                              "rollout.samples_per_prompt must be at least 2")
         if self.train.max_staleness > 0 and self.train.sync_interval != 1:

@@ -10,7 +10,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import torch
-from transformers import (  # noqa: E402, I001 - after the scikit-learn switch in alignray.tokenizer
+from transformers import (
     AutoModelForCausalLM,
     AutoModelForTokenClassification,
     LlamaConfig,
@@ -18,7 +18,7 @@ from transformers import (  # noqa: E402, I001 - after the scikit-learn switch i
 )
 
 from alignray.config import ModelConfig
-from alignray.tokenizer import build_byte_tokenizer, load_tokenizer  # first: it switches scikit-learn off
+from alignray.tokenizer import build_byte_tokenizer, load_tokenizer
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 

@@ -1,8 +1,8 @@
-"""What travels between actors: Arrow schemas of the three batches, checks at every boundary, read zero-copy by the learner (`alignray.experience`).
+"""What travels between actors: Arrow schemas of the three batches, checks at every boundary, read zero-copy by the learner (`alignray.learner.batch`).
 
 prompt batch  ─rollout→  rollout batch  ─reward→  scored batch  ─learner
 (No experience batch: each learner rank computes the advantages of its shard with the whole step's statistics —
-alignray.train_step — so they equal the one-big-batch values without another round trip through the store.)
+alignray.learner.train_step — so they equal the one-big-batch values without another round trip through the store.)
 Ragged token columns are list<int32>, log-probs list<float32>. Batches are pyarrow.RecordBatch: Ray's object store
 holds their buffers once, and a reader maps them without a copy.
 """

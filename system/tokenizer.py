@@ -9,17 +9,11 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-import transformers.utils
 from transformers.tokenization_utils_fast import PreTrainedTokenizerFast
 
 from alignray.config import ModelConfig
+from alignray.driver.preflight import check_model_source
 from alignray.errors import ConfigError
-from alignray.preflight import check_model_source
-
-# transformers imports scikit-learn (≈1.5 s of CPU in every process that builds a model or an Auto class) only for
-# assisted generation's candidate filtering, which alignray never uses: report it absent to transformers alone.
-# (alignray.models imports this module before transformers' Auto classes.)
-transformers.utils.is_sklearn_available = lambda: False
 
 SPECIAL_TOKENS = ("<pad>", "<s>", "</s>")
 

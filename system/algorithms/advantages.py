@@ -14,7 +14,7 @@ from collections.abc import Callable
 import torch
 from torch import Tensor
 
-ALGORITHMS: tuple[str, ...] = ("grpo", "dr_grpo", "rloo", "reinforce_pp", "reinforce_pp_baseline", "ppo")
+from alignray.algorithms.estimators import ALGORITHMS
 
 
 def _as_float(x: Tensor) -> Tensor:

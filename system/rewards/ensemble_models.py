@@ -11,8 +11,8 @@ import numpy as np
 import torch
 from torch import nn
 
-from .ensemble import AGGREGATIONS, aggregate, member_std, warm_average
-from .models import RewardModel, ScalarRewardModel, write_rm_config
+from alignray.rewards.ensemble import AGGREGATIONS, aggregate, member_std, warm_average
+from alignray.rewards.models import RewardModel, ScalarRewardModel, write_rm_config
 
 
 class EnsembleRewardModel(RewardModel):
@@ -59,10 +59,9 @@ class EnsembleRewardModel(RewardModel):
                         ddof=self.ddof)
 
     @classmethod
-    def load(cls, path: Path, config: dict[str, Any], trust_remote_code: bool = False) -> EnsembleRewardModel:
-        from .loading import load_reward_model
-
-        members = [load_reward_model(path / name, trust_remote_code) for name in config["members"]]
+    def from_config(cls, members: list[RewardModel], config: dict[str, Any]) -> EnsembleRewardModel:
+        """The ensemble saved with `config` (alignray_rm.json), from its loaded members (alignray.rewards.loading
+        loads them: members may be of any kind)."""
         return cls(members, config.get("aggregation", "mean"), config.get("coef"), config.get("ddof", 0))
 
 

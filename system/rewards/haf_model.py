@@ -13,9 +13,9 @@ import torch
 from safetensors.torch import load_file, save_file
 from torch import nn
 
-from .encoding import pool
-from .losses import dpo_implicit_reward, summed_response_logprobs
-from .models import DEFAULT_MAX_LENGTH, RewardModel, save_hf, write_rm_config
+from alignray.rewards.encoding import pool
+from alignray.rewards.losses import dpo_implicit_reward, summed_response_logprobs
+from alignray.rewards.models import DEFAULT_MAX_LENGTH, RewardModel, save_hf, write_rm_config
 
 
 def _is_peft(model) -> bool:

@@ -10,10 +10,10 @@ import torch
 from safetensors.torch import load_file, save_file
 from torch import nn
 
-from .encoding import default_pooling, pool
-from .encore import EncoreWeights
-from .ensemble import aggregate, member_std
-from .models import DEFAULT_MAX_LENGTH, RewardModel, save_hf, write_rm_config
+from alignray.rewards.encoding import default_pooling, pool
+from alignray.rewards.encore import EncoreWeights
+from alignray.rewards.ensemble import aggregate, member_std
+from alignray.rewards.models import DEFAULT_MAX_LENGTH, RewardModel, save_hf, write_rm_config
 
 
 class HeadsRewardModel(RewardModel):

@@ -11,10 +11,10 @@ from pathlib import Path
 
 import torch
 
-from .ensemble_models import EnsembleRewardModel
-from .haf_model import HafRewardModel
-from .heads_model import HeadsRewardModel
-from .models import RM_CONFIG_FILE, RewardModel, ScalarRewardModel
+from alignray.rewards.ensemble_models import EnsembleRewardModel
+from alignray.rewards.haf_model import HafRewardModel
+from alignray.rewards.heads_model import HeadsRewardModel
+from alignray.rewards.models import RM_CONFIG_FILE, RewardModel, ScalarRewardModel
 
 KINDS: dict[str, type[RewardModel]] = {cls.kind: cls for cls in (ScalarRewardModel, HeadsRewardModel, HafRewardModel,
                                                                   EnsembleRewardModel)}
@@ -35,7 +35,11 @@ def load_reward_model(path: str | Path, trust_remote_code: bool = False,
         kind = config.get("kind")
         if kind not in kinds:
             raise ValueError(f"{config_file}: field 'kind' is {kind!r}; expected one of {sorted(kinds)}")
-        model = kinds[kind].load(path, config, trust_remote_code=trust_remote_code)
+        if kind == EnsembleRewardModel.kind:  # a composite: its members are saved reward models of any kind
+            members = [load_reward_model(path / name, trust_remote_code) for name in config["members"]]
+            model = EnsembleRewardModel.from_config(members, config)
+        else:
+            model = kinds[kind].load(path, config, trust_remote_code=trust_remote_code)
     elif (path / "config.json").exists():
         model = ScalarRewardModel.load(path, {"subfolder": ".", "trained_with": "unknown"}, trust_remote_code)
     else:

@@ -8,7 +8,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from alignray.algorithms.losses import logprobs_from_logits
+from alignray.algorithms.logprobs import logprobs_from_logits
 
 
 def bradley_terry_loss(

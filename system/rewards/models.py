@@ -15,7 +15,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from .encoding import default_pooling, encode_pairs, pool
+from alignray.rewards.encoding import default_pooling, encode_pairs, pool
 
 RM_CONFIG_FILE = "alignray_rm.json"
 FORMAT_VERSION = 1

@@ -1,0 +1,93 @@
+"""`mmd_lambda: auto` — choose the causal RM's λ from a sweep on a held-out part of the training data.
+
+Rule (documented in the README; the whole sweep is saved with the model and in the run directory):
+1. Split the training pairs (seeded) into fit (1 - holdout) and held-out (holdout, default 20 %).
+2. Train BT (λ = 0) and the causal RM at every λ of the grid on the fit part; score the held-out part.
+3. Feasible: held-out accuracy (against the possibly noisy labels) >= BT's - tolerance (default 0.02).
+4. Bias score, lower is better:
+   - held-out rows carry counterfactuals of the attribute → the counterfactual sensitivity
+     mean|r(x, y) - r(x, y_cf)| / std(r). It measures invariance directly, so over-correction (a reward that now
+     *penalises* Z) raises it, and the feasible λ with the lowest score wins (ties: the smaller λ).
+   - no counterfactuals → the held-out within-label MMD² of the standardised reward between bins of Z. Every λ
+     drives this statistic down, including into over-correction (with label noise the within-label groups are
+     themselves confounded), so the rule stops early: the smallest feasible λ that halves BT's statistic, else the
+     feasible λ with the lowest one.
+5. No feasible λ → the smallest λ of the grid.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import numpy as np
+import torch
+
+from alignray.rm.evaluate import pairwise_accuracy
+from alignray.rm.mmd import conditional_causal_penalty
+from alignray.rm.preference_data import PreferenceData
+
+AUTO_GRID = (0.03, 0.1, 0.3, 1.0, 3.0, 10.0)
+
+
+def heldout_split(n: int, fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """(fit, held-out) row indices; at least 2 rows on each side."""
+    order = np.random.default_rng(seed + 7919).permutation(n)
+    held = min(max(int(round(n * fraction)), 2), n - 2)
+    return np.sort(order[held:]), np.sort(order[:held])
+
+
+def bias_scores(model, held: PreferenceData, attribute: str, bins: np.ndarray, batch_size: int = 64
+                ) -> dict[str, Any]:
+    """Held-out accuracy, counterfactual sensitivity of `attribute` (None without counterfactual rows) and the
+    within-label MMD² of the standardised reward between bins (bins [n, 2]: chosen, rejected)."""
+    rc = model.score(held.prompts, held.chosen, batch_size)["reward"]
+    rr = model.score(held.prompts, held.rejected, batch_size)["reward"]
+    std = max(float(np.concatenate([rc, rr]).std()), 1e-12)
+    row: dict[str, Any] = {"accuracy": pairwise_accuracy(rc, rr), "counterfactual": None}
+    cf = held.counterfactuals.get(attribute)
+    rows = [i for i, text in enumerate(cf or []) if text is not None]
+    if rows:
+        r_cf = model.score([held.prompts[i] for i in rows], [cf[i] for i in rows], batch_size)["reward"]
+        row["counterfactual"] = float(np.abs(rc[rows] - r_cf).mean() / std)
+    t = lambda a: torch.as_tensor(a, dtype=torch.float32)  # noqa: E731
+    row["mmd"] = float(conditional_causal_penalty(t(rc / std), torch.as_tensor(bins[:, 0]), t(rr / std),
+                                                  torch.as_tensor(bins[:, 1]), bandwidth=1.0))
+    return row
+
+
+def choose_lambda(baseline: dict[str, Any], rows: list[dict[str, Any]], tolerance: float) -> tuple[float, str]:
+    """Apply steps 3-5 of the module rule to sweep rows ({"lambda", "accuracy", "counterfactual", "mmd"});
+    returns (λ, the metric used)."""
+    rows = sorted(rows, key=lambda r: r["lambda"])
+    feasible = [r for r in rows if r["accuracy"] >= baseline["accuracy"] - tolerance]
+    use_cf = all(r["counterfactual"] is not None for r in rows) and baseline["counterfactual"] is not None
+    metric = "counterfactual" if use_cf else "mmd"
+    if not feasible:
+        return float(rows[0]["lambda"]), metric
+    if not use_cf:
+        halved = [r for r in feasible if r["mmd"] <= 0.5 * baseline["mmd"]]
+        if halved:
+            return float(halved[0]["lambda"]), metric
+    best = min(feasible, key=lambda r: (r[metric], r["lambda"]))
+    return float(best["lambda"]), metric
+
+
+def sweep_lambda(train_at: Callable[[float, np.ndarray], Any], data: PreferenceData, attribute: str,
+                 bins: np.ndarray, grid: tuple[float, ...] | list[float] = AUTO_GRID, holdout: float = 0.2,
+                 tolerance: float = 0.02, seed: int = 0, log: Callable[[str], None] | None = None
+                 ) -> tuple[float, dict[str, Any]]:
+    """Run the rule: `train_at(λ, fit_rows)` returns a model with `.score` trained on data rows `fit_rows`
+    (λ = 0 means plain BT). Returns (λ, record) where record holds the rule, the grid and every row."""
+    fit_rows, held_rows = heldout_split(len(data), holdout, seed)
+    held, held_bins = data.subset(held_rows), bins[held_rows]
+    baseline = {"lambda": 0.0, **bias_scores(train_at(0.0, fit_rows), held, attribute, held_bins)}
+    rows = []
+    for lam in grid:
+        rows.append({"lambda": float(lam), **bias_scores(train_at(float(lam), fit_rows), held, attribute, held_bins)})
+        if log is not None:
+            log(f"mmd_lambda auto: λ={lam} {rows[-1]}")
+    chosen, metric = choose_lambda(baseline, rows, tolerance)
+    record = {"chosen_lambda": chosen, "metric": metric, "tolerance": tolerance, "holdout": holdout,
+              "n_fit": int(len(fit_rows)), "n_heldout": int(len(held_rows)), "baseline_bt": baseline, "sweep": rows}
+    return chosen, record
