@@ -1,9 +1,10 @@
-"""One failure-aware path for every actor call the controller makes: wait with a per-kind timeout and say what went
-wrong — the actor died, its node died, it hung, an object it needed was lost — or, for a user error (`AlignrayError`
-raised inside an actor), raise it as is: never retried, one clean line. Anything else is a bug and propagates.
+"""One failure-aware path for every actor call the controller makes: wait with a per-kind timeout and say what
+went wrong — the actor died, its node died, it hung, an object it needed was lost — or, for a user error
+(`AlignrayError` raised inside an actor), raise it as is: never retried, one clean line. Anything else is a
+bug and propagates.
 
-Waiting uses `ray.wait(..., fetch_local=False)`, so a batch is never pulled to the driver; only the small results of
-calls (stats, metadata) are fetched.
+Waiting uses `ray.wait(..., fetch_local=False)`, so a batch is never pulled to the driver; only the small
+results of calls (stats, metadata) are fetched.
 """
 
 from __future__ import annotations
@@ -49,13 +50,15 @@ def first_line(text: str) -> str:
 
 
 def _node_died(msg: str) -> bool:
-    """Ray words an actor lost with its node as "... its node has died" (a killed process: "worker ... died")."""
+    """Ray words an actor lost with its node as "... its node has died" (a killed process: "worker ...
+    died")."""
     msg = msg.lower()
     return "its node has died" in msg or "node died" in msg or "because the node" in msg
 
 
 def classify(actor: str, exc: BaseException) -> ActorFault:
-    """The fault behind `exc`; raises the user error it carries, or `exc` itself when it is not a fault (a bug)."""
+    """The fault behind `exc`; raises the user error it carries, or `exc` itself when it is not a fault (a
+    bug)."""
     user = _user_error(exc)
     if user is not None:
         raise user
@@ -92,9 +95,9 @@ def _user_error(exc: BaseException) -> AlignrayError | None:
 
 def wait_calls(calls: dict[str, ray.ObjectRef], timeout: float, stop_on_fault: bool = False
                ) -> tuple[dict[str, Any], dict[str, ActorFault]]:
-    """Results of the calls that returned and faults of those that failed or took longer than `timeout` seconds,
-    both by actor name. `stop_on_fault`: return at the first fault (a rank group is lost as a whole; waiting on the
-    survivors, stuck in a collective, would only hang)."""
+    """Results of the calls that returned and faults of those that failed or took longer than `timeout`
+    seconds, both by actor name. `stop_on_fault`: return at the first fault (a rank group is lost as a whole;
+    waiting on the survivors, stuck in a collective, would only hang)."""
     deadline = time.monotonic() + timeout
     pending = {ref: name for name, ref in calls.items()}
     results: dict[str, Any] = {}
@@ -103,7 +106,8 @@ def wait_calls(calls: dict[str, ray.ObjectRef], timeout: float, stop_on_fault: b
         left = deadline - time.monotonic()
         ready, _ = ray.wait(list(pending), num_returns=1, timeout=max(left, 0.0), fetch_local=False)
         if not ready:
-            faults.update({name: ActorFault(name, HUNG, f"no answer in {timeout:g}s") for name in pending.values()})
+            faults.update({name: ActorFault(name, HUNG,
+                                            f"no answer in {timeout:g}s") for name in pending.values()})
             break
         name = pending.pop(ready[0])
         try:

@@ -1,6 +1,7 @@
-"""A chaos monkey for a live run: `kill -9` of actor processes at random moments (Poisson arrivals, seeded), the
-victim's role drawn from a mix. Used by the fault tests and `benchmarks/chaos.py`; it only signals processes on
-this machine (a local cluster, or several Ray nodes started here), found by the pids the run's groups know.
+"""A chaos monkey for a live run: `kill -9` of actor processes at random moments (Poisson arrivals, seeded),
+the victim's role drawn from a mix. Used by the fault tests and `benchmarks/chaos.py`; it only signals
+processes on this machine (a local cluster, or several Ray nodes started here), found by the pids the run's
+groups know.
 """
 
 from __future__ import annotations

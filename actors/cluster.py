@@ -1,5 +1,5 @@
-"""The Ray cluster a driver runs on: `connect_ray` (both drivers, `alignray train` and `alignray rm train`, join or
-start it here), and what it can ever provide, checked once before any placement group is created."""
+"""The Ray cluster a driver runs on: `connect_ray` (both drivers, `alignray train` and `alignray rm train`,
+join or start it here), and what it can ever provide, checked once before any placement group is created."""
 
 from __future__ import annotations
 
@@ -43,8 +43,8 @@ def _autoscaler() -> tuple[bool, dict[str, float] | None]:
 
 
 def check_local_capacity(cfg: Config, address: str | None) -> None:
-    """Before anything heavy loads (torch, models, Ray itself): a run that will start its own local Ray asks for GPUs
-    this machine does not have. CPUs never fall short there: the local Ray is sized to the run."""
+    """Before anything heavy loads (torch, models, Ray itself): a run that will start its own local Ray asks
+    for GPUs this machine does not have. CPUs never fall short there: the local Ray is sized to the run."""
     if address or ray.is_initialized():
         return
     from ray._private.accelerators import get_accelerator_manager_for_resource
@@ -62,7 +62,8 @@ def check_local_capacity(cfg: Config, address: str | None) -> None:
 
 
 def check_capacity(cfg: Config) -> None:
-    """Fail at once, naming role and numbers, when the run can never be placed; with an autoscaler, say it waits."""
+    """Fail at once, naming role and numbers, when the run can never be placed; with an autoscaler, say it
+    waits."""
     check_demands(demands_of(cfg))
 
 
@@ -77,26 +78,30 @@ def check_demands(demands: list[Demand]) -> None:
     if grows:
         now = infeasible(demands, nodes, None)
         if now:
-            print(f"alignray: waiting for the autoscaler (up to the placement timeout): {now}", file=sys.stderr)
+            print(f"alignray: waiting for the autoscaler (up to the placement timeout): {now}",
+                  file=sys.stderr)
 
 
 def connect_ray(address: str | None, num_cpus: float) -> None:
     """An existing cluster (`address`, else RAY_ADDRESS, e.g. `auto`), else a new local Ray on loopback."""
     if ray.is_initialized():
         return
-    # Results of calls to actors that died are abandoned on purpose (the fault is reported once, as a warning line);
-    # Ray would print each one's remote traceback when it is garbage-collected.
+    # Results of calls to actors that died are abandoned on purpose (the fault is reported once, as a warning
+    # line); Ray would print each one's remote traceback when it is garbage-collected.
     os.environ.setdefault("RAY_IGNORE_UNHANDLED_ERRORS", "1")
     address = address or os.environ.get("RAY_ADDRESS")
     env_vars = {"TOKENIZERS_PARALLELISM": "false"}
     if os.environ.get("DS_ACCELERATOR"):
         env_vars["DS_ACCELERATOR"] = os.environ["DS_ACCELERATOR"]
-    env = {"env_vars": env_vars, "worker_process_setup_hook": SETUP_HOOK}  # known warnings filtered in workers
+    # known warnings filtered in workers
+    env = {"env_vars": env_vars, "worker_process_setup_hook": SETUP_HOOK}
     if address:
         ray.init(address=address, runtime_env=env, log_to_driver=verbose())
         return
-    # No prestarted idle workers: every process of a run is an actor with its own placement, so the raylet's default
-    # of one idle Python worker per CPU only adds processes competing for the CPU while the actors boot.
-    ray.init(address="local", num_cpus=max(os.cpu_count() or 1, int(num_cpus + 0.999)), include_dashboard=False,
+    # No prestarted idle workers: every process of a run is an actor with its own placement, so the raylet's
+    # default of one idle Python worker per CPU only adds processes competing for the CPU while the actors
+    # boot.
+    ray.init(address="local", num_cpus=max(os.cpu_count() or 1, int(num_cpus + 0.999)),
+             include_dashboard=False,
              _node_ip_address="127.0.0.1", runtime_env=env, configure_logging=True, logging_level="WARNING",
              log_to_driver=verbose(), _system_config={"enable_worker_prestart": False})

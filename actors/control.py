@@ -1,6 +1,6 @@
-"""RunControl: a small named actor of each run, the way in for `alignray scale` and `alignray status` from another
-terminal or machine of the cluster (`RAY_ADDRESS`). It holds what the controller published last and the scale
-requests it has not yet taken; it owns no data and no CPU (num_cpus=0), and dies with the run.
+"""RunControl: a small named actor of each run, the way in for `alignray scale` and `alignray status` from
+another terminal or machine of the cluster (`RAY_ADDRESS`). It holds what the controller published last and
+the scale requests it has not yet taken; it owns no data and no CPU (num_cpus=0), and dies with the run.
 """
 
 from __future__ import annotations
@@ -13,7 +13,8 @@ NAMESPACE = "alignray"
 
 
 def control_name(run_dir: str | Path) -> str:
-    """The run's control actor name: from the run directory's last part (what users type after `--run-dir`)."""
+    """The run's control actor name: from the run directory's last part (what users type after
+    `--run-dir`)."""
     return f"alignray-control-{Path(run_dir).resolve().name}"
 
 
@@ -40,8 +41,8 @@ class RunControl:
 
 
 def connect(address: str) -> None:
-    """Join the run's cluster from another process. A loopback address stays loopback (Ray would otherwise rewrite
-    127.0.0.1 to this machine's IP, where a loopback-only head does not listen)."""
+    """Join the run's cluster from another process. A loopback address stays loopback (Ray would otherwise
+    rewrite 127.0.0.1 to this machine's IP, where a loopback-only head does not listen)."""
     host = address.split("://")[-1].rsplit(":", 1)[0]
     if host in ("127.0.0.1", "localhost", "::1"):
         import ray._private.ray_constants as ray_constants
@@ -51,8 +52,9 @@ def connect(address: str) -> None:
 
 
 def start_control(run_dir: str | Path):
-    """The run's control actor. Non-detached, it dies with its run; a live one of the same name belongs to another
-    run with the same directory name, which keeps it (this run then has none and says so: use RUN_DIR/control.yaml)."""
+    """The run's control actor. Non-detached, it dies with its run; a live one of the same name belongs to
+    another run with the same directory name, which keeps it (this run then has none and says so: use
+    RUN_DIR/control.yaml)."""
     name = control_name(run_dir)
     try:
         ray.get_actor(name, namespace=NAMESPACE)

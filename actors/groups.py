@@ -1,10 +1,10 @@
 """The learner rank group (an `actors.ranks.RankGroup`) and the two elastic worker pools (rollout, reward) the
 controller drives.
 
-The controller talks to these, never to a single actor: the group hides rank 0 vs. the others, the pools hide which
-members exist right now. Every call waits through `actors.calls.wait_calls` (per-kind timeout, faults classified);
-a learner rank that fails fails the group as a whole (`ActorFault` with actor "learner"), which the controller
-recovers by starting a fresh group from the latest snapshot.
+The controller talks to these, never to a single actor: the group hides rank 0 vs. the others, the pools hide
+which members exist right now. Every call waits through `actors.calls.wait_calls` (per-kind timeout, faults
+classified); a learner rank that fails fails the group as a whole (`ActorFault` with actor "learner"), which
+the controller recovers by starting a fresh group from the latest snapshot.
 """
 
 from __future__ import annotations
@@ -49,14 +49,16 @@ class LearnerGroup(RankGroup):
 
 
 def rollout_pool(cfg: Config, faults: FaultLog, current_weights) -> WorkerPool:
-    """Rollout members load `current_weights()` (the latest WeightUpdate, or None before the first) before any work."""
+    """Rollout members load `current_weights()` (the latest WeightUpdate, or None before the first) before any
+    work."""
     r, cfg_dict = cfg.rollout, cfg.model_dump(mode="json")
 
     def start(actor):
         update = current_weights()
         return actor.update_weights.remote(update) if update is not None else actor.ready.remote()
 
-    return WorkerPool("rollout", lambda options, name: RolloutWorker.options(**options).remote(cfg_dict, name),
+    return WorkerPool("rollout", lambda options, name: RolloutWorker.options(**options).remote(cfg_dict,
+                                                                                               name),
                       start, r.num_cpus, r.num_gpus, r.num_workers, faults, cfg.train.call_timeout_s.start)
 
 
@@ -68,10 +70,11 @@ def reward_pool(cfg: Config, faults: FaultLog) -> WorkerPool:
 
 
 class RankPool:
-    """The learner ranks seen as the rollout (or reward) pool of a colocated run (`train.colocate`): every rank is a
-    ready member that generates (or scores) its share. The group is read through `group()` at each call, so a
-    recovered group serves at once. A member's fault is the group's: `replace` raises it for the controller's
-    learner recovery (snapshot, rollback, re-train). Fixed size: it is scaled with `learner.num_ranks`."""
+    """The learner ranks seen as the rollout (or reward) pool of a colocated run (`train.colocate`): every
+    rank is a ready member that generates (or scores) its share. The group is read through `group()` at each
+    call, so a recovered group serves at once. A member's fault is the group's: `replace` raises it for the
+    controller's learner recovery (snapshot, rollback, re-train). Fixed size: it is scaled with
+    `learner.num_ranks`."""
 
     elastic = False
     resources: dict[str, float] = {}  # placed with the learner group, never by the scaler
@@ -110,7 +113,8 @@ class RankPool:
         """Ready as soon as the group is: it is built whole."""
 
     def replace(self, fault: ActorFault, action: str = "") -> None:
-        raise ActorFault("learner", fault.cause, f"{fault.actor} while it was the {self.role} member: {fault.detail}")
+        raise ActorFault("learner", fault.cause,
+                         f"{fault.actor} while it was the {self.role} member: {fault.detail}")
 
     def broadcast(self, method: str, timeout: float, *args) -> tuple[dict, list[ActorFault]]:
         results = self.group().call_all(method, timeout, *args)

@@ -1,11 +1,12 @@
-"""LearnerWorker: one DeepSpeed rank owning the policy (trained), the frozen reference and, for PPO, the critic.
+"""LearnerWorker: one DeepSpeed rank owning the policy (trained), the frozen reference and, for PPO, the
+critic.
 
-Every rank reads the step's scored batches zero-copy from the object store; `alignray.learner.train_step.LearnerStep` plans
-mini-batches, this rank's shard of whole prompt groups and its micro-batches, and optimises the sharding-invariant
-objective of `alignray.learner.objective`.
+Every rank reads the step's scored batches zero-copy from the object store;
+`alignray.learner.train_step.LearnerStep` plans mini-batches, this rank's shard of whole prompt groups and its
+micro-batches, and optimises the sharding-invariant objective of `alignray.learner.objective`.
 
-torch, transformers and DeepSpeed are imported in the rank, not at module level: the driver imports this module to
-create the actors, and must not pay for them on its critical path.
+torch, transformers and DeepSpeed are imported in the rank, not at module level: the driver imports this
+module to create the actors, and must not pay for them on its critical path.
 """
 
 from __future__ import annotations
@@ -56,8 +57,8 @@ class LearnerWorker:
         return rank_address()
 
     def setup(self, master_addr: str, master_port: int) -> int:
-        """Join the process group and build the DeepSpeed engines; returns the parameter count. Where the time goes
-        is kept for `startup_timing` (benchmarks/startup.py)."""
+        """Join the process group and build the DeepSpeed engines; returns the parameter count. Where the time
+        goes is kept for `startup_timing` (benchmarks/startup.py)."""
         clock, timing = time.perf_counter(), {}
 
         def lap(name: str) -> None:
@@ -74,9 +75,11 @@ class LearnerWorker:
         from alignray.models import load_critic, load_policy, load_tokenizer
 
         lap("import_deepspeed_s")
-        init_process_group(self.rank, self.world, master_addr, master_port, self.cfg.learner.backend, self.use_gpu)
+        init_process_group(self.rank, self.world, master_addr, master_port, self.cfg.learner.backend,
+                           self.use_gpu)
         lap("process_group_s")
-        self.device = torch.device("cuda", torch.cuda.current_device()) if self.use_gpu else torch.device("cpu")
+        self.device = torch.device("cuda",
+                                   torch.cuda.current_device()) if self.use_gpu else torch.device("cpu")
         tok = load_tokenizer(self.cfg.model)
         self.pad_id = tok.pad_token_id
         self.tokenizer = tok
@@ -88,7 +91,8 @@ class LearnerWorker:
         critic = load_critic(self.cfg.model, len(tok)) if objective.uses_critic else None
         lap("models_s")
         optim = torch.optim.AdamW(policy.parameters(), lr=lc.lr, weight_decay=lc.weight_decay)
-        self.policy, *_ = deepspeed.initialize(model=policy, optimizer=optim, config=ds_config(self.cfg, self.world))
+        self.policy, *_ = deepspeed.initialize(model=policy, optimizer=optim, config=ds_config(self.cfg,
+                                                                                               self.world))
         self.critic = None
         if critic is not None:
             c_optim = torch.optim.AdamW(critic.parameters(), lr=lc.critic_lr, weight_decay=lc.weight_decay)
@@ -105,23 +109,25 @@ class LearnerWorker:
         return sum(p.numel() for p in policy.parameters())
 
     def _colocate(self, tok) -> None:
-        """train.colocate: a sampling engine on the module this rank trains (ZeRO ≤ 2: whole weights on every rank,
-        updated in place by each optimizer step) and the reward scorers."""
+        """train.colocate: a sampling engine on the module this rank trains (ZeRO ≤ 2: whole weights on every
+        rank, updated in place by each optimizer step) and the reward scorers."""
         from alignray.actors.reward import build_reward_scorers
         from alignray.rollout.hf import HFEngine
 
         self.engine = HFEngine(self.policy.module, tok.pad_token_id, tok.eos_token_id)
-        self.scorers = build_reward_scorers(self.cfg.reward, self.cfg.model.trust_remote_code, own_process=False)
+        self.scorers = build_reward_scorers(self.cfg.reward, self.cfg.model.trust_remote_code,
+                                            own_process=False)
 
     def startup_timing(self) -> dict[str, float]:
-        """Seconds of each part of `setup` on this rank; wall-clock times (epoch s) at which the worker process was
-        created and `__init__` was called, so a caller can place process start and imports on its own clock."""
+        """Seconds of each part of `setup` on this rank; wall-clock times (epoch s) at which the worker
+        process was created and `__init__` was called, so a caller can place process start and imports on its
+        own clock."""
         return {**self.startup, "actor_init_s": self._init_s, **self._started}
 
-    # ---- one training step -------------------------------------------------------------------------------------
+    # ---- one training step ---------------------------------------------------------------------------------
     def train_step(self, scored_refs: list) -> dict:
-        """Train on the step's scored batches (ObjectRefs, read zero-copy); returns the step's global statistics
-        (the same on every rank)."""
+        """Train on the step's scored batches (ObjectRefs, read zero-copy); returns the step's global
+        statistics (the same on every rank)."""
         from alignray.schema import check_batch, concat_batches
 
         batch = concat_batches([check_batch(b, "scored", "learner input") for b in ray.get(scored_refs)])
@@ -129,10 +135,11 @@ class LearnerWorker:
         self.step += 1
         return stats
 
-    # ---- colocated rollout and reward (train.colocate) ------------------------------------------------------------
+    # ---- colocated rollout and reward (train.colocate) -----------------------------------------------------
     @ray.method(num_returns=2)
     def generate(self, prompts, seed: int) -> tuple:
-        """As `RolloutWorker.generate`, with the live weights: stamped with this rank's step (their version)."""
+        """As `RolloutWorker.generate`, with the live weights: stamped with this rank's step (their
+        version)."""
         from alignray.rollout.engine import generate_rollout
 
         return generate_rollout(self.engine, self.tokenizer, self.cfg.rollout, prompts, seed, self.step,
@@ -148,7 +155,7 @@ class LearnerWorker:
         """Nothing moves: the engine samples with the module this rank trains."""
         return {"version": self.step, "tensors": 0, "bytes": 0, "seconds": 0.0}
 
-    # ---- weights out -------------------------------------------------------------------------------------------
+    # ---- weights out ---------------------------------------------------------------------------------------
     def _full_state(self) -> dict[str, torch.Tensor] | None:
         """Full parameters on rank 0 (gathered across ranks under ZeRO-3; every rank must call this)."""
         params = list(self.policy.module.named_parameters())
@@ -161,9 +168,10 @@ class LearnerWorker:
         return {n: p.detach().cpu() for n, p in params} if self.rank == 0 else None
 
     def weight_update(self, version: int) -> WeightUpdate | None:
-        """Pack the policy into buckets and publish them once through the configured transport (object store: one
-        ray.put per bucket); rank 0 returns the handles (ObjectRefs by default), the other ranks None. Colocated
-        (train.colocate), nothing is published: every rank's engine already samples with its own weights."""
+        """Pack the policy into buckets and publish them once through the configured transport (object store:
+        one ray.put per bucket); rank 0 returns the handles (ObjectRefs by default), the other ranks None.
+        Colocated (train.colocate), nothing is published: every rank's engine already samples with its own
+        weights."""
         from alignray.rollout.weights import WeightUpdate, pack_state
 
         if self.cfg.train.colocate:
@@ -184,7 +192,7 @@ class LearnerWorker:
         return WeightUpdate(version=version, handles=transport.publish(buckets), transport=transport.name,
                             num_tensors=len(state), nbytes=sum(b.nbytes for b in buckets))
 
-    # ---- checkpoints -------------------------------------------------------------------------------------------
+    # ---- checkpoints ---------------------------------------------------------------------------------------
     def save(self, step_dir: str, hf: bool = True) -> None:
         """DeepSpeed state (model, optimizer, RNG) per rank under step_dir/policy, and (`hf`) an HF folder
         step_dir/hf; a snapshot for in-run recovery skips the HF export."""

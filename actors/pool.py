@@ -1,9 +1,10 @@
 """An elastic pool of workers of one role (rollout or reward), each member in its own placement group.
 
-A member is `pending` until Ray places its group (a scale request with no free capacity waits here, it never fails the
-run), `starting` until its start call returns (a rollout worker loads the current weights first), then `ready`; only
-ready members get work. A member that dies, hangs or loses its node at any point is replaced, keeping the pool at its
-target size; `reconcile()` moves members along without blocking and is called by the controller between its waits.
+A member is `pending` until Ray places its group (a scale request with no free capacity waits here, it never
+fails the run), `starting` until its start call returns (a rollout worker loads the current weights first),
+then `ready`; only ready members get work. A member that dies, hangs or loses its node at any point is
+replaced, keeping the pool at its target size; `reconcile()` moves members along without blocking and is
+called by the controller between its waits.
 """
 
 from __future__ import annotations
@@ -26,9 +27,9 @@ PENDING, STARTING, READY = "pending", "starting", "ready"
 
 @runtime_checkable
 class Pool(Protocol):
-    """What the controller, the shard pipeline and the scaler drive: a pool of members of one role. A `WorkerPool`
-    (rollout or reward workers, elastic), or in a colocated run an `actors.groups.RankPool` (the learner ranks doing
-    that role's work, fixed size)."""
+    """What the controller, the shard pipeline and the scaler drive: a pool of members of one role. A
+    `WorkerPool` (rollout or reward workers, elastic), or in a colocated run an `actors.groups.RankPool` (the
+    learner ranks doing that role's work, fixed size)."""
 
     role: str
     elastic: bool
@@ -76,8 +77,8 @@ class WorkerPool:
     def __init__(self, role: str, make_actor: Callable[[dict, str], ray.actor.ActorHandle],
                  start_call: Callable[[ray.actor.ActorHandle], ray.ObjectRef], cpus: float, gpus: float,
                  target: int, faults: FaultLog, start_timeout: float):
-        """`make_actor(options, name)` creates a member inside the given scheduling options; `start_call(actor)` is
-        its first call (it must succeed before the member takes work)."""
+        """`make_actor(options, name)` creates a member inside the given scheduling options;
+        `start_call(actor)` is its first call (it must succeed before the member takes work)."""
         self.role, self.make_actor, self.start_call = role, make_actor, start_call
         self.resources = {"CPU": cpus, **({"GPU": gpus} if gpus else {})}
         self.faults, self.start_timeout = faults, start_timeout
@@ -87,11 +88,11 @@ class WorkerPool:
         self.weights_lost = False  # a starting member could not read its weights: the learner must republish
         self.scale(target)
 
-    # ---- size ----------------------------------------------------------------------------------------------------
+    # ---- size ----------------------------------------------------------------------------------------------
     def scale(self, target: int, place_grace_s: float = 5.0) -> None:
-        """Grow (new members start pending) or shrink (pending members go first, then the newest). New members the
-        cluster can place within `place_grace_s` are placed before this returns (the next `reconcile` starts them);
-        the others stay pending until capacity appears."""
+        """Grow (new members start pending) or shrink (pending members go first, then the newest). New members
+        the cluster can place within `place_grace_s` are placed before this returns (the next `reconcile`
+        starts them); the others stay pending until capacity appears."""
         self.target = target
         added = [self._add() for _ in range(target - len(self.members))]
         if added:
@@ -111,8 +112,8 @@ class WorkerPool:
         return name
 
     def _emptiest_node(self) -> str | None:
-        """Spread members over nodes: the live node big enough for a member that hosts the fewest of them (a soft
-        target: Ray places the member elsewhere when that node has no room now)."""
+        """Spread members over nodes: the live node big enough for a member that hosts the fewest of them (a
+        soft target: Ray places the member elsewhere when that node has no room now)."""
         try:
             nodes = [n["NodeID"] for n in ray.nodes() if n["Alive"] and all(
                 n["Resources"].get(k, 0) >= v for k, v in self.resources.items())]
@@ -133,16 +134,18 @@ class WorkerPool:
         except Exception:  # noqa: BLE001 - its node is gone with it
             pass
 
-    # ---- state -----------------------------------------------------------------------------------------------------
+    # ---- state ---------------------------------------------------------------------------------------------
     def reconcile(self) -> None:
-        """Start members whose group was placed; promote those whose start call returned; replace failed ones."""
+        """Start members whose group was placed; promote those whose start call returned; replace failed
+        ones."""
         for member in list(self.members.values()):
             if member.state == PENDING:
                 placed, _ = ray.wait([member.placed], timeout=0, fetch_local=False)
                 if placed:
                     self._start(member)
             elif member.state == STARTING:
-                if member.start_ref is None:  # its weights were lost with the learner: waits for the next push
+                # its weights were lost with the learner: waits for the next push
+                if member.start_ref is None:
                     continue
                 done, _ = ray.wait([member.start_ref], timeout=0, fetch_local=False)
                 if done:
@@ -158,7 +161,8 @@ class WorkerPool:
                 elif time.monotonic() - member.since > self.start_timeout:
                     self.replace(ActorFault(member.name, HUNG, f"not started in {self.start_timeout:g}s"))
         if self.weights_lost:  # only a learner that publishes again can unblock these members
-            raise ActorFault("learner", "weights lost", f"{self.role} members could not read the published weights")
+            raise ActorFault("learner", "weights lost",
+                             f"{self.role} members could not read the published weights")
 
     def _start(self, member: Member) -> None:
         options = {"num_cpus": self.resources["CPU"], "num_gpus": self.resources.get("GPU", 0),
@@ -176,14 +180,14 @@ class WorkerPool:
         self.remove(fault.actor)
         new = self._add() if len(self.members) < self.target else None
         what = f"replaced by {new}" if new else "removed"
-        self.faults.record(FaultEvent(self.role, fault.actor, fault.cause, what + (f"; {action}" if action else ""),
-                                      detail=fault.detail))
+        self.faults.record(FaultEvent(self.role, fault.actor, fault.cause,
+                                      what + (f"; {action}" if action else ""), detail=fault.detail))
         return new
 
     def broadcast(self, method: str, timeout: float, *args) -> tuple[dict, list[ActorFault]]:
-        """`method(*args)` on every ready member, and as the start call of every starting one (it becomes ready
-        once that returns). Members that fail are replaced; faults of objects lost to the call (the caller's data,
-        not the member) are returned for the caller to handle."""
+        """`method(*args)` on every ready member, and as the start call of every starting one (it becomes
+        ready once that returns). Members that fail are replaced; faults of objects lost to the call (the
+        caller's data, not the member) are returned for the caller to handle."""
         calls = {}
         for member in self.members.values():
             if member.actor is None:
@@ -202,8 +206,8 @@ class WorkerPool:
         return results, lost
 
     def wait_ready(self, minimum: int = 1, poll_s: float = 0.05, note_after_s: float = 15.0) -> None:
-        """Block until at least `minimum` members are ready and none is still starting (pending ones may wait on
-        capacity as long as it takes; the wait is announced once)."""
+        """Block until at least `minimum` members are ready and none is still starting (pending ones may wait
+        on capacity as long as it takes; the wait is announced once)."""
         t0, announced = time.monotonic(), False
         while True:
             self.reconcile()
@@ -229,7 +233,8 @@ class WorkerPool:
         return sum(m.state == state for m in self.members.values())
 
     def pids(self) -> dict[str, int]:
-        """Process id of each started member whose pid is known (chaos runs kill -9 them; `status` shows them)."""
+        """Process id of each started member whose pid is known (chaos runs kill -9 them; `status` shows
+        them)."""
         out = {}
         for member in list(self.members.values()):
             if member.pid_ref is not None and ray.wait([member.pid_ref], timeout=0, fetch_local=False)[0]:

@@ -1,12 +1,15 @@
-"""DeepSpeed ranks as Ray actors, for both learners (the RL `LearnerWorker` and the reward model's `RewardLearner`).
+"""DeepSpeed ranks as Ray actors, for both learners (the RL `LearnerWorker` and the reward model's
+`RewardLearner`).
 
 Rank side: `prepare_rank` (threads, CPU accelerator), `rank_address` (rank 0 hosts the rendezvous),
-`init_process_group` (the env DeepSpeed expects, then its process group) and `deepspeed_config` (the one DeepSpeed
-config both learners use). Driver side: `RankGroup` reserves one placement group of N bundles, starts one actor per
-bundle and has them rendezvous (`address` on rank 0, then `setup(addr, port)` on every rank); every later call goes
-to all ranks through `actors.calls.wait_calls`, and any rank's failure is the group's (`ActorFault(role, ...)`).
+`init_process_group` (the env DeepSpeed expects, then its process group) and `deepspeed_config` (the one
+DeepSpeed config both learners use). Driver side: `RankGroup` reserves one placement group of N bundles,
+starts one actor per bundle and has them rendezvous (`address` on rank 0, then `setup(addr, port)` on every
+rank); every later call goes to all ranks through `actors.calls.wait_calls`, and any rank's failure is the
+group's (`ActorFault(role, ...)`).
 
-A rank actor is built as `cls(cfg_dict, rank, world)` and has `address()` and `setup(master_addr, master_port)`.
+A rank actor is built as `cls(cfg_dict, rank, world)` and has `address()` and `setup(master_addr,
+master_port)`.
 """
 
 from __future__ import annotations
@@ -26,7 +29,7 @@ PROBE_TIMEOUT_S = 10.0
 """How long a rank may take to answer a liveness probe once a peer's call has failed."""
 
 
-# ---- rank side ---------------------------------------------------------------------------------------------------
+# ---- rank side ---------------------------------------------------------------------------------------------
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -63,7 +66,8 @@ def init_process_group(rank: int, world: int, master_addr: str, master_port: int
 
 def deepspeed_config(micro_batch_size: int, world_size: int, grad_clip: float, zero_stage: int,
                      dtype: str = "float32") -> dict:
-    """The DeepSpeed config of both learners: one micro-batch per rank per optimizer step (no accumulation)."""
+    """The DeepSpeed config of both learners: one micro-batch per rank per optimizer step (no
+    accumulation)."""
     return {
         "train_micro_batch_size_per_gpu": micro_batch_size,
         "gradient_accumulation_steps": 1,
@@ -77,11 +81,13 @@ def deepspeed_config(micro_batch_size: int, world_size: int, grad_clip: float, z
     }
 
 
-# ---- driver side -------------------------------------------------------------------------------------------------
+# ---- driver side -------------------------------------------------------------------------------------------
 def reserve(role: str, bundles: int, cpus: float, gpus: float, strategy: str = "PACK") -> PlacementGroup:
-    """A placement group of `bundles` × {CPU: cpus, GPU: gpus}; a clear error if the cluster cannot hold it."""
+    """A placement group of `bundles` × {CPU: cpus, GPU: gpus}; a clear error if the cluster cannot hold
+    it."""
     resources = {"CPU": cpus, **({"GPU": gpus} if gpus else {})}
-    pg = placement_group([dict(resources) for _ in range(bundles)], strategy=strategy, name=f"alignray-{role}")
+    pg = placement_group([dict(resources) for _ in range(bundles)], strategy=strategy,
+                         name=f"alignray-{role}")
     if not pg.wait(PLACEMENT_TIMEOUT_S):
         remove_placement_group(pg)
         raise AlignrayError(f"cannot place {role}: {bundles} × {resources} did not fit in {PLACEMENT_TIMEOUT_S}s; "
@@ -95,14 +101,16 @@ def in_group(pg: PlacementGroup, index: int, cpus: float, gpus: float) -> dict:
 
 
 class RankGroup:
-    """`num_ranks` actors of `actor_cls` in one placement group, joined in one process group. `setup_results` holds
-    every rank's `setup` answer, in rank order. `options`: extra actor options (e.g. max_concurrency)."""
+    """`num_ranks` actors of `actor_cls` in one placement group, joined in one process group. `setup_results`
+    holds every rank's `setup` answer, in rank order. `options`: extra actor options (e.g.
+    max_concurrency)."""
 
     def __init__(self, role: str, actor_cls, cfg_dict: dict, num_ranks: int, cpus: float, gpus: float,
                  start_timeout: float, **options):
         self.role = role
         self.pg = reserve(role, num_ranks, cpus, gpus)
-        self.ranks = [actor_cls.options(**in_group(self.pg, r, cpus, gpus), **options).remote(cfg_dict, r, num_ranks)
+        self.ranks = [actor_cls.options(**in_group(self.pg, r, cpus, gpus), **options).remote(cfg_dict, r,
+                                                                                              num_ranks)
                       for r in range(num_ranks)]
         try:
             addr, port = self.call_rank0("address", start_timeout)
@@ -116,7 +124,8 @@ class RankGroup:
 
     def call_all(self, method: str, timeout: float, *args) -> list:
         """`method(*args)` on every rank; the ranks' results in rank order, or `ActorFault(role, ...)`."""
-        calls = {name: getattr(w, method).remote(*args) for name, w in zip(self.names(), self.ranks, strict=True)}
+        calls = {name: getattr(w, method).remote(*args) for name, w in zip(self.names(), self.ranks,
+                                                                           strict=True)}
         try:
             results, faults = wait_calls(calls, timeout, stop_on_fault=True)
         except AlignrayError:
@@ -125,7 +134,8 @@ class RankGroup:
             dead = self.dead_peer()
             if dead is None:
                 raise
-            raise ActorFault(self.role, dead.cause, f"{dead.actor} during {method}: {dead.detail} (then a surviving "
+            raise ActorFault(self.role, dead.cause,
+                             f"{dead.actor} during {method}: {dead.detail} (then a surviving "
                                                     f"rank failed: {first_line(getattr(exc, 'cause', None) or exc)})") from None
         if faults:
             name, fault = next(iter(faults.items()))
@@ -133,9 +143,9 @@ class RankGroup:
         return [results[name] for name in self.names()]
 
     def fault_behind(self, name: str, exc: BaseException) -> ActorFault:
-        """The fault behind rank `name`'s failed call: its own (died, hung, ...), or, when the rank raised an error of
-        its own while a peer is gone (a collective broken by the peer's death), the peer's. A user error or a
-        bug with every rank alive is raised as is."""
+        """The fault behind rank `name`'s failed call: its own (died, hung, ...), or, when the rank raised an
+        error of its own while a peer is gone (a collective broken by the peer's death), the peer's. A user
+        error or a bug with every rank alive is raised as is."""
         try:
             return classify(name, exc)
         except AlignrayError:
@@ -144,7 +154,8 @@ class RankGroup:
             dead = self.dead_peer()
             if dead is None:
                 raise
-            return ActorFault(dead.actor, dead.cause, f"{dead.detail} (then {name} failed: {first_line(getattr(exc, 'cause', None) or exc)})")
+            return ActorFault(dead.actor, dead.cause,
+                              f"{dead.detail} (then {name} failed: {first_line(getattr(exc, 'cause', None) or exc)})")
 
     def dead_peer(self) -> ActorFault | None:
         """The first rank that does not answer a liveness probe: died, its node died, or hung."""

@@ -1,4 +1,5 @@
-"""RolloutRecorder: appends every scored batch to RUN_DIR/rollouts/*.parquet, on the driver's node, off the hot path."""
+"""RolloutRecorder: appends every scored batch to RUN_DIR/rollouts/*.parquet, on the driver's node, off the
+hot path."""
 
 from __future__ import annotations
 
@@ -20,8 +21,8 @@ class RolloutRecorder:
         return batch.num_rows
 
     def rollback(self, step: int) -> int:
-        """In-run learner recovery: drop the files of steps after `step` (they are re-trained and written again), so
-        no sample appears twice. Returns how many files went."""
+        """In-run learner recovery: drop the files of steps after `step` (they are re-trained and written
+        again), so no sample appears twice. Returns how many files went."""
         gone = [p for p in self.dir.glob("step_*.parquet") if int(p.name.split("_")[1]) > step]
         for path in gone:
             path.unlink()

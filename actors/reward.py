@@ -1,6 +1,7 @@
 """RewardWorker: hosts the configured scorers; rollout batch in, scored batch (plus small stats) out.
 
-Its module imports no torch: a worker with reward functions only never loads it (the driver imports this module too).
+Its module imports no torch: a worker with reward functions only never loads it (the driver imports this
+module too).
 """
 
 from __future__ import annotations
@@ -16,8 +17,9 @@ from alignray.errors import RewardError
 
 
 def build_reward_scorers(rc: RewardConfig, trust_remote_code: bool, own_process: bool = True) -> list:
-    """The scorers of `reward.scorers` in this process (reward models load here). In a process of its own, torch
-    (where they use it) runs `reward.torch_threads` threads; a learner rank that scores (train.colocate) keeps its own."""
+    """The scorers of `reward.scorers` in this process (reward models load here). In a process of its own,
+    torch (where they use it) runs `reward.torch_threads` threads; a learner rank that scores (train.colocate)
+    keeps its own."""
     from alignray.rewards.scorers import build_scorers
 
     try:
@@ -25,7 +27,8 @@ def build_reward_scorers(rc: RewardConfig, trust_remote_code: bool, own_process:
     except Exception as e:  # noqa: BLE001 - e.g. a reward module only the workers have, failing to import
         raise RewardError(f"reward.scorers: cannot build the scorers on this worker: {type(e).__name__}: "
                           f"{str(e).strip().splitlines()[0] if str(e).strip() else ''}") from None
-    if own_process and "torch" in sys.modules:  # a reward model, or a reward function's module, uses torch: its thread budget
+    # a reward model, or a reward function's module, uses torch: its thread budget
+    if own_process and "torch" in sys.modules:
         sys.modules["torch"].set_num_threads(rc.torch_threads)
     return scorers
 

@@ -1,7 +1,7 @@
-"""RewardLearner: one DeepSpeed rank of `alignray rm train`, launched and joined by `actors.ranks.RankGroup`. Every rank
-builds the same model from the same seed, trains on its slice of each global batch (gradients all-reduced by
-DeepSpeed), and rank 0 saves the result. A threaded actor (max_concurrency 2): the driver reads `progress` while
-`train` runs."""
+"""RewardLearner: one DeepSpeed rank of `alignray rm train`, launched and joined by `actors.ranks.RankGroup`.
+Every rank builds the same model from the same seed, trains on its slice of each global batch (gradients
+all-reduced by DeepSpeed), and rank 0 saves the result. A threaded actor (max_concurrency 2): the driver reads
+`progress` while `train` runs."""
 
 from __future__ import annotations
 
@@ -37,10 +37,12 @@ class RewardLearner:
         return rank_address()
 
     def setup(self, master_addr: str, master_port: int) -> None:
-        init_process_group(self.rank, self.world, master_addr, master_port, self.cfg.learner.backend, self.use_gpu)
+        init_process_group(self.rank, self.world, master_addr, master_port, self.cfg.learner.backend,
+                           self.use_gpu)
 
     def progress(self) -> dict:
-        """The latest step of the current fit: {fit, fits, step, total, loss, accuracy} (smoothed); {} before the first."""
+        """The latest step of the current fit: {fit, fits, step, total, loss, accuracy} (smoothed); {} before
+        the first."""
         with self._lock:
             return dict(self._report)
 
@@ -55,7 +57,8 @@ class RewardLearner:
                                 accuracy=sum(x[1] for x in self._recent) / n)
 
     def train(self, out_dir: str) -> dict | None:
-        """Train; rank 0 writes `out_dir` (loadable by `load_reward_model` and the RewardWorker) and returns a summary."""
+        """Train; rank 0 writes `out_dir` (loadable by `load_reward_model` and the RewardWorker) and returns a
+        summary."""
         import deepspeed
 
         from alignray.rm.loop import Distributed, make_tokenizer, train_reward_model
@@ -77,5 +80,6 @@ class RewardLearner:
         summary = {"pairs": len(data), "kind": cfg.kind, "ranks": self.world, "out": out_dir}
         metadata = getattr(model, "metadata", {})
         if cfg.kind == "causal":  # the resolved recipe, and the λ sweep when mmd_lambda was "auto"
-            summary.update({k: metadata.get(k) for k in ("mmd_lambda", "cf_weight", "mmd_condition", "mmd_auto")})
+            summary.update({k: metadata.get(k) for k in ("mmd_lambda", "cf_weight", "mmd_condition",
+                                                         "mmd_auto")})
         return summary

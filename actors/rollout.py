@@ -1,7 +1,7 @@
 """RolloutWorker: owns one generation engine; prompt batch in, rollout batch out, weights loaded in place.
 
-torch and the engines are imported in the worker, not at module level: the driver imports this module to create the
-actor, and must not pay for torch on its critical path.
+torch and the engines are imported in the worker, not at module level: the driver imports this module to
+create the actor, and must not pay for torch on its critical path.
 """
 
 from __future__ import annotations
@@ -53,19 +53,20 @@ class RolloutWorker:
 
     @ray.method(num_returns=2)
     def generate(self, prompts: pa.RecordBatch, seed: int) -> tuple[pa.RecordBatch, dict]:
-        """`prompts` arrives resolved from its ObjectRef (zero-copy); the batch goes back to the object store and
-        only a few scalars (`meta`) go to the driver."""
+        """`prompts` arrives resolved from its ObjectRef (zero-copy); the batch goes back to the object store
+        and only a few scalars (`meta`) go to the driver."""
         from alignray.rollout.engine import generate_rollout
 
         return generate_rollout(self.engine, self.tokenizer, self.cfg.rollout, prompts, seed, self.version,
                                 f"rollout worker {self.name}")
 
     def update_weights(self, update: WeightUpdate) -> dict:
-        """Load every bucket of `update` in place and adopt its version; returns what moved and how long it took.
+        """Load every bucket of `update` in place and adopt its version; returns what moved and how long it
+        took.
 
-        Object store: the buckets are read here (zero-copy) and handed to the engine whole when it takes buckets
-        (vLLM: one collective RPC for the whole update). GPU transports: the vLLM workers open the handles themselves; an engine
-        without that ability receives them in this process."""
+        Object store: the buckets are read here (zero-copy) and handed to the engine whole when it takes
+        buckets (vLLM: one collective RPC for the whole update). GPU transports: the vLLM workers open the
+        handles themselves; an engine without that ability receives them in this process."""
         from alignray.rollout.transports import ObjectStoreTransport, make_transport
         from alignray.rollout.weights import unpack_bucket
 

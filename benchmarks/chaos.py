@@ -1,6 +1,7 @@
-"""Chaos run: the same seeded run twice — undisturbed, then with `kill -9` of actor processes at Poisson-timed moments
-(victims drawn over rollout, reward and learner processes), optionally losing a Ray node that hosts a rollout worker
-— then the run invariants (alignray.driver.invariants), a table and JSON. Exits non-zero if any invariant fails.
+"""Chaos run: the same seeded run twice — undisturbed, then with `kill -9` of actor processes at Poisson-timed
+moments (victims drawn over rollout, reward and learner processes), optionally losing a Ray node that hosts a
+rollout worker — then the run invariants (alignray.driver.invariants), a table and JSON. Exits non-zero if any
+invariant fails.
 
   python benchmarks/chaos.py --steps 60 --kills 20 --out chaos.json        # 2 rollout + 2 reward workers
   python benchmarks/chaos.py --steps 30 --kills 6 --remove-node-at 10      # also lose a node (multi-node local)
@@ -28,11 +29,13 @@ from alignray.driver.invariants import check_invariants
 from alignray.driver.runlog import read_metrics
 
 os.environ.setdefault("RAY_IGNORE_UNHANDLED_ERRORS", "1")  # abandoned refs of dead actors: reported as faults
-ENV = {"env_vars": {"DS_ACCELERATOR": os.environ.get("DS_ACCELERATOR", "cpu"), "TOKENIZERS_PARALLELISM": "false"}}
+ENV = {"env_vars": {"DS_ACCELERATOR": os.environ.get("DS_ACCELERATOR", "cpu"),
+                    "TOKENIZERS_PARALLELISM": "false"}}
 
 
 def overrides(args) -> list[str]:
-    return [f"train.steps={args.steps}", "rollout.num_workers=2", "reward.num_workers=2", "rollout.num_cpus=0.5",
+    return [f"train.steps={args.steps}", "rollout.num_workers=2", "reward.num_workers=2",
+            "rollout.num_cpus=0.5",
             "reward.num_cpus=0.5", f"train.snapshot_interval={args.snapshot_interval}", "train.max_restarts=100",
             "train.progress=false", f"train.seed={args.seed}", *args.overrides]
 
@@ -46,7 +49,8 @@ def one_run(args, run_dir: Path, kills: int, node_step: int | None, cluster=None
     removed: list[str] = []
 
     def on_step(metrics: dict) -> None:
-        if monkey and metrics["step"] == 1:  # the clock starts once the run is up: kills land between steps 1 and N
+        # the clock starts once the run is up: kills land between steps 1 and N
+        if monkey and metrics["step"] == 1:
             monkey.start()
         maybe_remove_node(metrics)
 
@@ -84,10 +88,11 @@ def one_run(args, run_dir: Path, kills: int, node_step: int | None, cluster=None
 
 
 def start_ray(args):
-    """A local Ray; with --remove-node-at, a head plus three 4-CPU worker nodes on loopback (ray.cluster_utils)."""
+    """A local Ray; with --remove-node-at, a head plus three 4-CPU worker nodes on loopback
+    (ray.cluster_utils)."""
     if args.remove_node_at is None:
-        ray.init(address="local", num_cpus=8, include_dashboard=False, _node_ip_address="127.0.0.1", runtime_env=ENV,
-                 logging_level="WARNING", log_to_driver=False)
+        ray.init(address="local", num_cpus=8, include_dashboard=False, _node_ip_address="127.0.0.1",
+                 runtime_env=ENV, logging_level="WARNING", log_to_driver=False)
         return None, []
     from alignray.actors.local_nodes import start_local_nodes
 
@@ -96,12 +101,15 @@ def start_ray(args):
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--steps", type=int, default=60)
     parser.add_argument("--kills", type=int, default=20)
-    parser.add_argument("--mean-interval", type=float, default=6.0, help="mean seconds between kills (Poisson)")
+    parser.add_argument("--mean-interval", type=float, default=6.0,
+                        help="mean seconds between kills (Poisson)")
     parser.add_argument("--snapshot-interval", type=int, default=5)
-    parser.add_argument("--remove-node-at", type=int, help="lose the node of a rollout worker after this step")
+    parser.add_argument("--remove-node-at", type=int,
+                        help="lose the node of a rollout worker after this step")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", default="chaos.json")
     parser.add_argument("overrides", nargs="*", help="extra config overrides for both runs")
@@ -114,14 +122,16 @@ def main() -> int:
     if cluster is not None:
         cluster.shutdown()
     rows = [("kills (rollout/reward/learner)", lambda r: "/".join(str(r["kills"].get(x, 0))
-                                                                    for x in ("rollout", "reward", "learner"))),
+                                                                    for x in ("rollout", "reward",
+                                                                              "learner"))),
             ("node removed", lambda r: r["node_removed"]),
             ("restarts (rollout/reward/learner)", lambda r: "/".join(str(v) for v in r["restarts"].values())),
             ("prompts requeued", lambda r: r["requeued"]), ("batches re-scored", lambda r: r["rescored"]),
             ("steps re-trained", lambda r: r["steps_retrained"]),
             ("reward first → last 1/8", lambda r: f"{r['reward_first']:.3f} → {r['reward_last']:.3f}"),
             ("wall s", lambda r: f"{r['wall_s']:.0f}")]
-    rows += [(f"invariant {name}", lambda r, n=name: r["invariants"][n]) for name in results["chaos"]["invariants"]]
+    rows += [(f"invariant {name}", lambda r,
+              n=name: r["invariants"][n]) for name in results["chaos"]["invariants"]]
     print(f"| {args.steps} steps, seed {args.seed} | undisturbed | chaos |\n|---|---|---|")
     for label, cell in rows:
         print(f"| {label} | {cell(results['undisturbed'])} | {cell(results['chaos'])} |")

@@ -2,9 +2,10 @@
 `python benchmarks/learner_step.py [--reps 10] [--out learner_step.json]`.
 
 One DeepSpeed rank (gloo, world size 1), the quickstart's tiny Llama and batch shape (16 prompts × 4 samples,
-32 new tokens). "needed": kl_coef 0, on-policy, one update → the training forward only. "all forwards": the same loss,
-plus an old-log-prob forward (an off-policy batch) and a reference forward (`algo.log_kl`), which is what every step
-cost before. Also the log-prob read itself: z[y] − logsumexp(z) against log_softmax + gather, forward + backward.
+32 new tokens). "needed": kl_coef 0, on-policy, one update → the training forward only. "all forwards": the
+same loss, plus an old-log-prob forward (an off-policy batch) and a reference forward (`algo.log_kl`), which
+is what every step cost before. Also the log-prob read itself: z[y] − logsumexp(z) against log_softmax +
+gather, forward + backward.
 """
 
 from __future__ import annotations
@@ -23,7 +24,8 @@ import torch
 os.environ.setdefault("DS_ACCELERATOR", "cpu")
 
 
-def batch(prompts: int, samples: int, new_tokens: int, version: int, vocab: int, seed: int = 0) -> pa.RecordBatch:
+def batch(prompts: int, samples: int, new_tokens: int, version: int, vocab: int,
+          seed: int = 0) -> pa.RecordBatch:
     from alignray.schema import SCHEMAS, list_array
 
     rng = np.random.default_rng(seed)
@@ -33,8 +35,10 @@ def batch(prompts: int, samples: int, new_tokens: int, version: int, vocab: int,
     n = len(pid)
     cols = [pa.array(pid, pa.int64()), pa.array([""] * n), list_array([p_tok[p] for p in pid], pa.int32()),
             pa.array(np.tile(np.arange(samples), prompts), pa.int32()), pa.array([""] * n),
-            list_array(resp, pa.int32()), list_array([-rng.uniform(3, 6, len(r)) for r in resp], pa.float32()),
-            pa.array(np.full(n, version), pa.int64()), pa.array(["stop"] * n), pa.array(rng.normal(size=n), pa.float32())]
+            list_array(resp, pa.int32()), list_array([-rng.uniform(3, 6, len(r)) for r in resp],
+                                                     pa.float32()),
+            pa.array(np.full(n, version), pa.int64()), pa.array(["stop"] * n), pa.array(rng.normal(size=n),
+                                                                                        pa.float32())]
     return pa.RecordBatch.from_arrays(cols, schema=SCHEMAS["scored"])
 
 
@@ -53,7 +57,8 @@ def logprob_read(reps: int) -> dict[str, float]:
             fn(logits).sum().backward()
             times[name].append(time.perf_counter() - t0)
     out = {name: min(ts) for name, ts in times.items()}
-    out["log_softmax_saved_bytes"] = logits.numel() * 4  # the [B, T, V] fp32 output log_softmax keeps for backward
+    # the [B, T, V] fp32 output log_softmax keeps for backward
+    out["log_softmax_saved_bytes"] = logits.numel() * 4
     return out
 
 

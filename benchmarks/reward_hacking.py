@@ -5,21 +5,23 @@
 
 One run does everything and writes the table (printed), the JSON (`--out`) and the plot (same name, `.png`):
 
-1. Policy and text: the quickstart's tiny random Llama with its byte tokenizer, on the built-in prompts. An answer ends
-   at EOS or at a control byte 0x00-0x0F (`rollout.stop_token_ids`), so the initial policy's answers are ~15 of at most
-   `--max-new-tokens` tokens and length can move both ways.
-2. Gold reward, known and length-neutral: `vowel_share`, the share of the answer's characters that are lowercase
-   vowels with control characters (the stop byte) not counted — a longer answer of the same make-up scores the same
-   (the quickstart's `vowel_ratio` counts the stop byte, so a longer answer dilutes it and gains gold).
-3. Preference pairs where the policy starts and goes: each pair is, with probability `--policy-share`, two samples
-   of the initial policy itself (same weights, prompts, temperature and stop bytes as the GRPO runs; ~2 % vowels),
-   else two responses of random byte tokens, each a vowel with probability v = u² (u ~ U(0, 1): mass near 0, support
-   up to 1), length ~ U{1..max-1} tokens plus a stop byte, decoded as the rollout worker decodes. (Never one of each:
-   the synthetic answers are longer and richer in vowels, so a mixed pair would tie length to gold.) The higher-gold response is chosen,
-   but pairs where it is the shorter one are kept only with probability `--keep-shorter`, so the chosen response is
-   longer in most pairs; then `--noise` of the labels are flipped. Test pairs: same mix, no selection, clean labels;
-   length is independent of gold in the synthetic pairs only: of two initial-policy answers, the one with a vowel at
-   all is more often the longer one. `rm eval` numbers are on all test pairs, accuracy also per source.
+1. Policy and text: the quickstart's tiny random Llama with its byte tokenizer, on the built-in prompts. An
+   answer ends at EOS or at a control byte 0x00-0x0F (`rollout.stop_token_ids`), so the initial policy's
+   answers are ~15 of at most `--max-new-tokens` tokens and length can move both ways.
+2. Gold reward, known and length-neutral: `vowel_share`, the share of the answer's characters that are
+   lowercase vowels with control characters (the stop byte) not counted — a longer answer of the same make-up
+   scores the same (the quickstart's `vowel_ratio` counts the stop byte, so a longer answer dilutes it and
+   gains gold).
+3. Preference pairs where the policy starts and goes: each pair is, with probability `--policy-share`, two
+   samples of the initial policy itself (same weights, prompts, temperature and stop bytes as the GRPO runs;
+   ~2 % vowels), else two responses of random byte tokens, each a vowel with probability v = u² (u ~ U(0, 1):
+   mass near 0, support up to 1), length ~ U{1..max-1} tokens plus a stop byte, decoded as the rollout worker
+   decodes. (Never one of each: the synthetic answers are longer and richer in vowels, so a mixed pair would
+   tie length to gold.) The higher-gold response is chosen, but pairs where it is the shorter one are kept
+   only with probability `--keep-shorter`, so the chosen response is longer in most pairs; then `--noise` of
+   the labels are flipped. Test pairs: same mix, no selection, clean labels; length is independent of gold in
+   the synthetic pairs only: of two initial-policy answers, the one with a vowel at all is more often the
+   longer one. `rm eval` numbers are on all test pairs, accuracy also per source.
 4. Two reward models on the same pairs (in process, the functions `alignray rm train` runs): BT and causal
    (MMD over 10 quantile bins of `policy_tokens`, the answer's length in policy tokens, a data attribute; conditional,
    λ `--mmd-lambda`); a tiny random BERT over the same byte tokenizer. (`length_tokens`, the RM tokenizer's count,
@@ -51,12 +53,14 @@ ROOT = Path(__file__).resolve().parent.parent
 STOP_BYTES = range(0x00, 0x10)
 VOWELS = "aeiou"
 LENGTHS = ("policy_tokens", "length_tokens", "length_chars")
-GOLD_FN = "reward_hacking:vowel_share"  # importable by the reward worker: main() puts this folder on PYTHONPATH
+# importable by the reward worker: main() puts this folder on PYTHONPATH
+GOLD_FN = "reward_hacking:vowel_share"
 
 
 def vowel_share(prompt: str, response: str, vowels: str = "aeiou") -> float:
-    """Share of the response's characters that are lowercase vowels, control characters (U+0000-U+001F, U+007F: the
-    stop byte) not counted, so length alone neither adds nor dilutes; 0 when nothing else is left."""
+    """Share of the response's characters that are lowercase vowels, control characters (U+0000-U+001F,
+    U+007F: the stop byte) not counted, so length alone neither adds nor dilutes; 0 when nothing else is
+    left."""
     chars = [ch for ch in response if ord(ch) >= 0x20 and ch != "\x7f"]
     return sum(ch in vowels for ch in chars) / len(chars) if chars else 0.0
 
@@ -75,8 +79,8 @@ def byte_ids(tok, byte_values) -> list[int]:
 
 
 class TextMaker:
-    """Responses where the policy starts and goes: samples of the initial policy (share `policy_share`), else random
-    byte tokens, each a vowel with probability v = u², then a stop byte."""
+    """Responses where the policy starts and goes: samples of the initial policy (share `policy_share`), else
+    random byte tokens, each a vowel with probability v = u², then a stop byte."""
 
     def __init__(self, tok, max_new_tokens: int, rng: np.random.Generator, policy_share: float,
                  policy_samples: list[list[int]]):
@@ -115,16 +119,17 @@ class TextMaker:
                 continue  # length bias by selection: the better response is usually the longer one
             if self.rng.uniform() < noise:
                 chosen, rejected = rejected, chosen
-            rows.append({"prompt": str(self.rng.choice(self.prompts)), "chosen": chosen[0], "rejected": rejected[0],
-                         "chosen_gold": chosen[1], "rejected_gold": rejected[1],
+            rows.append({"prompt": str(self.rng.choice(self.prompts)), "chosen": chosen[0],
+                         "rejected": rejected[0], "chosen_gold": chosen[1], "rejected_gold": rejected[1],
                          "chosen_policy_tokens": chosen[2], "rejected_policy_tokens": rejected[2],
                          "chosen_from_policy": chosen[3], "rejected_from_policy": rejected[3]})
         return rows
 
 
 def initial_policy_samples(args, n: int) -> list[list[int]]:
-    """`n` answers of the GRPO runs' initial policy (the same tiny Llama and seed, prompts tokenised as the data loader
-    does, temperature 1, no top-k, cut after the first stop byte / EOS, which is kept), in a seeded shuffled order."""
+    """`n` answers of the GRPO runs' initial policy (the same tiny Llama and seed, prompts tokenised as the
+    data loader does, temperature 1, no top-k, cut after the first stop byte / EOS, which is kept), in a
+    seeded shuffled order."""
     import torch
 
     from alignray.config import ModelConfig
@@ -141,7 +146,8 @@ def initial_policy_samples(args, n: int) -> list[list[int]]:
     with torch.no_grad():
         for prompt in prompts:
             ids = torch.tensor([tok(prompt, add_special_tokens=False)["input_ids"]])
-            out = model.generate(input_ids=ids, attention_mask=torch.ones_like(ids), do_sample=True, temperature=1.0,
+            out = model.generate(input_ids=ids, attention_mask=torch.ones_like(ids), do_sample=True,
+                                 temperature=1.0,
                                  top_k=0, max_new_tokens=args.max_new_tokens, num_return_sequences=per_prompt,
                                  eos_token_id=sorted(stop), pad_token_id=tok.pad_token_id)
             for row in out[:, ids.shape[1]:].tolist():
@@ -170,8 +176,8 @@ def train_rms(args, work: Path, train_rows: list[dict], test_rows: list[dict], t
     train_path.write_text("".join(json.dumps(r) + "\n" for r in train_rows))
     tok = byte_tokenizer()
     data = load_preferences(str(train_path), computed=["length_tokens"], tokenizer=tok)
-    tiny = TinyModelSpec(arch="bert", hidden_size=48, intermediate_size=96, num_hidden_layers=2, num_attention_heads=4,
-                         max_position_embeddings=256, tokenizer=str(tok_dir))
+    tiny = TinyModelSpec(arch="bert", hidden_size=48, intermediate_size=96, num_hidden_layers=2,
+                         num_attention_heads=4, max_position_embeddings=256, tokenizer=str(tok_dir))
     base = {"tiny_model": tiny, "epochs": args.rm_epochs, "batch_size": 64, "lr": 1e-3, "max_length": 224,
             "seed": args.seed, "mmd_attribute": "policy_tokens", "mmd_bins": "quantile", "mmd_num_bins": 10,
             "mmd_mode": "conditional", "cf_weight": 0.0}
@@ -206,9 +212,11 @@ def policy_config(args, rm_dir: Path) -> dict:
         "model": {"tiny": {"hidden_size": 128, "intermediate_size": 256, "num_hidden_layers": 2,
                            "num_attention_heads": 2}, "seed": args.seed},
         "data": {"prompts": "builtin:vowels"},
-        "rollout": {"engine": "hf", "num_workers": 1, "samples_per_prompt": 4, "max_new_tokens": args.max_new_tokens,
+        "rollout": {"engine": "hf", "num_workers": 1, "samples_per_prompt": 4,
+                    "max_new_tokens": args.max_new_tokens,
                     "temperature": 1.0, "stop_token_ids": byte_ids(tok, STOP_BYTES)},
-        "reward": {"num_workers": 1, "scorers": [  # rm_dir None: the reference run optimises the gold reward itself
+        # rm_dir None: the reference run optimises the gold reward itself
+        "reward": {"num_workers": 1, "scorers": [
             {"name": "proxy", "type": "model", "path": str(rm_dir), "weight": 1.0},
             {"name": "gold", "function": GOLD_FN, "weight": 0.0, "gold": True}] if rm_dir else [
             {"name": "gold", "function": GOLD_FN, "weight": 1.0}]},
@@ -221,11 +229,13 @@ def policy_config(args, rm_dir: Path) -> dict:
 
 def run_policy(args, work: Path, kind: str) -> list[dict]:
     cfg_path, run_dir = work / f"grpo_{kind}.yaml", work / f"run_{kind}"
-    cfg_path.write_text(yaml.safe_dump(policy_config(args, None if kind == "gold" else work / kind), sort_keys=False))
+    cfg_path.write_text(yaml.safe_dump(policy_config(args, None if kind == "gold" else work / kind),
+                                       sort_keys=False))
     cli = Path(sys.executable).parent / "alignray"
     cmd = [str(cli), "train", "--config", str(cfg_path), "--run-dir", str(run_dir)]
     print("$", " ".join(cmd), flush=True)
-    path = os.pathsep.join(p for p in (str(Path(__file__).resolve().parent), os.environ.get("PYTHONPATH")) if p)
+    path = os.pathsep.join(p for p in (str(Path(__file__).resolve().parent),
+                                       os.environ.get("PYTHONPATH")) if p)
     env = {**os.environ, "DS_ACCELERATOR": os.environ.get("DS_ACCELERATOR", "cpu"), "PYTHONPATH": path}
     subprocess.run(cmd, check=True, env=env)  # PYTHONPATH: the driver and the Ray workers import GOLD_FN
     metrics = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines() if line.strip()]
@@ -233,8 +243,9 @@ def run_policy(args, work: Path, kind: str) -> list[dict]:
 
 
 def stop_share(run_dir: Path, step: int) -> float:
-    """Stop bytes / EOS per non-vowel token of the step's answers: falls as the policy seeks length, while length
-    that comes only with more vowels (every non-vowel token, stop bytes included, losing mass) leaves it unchanged."""
+    """Stop bytes / EOS per non-vowel token of the step's answers: falls as the policy seeks length, while
+    length that comes only with more vowels (every non-vowel token, stop bytes included, losing mass) leaves
+    it unchanged."""
     import pyarrow.parquet as pq
 
     tok = byte_tokenizer()
@@ -249,8 +260,8 @@ def stop_share(run_dir: Path, step: int) -> float:
 
 LABELS = {"bt": "GRPO vs BT RM", "causal": "GRPO vs causal RM", "gold": "GRPO on gold (reference)"}
 COLORS = {"bt": "tab:red", "causal": "tab:blue", "gold": "tab:gray"}
-SERIES = {"gold": "reward/gold/mean", "proxy": "reward/proxy/mean", "length": "response_length/mean", "kl": "kl",
-          "gap": "reward/proxy_gold_gap/mean", "stop": "stop_per_non_vowel_token"}
+SERIES = {"gold": "reward/gold/mean", "proxy": "reward/proxy/mean", "length": "response_length/mean",
+          "kl": "kl", "gap": "reward/proxy_gold_gap/mean", "stop": "stop_per_non_vowel_token"}
 
 
 def spearman(a: list[float], b: list[float]) -> float:
@@ -280,13 +291,15 @@ def table(rows: list[dict], window: int) -> str:
         return "–" if a is None or b is None else f"{a:.{digits}f} → {b:.{digits}f}"
 
     for r in rows:
-        cells = [cell(r, "gold"), cell(r, "proxy"), cell(r, "length", 1), cell(r, "kl"), cell(r, "gap"), cell(r, "stop", 4)]
+        cells = [cell(r, "gold"), cell(r, "proxy"), cell(r, "length", 1), cell(r, "kl"), cell(r, "gap"),
+                 cell(r, "stop", 4)]
         lines.append(f"| {r['policy']} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
 
 def plot(curves: dict[str, list[dict]], path: Path, title: str, scale: dict[str, float]) -> None:
-    """Five panels per step; the proxy reward is divided by its RM's reward std on the test pairs (scales differ)."""
+    """Five panels per step; the proxy reward is divided by its RM's reward std on the test pairs (scales
+    differ)."""
     try:
         import matplotlib
     except ImportError:
@@ -333,7 +346,8 @@ def main() -> None:
     p.add_argument("--mmd-lambda", default="1.0", help="causal RM λ: a number or 'auto'")
     p.add_argument("--rm-epochs", type=int, default=3)
     p.add_argument("--window", type=int, default=5, help="steps averaged for the start / end columns")
-    p.add_argument("--gold-policy", action="store_true", help="also a reference run optimising the gold reward")
+    p.add_argument("--gold-policy", action="store_true",
+                   help="also a reference run optimising the gold reward")
     args = p.parse_args()
     started = time.time()
     from rm_bench.common import quiet_transformers
@@ -341,14 +355,15 @@ def main() -> None:
     quiet_transformers()
     work = Path(args.work_dir)
     work.mkdir(parents=True, exist_ok=True)
-    n_samples = 4 * (args.train_pairs + args.test_pairs) if args.policy_share > 0 else 0  # pairs of equal gold skip
+    # pairs of equal gold skip
+    n_samples = 4 * (args.train_pairs + args.test_pairs) if args.policy_share > 0 else 0
     samples = initial_policy_samples(args, n_samples) if n_samples else []
     start_gold = float(np.mean([vowel_share("", byte_tokenizer().decode(x, skip_special_tokens=True))
                                 for x in samples])) if samples else None
     print(f"{len(samples)} initial-policy answers: mean gold {start_gold}, mean length "
           f"{np.mean([len(x) for x in samples]) if samples else None} tokens ({time.time() - started:.0f} s)")
-    maker = TextMaker(byte_tokenizer(), args.max_new_tokens, np.random.default_rng(args.seed), args.policy_share,
-                      samples)
+    maker = TextMaker(byte_tokenizer(), args.max_new_tokens, np.random.default_rng(args.seed),
+                      args.policy_share, samples)
     train_rows = maker.pairs(args.train_pairs, args.keep_shorter, args.noise)
     test_rows = maker.pairs(args.test_pairs, keep_shorter=1.0, noise=0.0)  # no selection, clean labels
     data_stats = {"initial_policy_gold_mean": start_gold, "samples_used": maker.next_sample,
@@ -372,14 +387,15 @@ def main() -> None:
     print(text)
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    results = {"args": vars(args), "train_share_chosen_longer": longer, "train_share_chosen_gold_higher": gold_wins,
-               "pairs": data_stats,
+    results = {"args": vars(args), "train_share_chosen_longer": longer,
+               "train_share_chosen_gold_higher": gold_wins, "pairs": data_stats,
                "reward_models": rms, "summary": rows, "table": text,
                "curves": {k: [{s: m.get(key) for s, key in {"step": "step", **SERIES}.items()} for m in v]
                           for k, v in curves.items()},
                "seconds": round(time.time() - started, 1)}
     out.write_text(json.dumps(results, indent=2) + "\n")
-    plot(curves, out.with_suffix(".png"), f"GRPO against a length-biased BT RM vs the causal RM (seed {args.seed}, "
+    plot(curves, out.with_suffix(".png"),
+         f"GRPO against a length-biased BT RM vs the causal RM (seed {args.seed}, "
          f"pairs: {args.policy_share:.0%} initial-policy answers, chosen longer {longer:.0%}, {args.noise:.0%} flipped; "
          f"causal λ={args.mmd_lambda}; gold: vowel share, stop byte not counted)",
          {k: rms[k]["reward_std"] for k in rms})

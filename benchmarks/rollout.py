@@ -1,12 +1,14 @@
 """Rollout engines side by side: transformers `generate` vs vLLM on the same tiny model, prompts and sampling.
 
-Measures new tokens/s at several batch sizes (prompts × 1 sample; the tokens counted are those returned, a row that
-samples </s> stops early in both engines) and the time of one weight update through the production path (learner packs buckets → object
-store → engine loads in place), with its bytes and GB/s. Prints a table and writes JSON.
+Measures new tokens/s at several batch sizes (prompts × 1 sample; the tokens counted are those returned, a row
+that samples </s> stops early in both engines) and the time of one weight update through the production path
+(learner packs buckets → object store → engine loads in place), with its bytes and GB/s. Prints a table and
+writes JSON.
 
     bash deploy/install.sh --test && .venv/bin/python benchmarks/rollout.py --out runs/bench/rollout.json
 
-CPU note: vLLM's CPU backend binds its OpenMP threads to the cores it is given; both engines get the same cores.
+CPU note: vLLM's CPU backend binds its OpenMP threads to the cores it is given; both engines get the same
+cores.
 """
 
 from __future__ import annotations
@@ -29,8 +31,10 @@ def parse_args() -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--batches", type=int, nargs="+", default=list(BATCHES))
     p.add_argument("--max-new-tokens", type=int, default=32)
-    p.add_argument("--large-batch", type=int, default=256, help="from this batch size on, use --large-new-tokens")
-    p.add_argument("--large-new-tokens", type=int, default=16, help="fewer new tokens for the largest batches")
+    p.add_argument("--large-batch", type=int, default=256,
+                   help="from this batch size on, use --large-new-tokens")
+    p.add_argument("--large-new-tokens", type=int, default=16,
+                   help="fewer new tokens for the largest batches")
     p.add_argument("--repeats", type=int, default=3, help="weight updates timed (median reported)")
     p.add_argument("--engines", nargs="+", default=["hf", "vllm"], choices=["hf", "vllm"])
     p.add_argument("--out", default="runs/bench/rollout.json")
@@ -97,8 +101,8 @@ def time_weight_update(engine, cfg, tokenizer, repeats: int) -> dict:
         del handles, fetched
     nbytes = sum(b.nbytes for b in buckets)
     pack, load, total = (statistics.median(r[i] for r in runs) for i in range(3))
-    return {"bytes": nbytes, "tensors": len(state), "buckets": len(buckets), "publish_s": pack, "load_s": load,
-            "seconds": total, "gb_per_s": nbytes / total / 1e9}
+    return {"bytes": nbytes, "tensors": len(state), "buckets": len(buckets), "publish_s": pack,
+            "load_s": load, "seconds": total, "gb_per_s": nbytes / total / 1e9}
 
 
 def bench_engine(name: str, args, cfg, tokenizer) -> dict:
@@ -109,7 +113,8 @@ def bench_engine(name: str, args, cfg, tokenizer) -> dict:
         new = args.large_new_tokens if batch >= args.large_batch else args.max_new_tokens
         row = time_generation(engine, prompts_for(batch, tokenizer, cfg), new)
         result["generation"].append(row)
-        print(f"  {name}: batch {batch:4d} × {new} new tokens: {row['tokens_per_s']:8.0f} tokens/s", flush=True)
+        print(f"  {name}: batch {batch:4d} × {new} new tokens: {row['tokens_per_s']:8.0f} tokens/s",
+              flush=True)
     result["weight_update"] = time_weight_update(engine, cfg, tokenizer, args.repeats)
     return result
 

@@ -1,6 +1,6 @@
-"""Throughput against pool size, on whatever cluster it runs: the quickstart loop with 1..N rollout workers (and 1..M
-reward workers), side by side in one process, rounds alternating; steady-state samples/s (the first steps are
-dropped) and the share of each step the driver waited on generation / scoring. Table + JSON.
+"""Throughput against pool size, on whatever cluster it runs: the quickstart loop with 1..N rollout workers
+(and 1..M reward workers), side by side in one process, rounds alternating; steady-state samples/s (the first
+steps are dropped) and the share of each step the driver waited on generation / scoring. Table + JSON.
 
   python benchmarks/scaling.py --rollout 1 2 3 --reward 1 2 --steps 10 --out scaling.json
   RAY_ADDRESS=auto python benchmarks/scaling.py ...        # on a cluster
@@ -42,7 +42,8 @@ def one_run(rollout: int, reward: int, args, root: Path) -> dict:
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--rollout", type=int, nargs="+", default=[1, 2, 3])
     parser.add_argument("--reward", type=int, nargs="+", default=[1, 2])
     parser.add_argument("--steps", type=int, default=10)

@@ -1,9 +1,11 @@
-"""Where the time before the first trained step goes: `python benchmarks/startup.py [--out startup.json] [overrides]`.
+"""Where the time before the first trained step goes: `python benchmarks/startup.py [--out startup.json]
+[overrides]`.
 
 Times, from the driver, each stage the Controller runs while it starts (Ray, the rollout and reward pools, the
-learner rank group), the first weight sync, the waits for the pools' members, and the first step of the loop; each learner rank reports its own setup (worker
-start + imports, DeepSpeed import, process group, model builds, deepspeed.initialize). The stages are timed by
-wrapping the controller's own functions, so the numbers are those of a real `alignray train` start-up.
+learner rank group), the first weight sync, the waits for the pools' members, and the first step of the loop;
+each learner rank reports its own setup (worker start + imports, DeepSpeed import, process group, model
+builds, deepspeed.initialize). The stages are timed by wrapping the controller's own functions, so the numbers
+are those of a real `alignray train` start-up.
 """
 
 from __future__ import annotations

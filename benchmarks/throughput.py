@@ -2,9 +2,10 @@
 
     python benchmarks/throughput.py --steps 12 --out throughput.json [section.field=value ...]
 
-Runs the quickstart loop once per variant (default: synchronous, and async with max_staleness=1) on the same local
-Ray cluster, skips the first `--warmup` steps (actor start, JIT), and prints mean seconds per stage (generate, score,
-train, sync — as the driver waits for them), samples/s, tokens/s, and each variant's speed relative to the first.
+Runs the quickstart loop once per variant (default: synchronous, and async with max_staleness=1) on the same
+local Ray cluster, skips the first `--warmup` steps (actor start, JIT), and prints mean seconds per stage
+(generate, score, train, sync — as the driver waits for them), samples/s, tokens/s, and each variant's speed
+relative to the first.
 """
 
 from __future__ import annotations
@@ -60,12 +61,14 @@ def table(results: dict[str, dict]) -> str:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--steps", type=int, default=12)
     parser.add_argument("--warmup", type=int, default=2)
     parser.add_argument("--out", default="throughput.json")
     parser.add_argument("--variants", nargs="*", default=list(VARIANTS), choices=list(VARIANTS))
-    parser.add_argument("overrides", nargs="*", help="applied to every variant, e.g. rollout.max_new_tokens=64")
+    parser.add_argument("overrides", nargs="*",
+                        help="applied to every variant, e.g. rollout.max_new_tokens=64")
     args = parser.parse_args()
     results = {}
     with tempfile.TemporaryDirectory() as tmp:
@@ -73,8 +76,8 @@ def main() -> None:
             history = run_variant(VARIANTS[name] + args.overrides, args.steps, Path(tmp) / name.split("(")[0])
             results[name] = summarise(history, args.warmup)
     print(table(results))
-    Path(args.out).write_text(json.dumps({"steps": args.steps, "warmup": args.warmup, "overrides": args.overrides,
-                                          "results": results}, indent=2))
+    Path(args.out).write_text(json.dumps({"steps": args.steps, "warmup": args.warmup,
+                                          "overrides": args.overrides, "results": results}, indent=2))
     print(f"wrote {args.out}")
 
 

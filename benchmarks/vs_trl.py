@@ -3,11 +3,11 @@
 
 Same tiny random Llama (the quickstart's, saved once and loaded by both), byte-level tokenizer, built-in vowel
 prompts, rewards (vowel_ratio ×1 + length_target ×0.2), prompts × completions per step, new tokens, GRPO with
-kl_coef 0, lr 1e-3, token-mean loss, temperature 1. Each side runs in its own process: alignray in this virtual
-environment, TRL in its own (created under ~/.cache/alignray/trl-venv if missing: trl pinned, torch constrained to
-the CPU build). Round r runs both sides with seed r (sampling and data order), so the reward curves average over as
-many trajectories as rounds. Reported per side and round: steady completions/s (steps 6…N, wall between step ends),
-end-to-end wall of the process, and the reward curve.
+kl_coef 0, lr 1e-3, token-mean loss, temperature 1. Each side runs in its own process: alignray in this
+virtual environment, TRL in its own (created under ~/.cache/alignray/trl-venv if missing: trl pinned, torch
+constrained to the CPU build). Round r runs both sides with seed r (sampling and data order), so the reward
+curves average over as many trajectories as rounds. Reported per side and round: steady completions/s (steps
+6…N, wall between step ends), end-to-end wall of the process, and the reward curve.
 """
 
 from __future__ import annotations
@@ -40,7 +40,8 @@ def ensure_trl_venv() -> Path:
     subprocess.run([sys.executable, "-m", "venv", str(TRL_VENV)], check=True)
     constraints = TRL_VENV / "constraints.txt"
     constraints.write_text(TORCH_PIN + "\n")
-    subprocess.run([str(python), "-m", "pip", "install", "-q", "-c", str(constraints), TORCH_PIN, TRL_PIN], check=True)
+    subprocess.run([str(python), "-m", "pip", "install", "-q", "-c", str(constraints), TORCH_PIN, TRL_PIN],
+                   check=True)
     return python
 
 
@@ -49,7 +50,7 @@ def steady_rate(step_ends: list[float], completions: int) -> float:
     return completions * (len(step_ends) - WARMUP) / (step_ends[-1] - step_ends[WARMUP - 1])
 
 
-# ---- the alignray side (run as a subprocess of this file) -------------------------------------------------------
+# ---- the alignray side (run as a subprocess of this file) --------------------------------------------------
 def alignray_side(args: argparse.Namespace) -> None:
     t0 = time.perf_counter()
     from alignray.config import load_config
@@ -135,7 +136,8 @@ def main() -> None:
     sides = [*variants, "trl"]
     runs: dict[str, list[dict]] = {side: [] for side in sides}
     for r in range(args.rounds):
-        for side in sides if r % 2 == 0 else sides[::-1]:  # alternating, so load from other jobs hits all alike
+        # alternating, so load from other jobs hits all alike
+        for side in sides if r % 2 == 0 else sides[::-1]:
             result = work / f"{side.replace(':', '-')}-{r}.json"
             if side in variants:
                 cmd = [sys.executable, __file__, "--side", "alignray", "--shape", args.shape, "--steps",

@@ -1,18 +1,19 @@
 """One batch through alignray and through TRL's GRPOTrainer code, compared piece by piece:
 `python benchmarks/vs_trl_grad.py [--shape long] [--seed 0] [--out vs_trl_grad.json]`.
 
-Where benchmarks/vs_trl.py compares reward curves (random trajectories), this removes the randomness: alignray's HF
-engine samples one step's batch (the shape's prompts × samples × new tokens) from the exported tiny Llama, its reward
-worker code scores it and its learner code computes the GRPO advantages and the token-mean policy-loss gradient. The
-TRL side (trl 1.16 in its own virtual environment, this file run with `--side trl`) takes the same completion token
-ids and applies TRL's own rules: the completion mask (everything after the first EOS masked, the EOS kept),
-`batch_decode(skip_special_tokens=True)`, the two reward functions with weights [1, 0.2] summed before the
-normalisation, the group advantage (mean and Bessel std per group, + 1e-4) copied from
-`GRPOTrainer._generate_and_score_completions`, and `GRPOTrainer._compute_loss` (loss_type "dapo", β 0) for the
-gradient. Reported: whether decoded texts, masks and rewards agree, the largest advantage difference, and the
-relative L2 difference of the gradients, with TRL's advantages and with alignray's. The optimizer is checked in this
-process: alignray's DeepSpeed config (ZeRO-1, client torch AdamW, clipping 1.0) against plain torch AdamW with
-`clip_grad_norm_` (what the HF Trainer runs), five steps with gradient norms below and above the clip.
+Where benchmarks/vs_trl.py compares reward curves (random trajectories), this removes the randomness:
+alignray's HF engine samples one step's batch (the shape's prompts × samples × new tokens) from the exported
+tiny Llama, its reward worker code scores it and its learner code computes the GRPO advantages and the
+token-mean policy-loss gradient. The TRL side (trl 1.16 in its own virtual environment, this file run with
+`--side trl`) takes the same completion token ids and applies TRL's own rules: the completion mask (everything
+after the first EOS masked, the EOS kept), `batch_decode(skip_special_tokens=True)`, the two reward functions
+with weights [1, 0.2] summed before the normalisation, the group advantage (mean and Bessel std per group, +
+1e-4) copied from `GRPOTrainer._generate_and_score_completions`, and `GRPOTrainer._compute_loss` (loss_type
+"dapo", β 0) for the gradient. Reported: whether decoded texts, masks and rewards agree, the largest advantage
+difference, and the relative L2 difference of the gradients, with TRL's advantages and with alignray's. The
+optimizer is checked in this process: alignray's DeepSpeed config (ZeRO-1, client torch AdamW, clipping 1.0)
+against plain torch AdamW with `clip_grad_norm_` (what the HF Trainer runs), five steps with gradient norms
+below and above the clip.
 """
 
 from __future__ import annotations
@@ -57,8 +58,8 @@ def alignray_batch(model_dir: Path, prompts_file: Path, shape: str, seed: int, o
     ptoks = [np.array(tok(p, add_special_tokens=False)["input_ids"], dtype=np.int32) for p in prompts]
     engine = HFEngine(load_policy(cfg.model, len(tok)), tok.pad_token_id, tok.eos_token_id)
     comps = engine.generate(ptoks, SamplingSettings(max_new_tokens=new_tokens, n=samples, seed=seed))
-    pb = pa.record_batch({"prompt_id": pa.array(np.arange(n_prompts), pa.int64()), "prompt": pa.array(prompts),
-                          "prompt_tokens": list_array(ptoks, pa.int32())})
+    pb = pa.record_batch({"prompt_id": pa.array(np.arange(n_prompts), pa.int64()),
+                          "prompt": pa.array(prompts), "prompt_tokens": list_array(ptoks, pa.int32())})
     rollout = build_rollout_batch(pb, comps, 0, lambda t: tok.decode(t, skip_special_tokens=True))
     scored, _ = score_batch(rollout, build_scorers(cfg.reward.scorers, False), "fail")
     assert [s.weight for s in cfg.reward.scorers] == WEIGHTS
@@ -77,12 +78,14 @@ def alignray_batch(model_dir: Path, prompts_file: Path, shape: str, seed: int, o
                 "rewards": scored.column("reward").to_numpy().tolist(),
                 "advantages": (adv.sum(1) / seq.response_mask.sum(1)).tolist(), "loss": float(loss.detach()),
                 "grads": {n: p.grad.clone() for n, p in model.named_parameters()}}, out)
-    return {"completions": len(finish), "stopped_at_eos": finish.count("stop"), "truncated": finish.count("length"),
+    return {"completions": len(finish), "stopped_at_eos": finish.count("stop"),
+            "truncated": finish.count("length"),
             "loss_tokens": float(seq.response_mask.sum()), "alignray_loss": float(loss.detach())}
 
 
 def optimizer_check(model_dir: Path) -> list[dict]:
-    """alignray's DeepSpeed engine (ZeRO-1, torch AdamW, clipping 1.0) vs torch AdamW + clip_grad_norm_(1.0)."""
+    """alignray's DeepSpeed engine (ZeRO-1, torch AdamW, clipping 1.0) vs torch AdamW +
+    clip_grad_norm_(1.0)."""
     import copy
 
     import torch
@@ -90,7 +93,8 @@ def optimizer_check(model_dir: Path) -> list[dict]:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK="0", LOCAL_RANK="0", WORLD_SIZE="1")
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK="0", LOCAL_RANK="0",
+                      WORLD_SIZE="1")
     import deepspeed
     from transformers import AutoModelForCausalLM
 
@@ -99,7 +103,8 @@ def optimizer_check(model_dir: Path) -> list[dict]:
     deepspeed.init_distributed(dist_backend="gloo", auto_mpi_discovery=False)
     a = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32)
     b = copy.deepcopy(a)
-    engine, *_ = deepspeed.initialize(model=a, optimizer=torch.optim.AdamW(a.parameters(), lr=1e-3, weight_decay=0.0),
+    engine, *_ = deepspeed.initialize(model=a, optimizer=torch.optim.AdamW(a.parameters(), lr=1e-3,
+                                                                           weight_decay=0.0),
                                       config=deepspeed_config(32, 1, 1.0, 1))
     opt = torch.optim.AdamW(b.parameters(), lr=1e-3, weight_decay=0.0)
     gen = torch.Generator().manual_seed(0)
@@ -113,8 +118,10 @@ def optimizer_check(model_dir: Path) -> list[dict]:
         norm = torch.nn.utils.clip_grad_norm_(b.parameters(), 1.0)
         opt.step()
         opt.zero_grad()
-        diff = max((p - q).abs().max().item() for p, q in zip(engine.module.parameters(), b.parameters(), strict=True))
-        rows.append({"grad_norm_deepspeed": float(engine.get_global_grad_norm()), "grad_norm_torch": float(norm),
+        diff = max((p - q).abs().max().item() for p, q in zip(engine.module.parameters(), b.parameters(),
+                                                              strict=True))
+        rows.append({"grad_norm_deepspeed": float(engine.get_global_grad_norm()),
+                     "grad_norm_torch": float(norm),
                      "lr_deepspeed": engine.get_lr()[0], "max_abs_param_diff": diff})
     return rows
 
@@ -165,7 +172,8 @@ def trl_side(model_dir: str, batch_file: str, functions: str, result: str) -> No
     completions = tok.batch_decode(kept, skip_special_tokens=True)
     prompts = [p for p in b["prompts"] for _ in range(g)]
     per_func = torch.tensor([vowels(prompts, completions), length(prompts, completions)]).T
-    # GRPOTrainer._generate_and_score_completions, multi_objective_aggregation "sum_then_normalize", scale "group"
+    # GRPOTrainer._generate_and_score_completions, multi_objective_aggregation "sum_then_normalize", scale
+    # "group"
     rewards = (per_func * torch.tensor(WEIGHTS)[None]).nansum(dim=1)
     mean = torch.nanmean(rewards.view(-1, g), dim=1).repeat_interleave(g)
     std = nanstd(rewards.view(-1, g), dim=1).repeat_interleave(g)
@@ -189,7 +197,8 @@ def trl_side(model_dir: str, batch_file: str, functions: str, result: str) -> No
     _, err_same_adv = gradient_error(torch.tensor(b["advantages"]))
     Path(result).write_text(json.dumps({
         "decoded_text_equal": completions == b["responses"],
-        "loss_tokens_trl": int(completion_mask.sum()), "loss_tokens_alignray": sum(map(len, b["completion_ids"])),
+        "loss_tokens_trl": int(completion_mask.sum()), "loss_tokens_alignray": sum(map(len,
+                                                                                       b["completion_ids"])),
         "max_abs_reward_diff": float((rewards - torch.tensor(b["rewards"])).abs().max()),
         "max_abs_advantage_diff": float((advantages - torch.tensor(b["advantages"])).abs().max()),
         "min_group_std": float(std.min()), "trl_loss": trl_loss, "grad_norm": float(ref_norm),

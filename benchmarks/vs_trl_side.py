@@ -1,9 +1,10 @@
 """The TRL side of benchmarks/vs_trl.py, run by the TRL virtual environment's Python (no alignray import).
 
 GRPOTrainer on the same model folder, the built-in vowel prompts and the same two rule rewards (loaded from
-alignray's `rewards/functions.py` by path: it has stdlib imports only), beta 0, token-mean ("dapo") loss, rewards
-scaled per group, constant lr 1e-3, one optimizer step per generation batch, gradient checkpointing off (TRL turns it
-on by default; it only costs time on a model this small). Writes step end times and mean rewards.
+alignray's `rewards/functions.py` by path: it has stdlib imports only), beta 0, token-mean ("dapo") loss,
+rewards scaled per group, constant lr 1e-3, one optimizer step per generation batch, gradient checkpointing
+off (TRL turns it on by default; it only costs time on a model this small). Writes step end times and mean
+rewards.
 """
 
 from __future__ import annotations

@@ -1,4 +1,5 @@
-"""alignray: a Ray-distributed actor-learner RLHF system. Importing it installs the library patches (alignray.patches)."""
+"""alignray: a Ray-distributed actor-learner RLHF system. Importing it installs the library patches
+(alignray.patches)."""
 
 from alignray import patches
 

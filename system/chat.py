@@ -2,9 +2,11 @@
 
 `data.chat_template`:
 - `auto`: the tokenizer's own chat template (what the model was tuned on), else the plain format below;
-- `none`: the plain format — one `role: content` line per message, then `assistant:` — for models without a template;
+- `none`: the plain format — one `role: content` line per message, then `assistant:` — for models without a
+  template;
 - a path: a Jinja template file, rendered by the tokenizer as if it were its own.
-Templates render with the generation prompt (the assistant's turn opened), since the policy writes the next turn.
+Templates render with the generation prompt (the assistant's turn opened), since the policy writes the next
+turn.
 """
 
 from __future__ import annotations
@@ -19,7 +21,8 @@ def check_messages(value: object) -> str | None:
     if not isinstance(value, list) or not value:
         return f"must be a non-empty list of {{role, content}} messages, got {type(value).__name__}"
     for j, m in enumerate(value):
-        if not isinstance(m, dict) or not isinstance(m.get("role"), str) or not isinstance(m.get("content"), str):
+        if not isinstance(m, dict) or not isinstance(m.get("role"), str) or not isinstance(m.get("content"),
+                                                                                           str):
             return f"message {j}: expected {{role: string, content: string}}, got {str(m)[:80]}"
     if not any(m["content"].strip() for m in value):
         return "has only empty messages"

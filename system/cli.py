@@ -27,8 +27,8 @@ from alignray.quiet import VERBOSE_ENV, quiet_driver
 
 
 class Progress:
-    """The step counter: a tqdm bar on a terminal, kept on its own line (anything the driver prints meanwhile goes
-    above it); on a pipe or file, a plain line about every 5% of the run, so logs stay readable."""
+    """The step counter: a tqdm bar on a terminal, kept on its own line (anything the driver prints meanwhile
+    goes above it); on a pipe or file, a plain line about every 5% of the run, so logs stay readable."""
 
     def __init__(self, total: int, initial: int, enabled: bool):
         from tqdm import tqdm
@@ -144,9 +144,11 @@ def package_version() -> str:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="alignray", description="Ray-distributed RLHF with robust reward models")
+    parser = argparse.ArgumentParser(prog="alignray",
+                                     description="Ray-distributed RLHF with robust reward models")
     parser.add_argument("--version", action="version", version=f"alignray {package_version()}")
-    parser.add_argument("--verbose", action="store_true", help="show the workers' and Ray's logs (any command; "
+    parser.add_argument("--verbose", action="store_true",
+                        help="show the workers' and Ray's logs (any command; "
                         "also ALIGNRAY_VERBOSE=1)")
     sub = parser.add_subparsers(dest="command", required=False)
     train = sub.add_parser("train", help="run RL training (default: the quickstart preset)")
@@ -156,7 +158,8 @@ def build_parser() -> argparse.ArgumentParser:
     where.add_argument("--resume", metavar="RUN_DIR", help="continue a run from its latest checkpoint")
     train.add_argument("--verbose", action="store_true", default=argparse.SUPPRESS,
                        help="show the workers' and Ray's logs")
-    train.add_argument("overrides", nargs="*", help="dotted overrides, e.g. rollout.num_workers=2 algo.name=rloo")
+    train.add_argument("overrides", nargs="*",
+                       help="dotted overrides, e.g. rollout.num_workers=2 algo.name=rloo")
     train.set_defaults(func=_train)
     show = sub.add_parser("config", help="print the resolved config")
     show.add_argument("--config")
@@ -176,12 +179,14 @@ def build_parser() -> argparse.ArgumentParser:
     status.set_defaults(func=_status)
     rm = sub.add_parser("rm", help="reward models: train, evaluate, synthetic benchmarks")
     rm_sub = rm.add_subparsers(dest="rm_command", required=True)
-    rm_train = rm_sub.add_parser("train", help="train a reward model on Ray with DeepSpeed ranks (default: the "
+    rm_train = rm_sub.add_parser("train",
+                                 help="train a reward model on Ray with DeepSpeed ranks (default: the "
                                  "built-in example)")
     rm_train.add_argument("--config", help="YAML reward-model config (default: the built-in example, "
                           "system/presets/rm-quickstart.yaml)")
     rm_train.add_argument("--run-dir", help="output folder (default: a new folder under runs/rm/)")
-    rm_train.add_argument("overrides", nargs="*", help="dotted overrides, e.g. kind=bt epochs=2 learner.num_ranks=1")
+    rm_train.add_argument("overrides", nargs="*",
+                          help="dotted overrides, e.g. kind=bt epochs=2 learner.num_ranks=1")
     rm_eval = rm_sub.add_parser("eval", help="accuracy, calibration, spurious correlations of a reward model")
     rm_eval.add_argument("--model", required=True)
     rm_eval.add_argument("--data", required=True)

@@ -1,6 +1,7 @@
 """Typed run configuration: pydantic models, YAML loading, dotted command-line overrides.
 
-Every model forbids unknown keys, so a typo fails before any actor starts, with the dotted field name in the message.
+Every model forbids unknown keys, so a typo fails before any actor starts, with the dotted field name in the
+message.
 """
 
 from __future__ import annotations
@@ -24,7 +25,8 @@ class Section(BaseModel):
 
 
 class TinyModelConfig(Section):
-    """A randomly initialised Llama built from these sizes (used when `model.path` is empty: tests, quickstart)."""
+    """A randomly initialised Llama built from these sizes (used when `model.path` is empty: tests,
+    quickstart)."""
 
     hidden_size: int = Field(128, gt=0)
     intermediate_size: int = Field(256, gt=0)
@@ -37,7 +39,8 @@ class ModelConfig(Section):
     path: str | None = None
     """A local directory or hub name of a causal LM; empty builds `tiny` with random weights."""
     tokenizer: str | None = None
-    """Tokenizer directory or hub name; empty means `path`, or the built-in byte-level tokenizer for tiny models."""
+    """Tokenizer directory or hub name; empty means `path`, or the built-in byte-level tokenizer for tiny
+    models."""
     tiny: TinyModelConfig = TinyModelConfig()
     dtype: Literal["float32", "bfloat16", "float16"] = "float32"
     trust_remote_code: bool = False
@@ -47,7 +50,8 @@ class ModelConfig(Section):
 
 class DataConfig(Section):
     prompts: str = "builtin:vowels"
-    """A JSONL file (one object per line), a Parquet file or folder, a saved `datasets` folder, or `builtin:NAME`."""
+    """A JSONL file (one object per line), a Parquet file or folder, a saved `datasets` folder, or
+    `builtin:NAME`."""
     prompt_key: str = "prompt"
     messages_key: str = "messages"
     """Chat rows: a list of {role, content} under this key, used when a row has no `prompt_key`."""
@@ -84,7 +88,8 @@ class VllmConfig(Section):
     prefix_caching: bool = True
     """vLLM automatic prefix caching (the cache is reset after every weight update)."""
     nccl_port: int = Field(29555, gt=0, lt=65536)
-    """TCPStore port on learner rank 0 where engines join the weight-broadcast group (weight_transport: nccl)."""
+    """TCPStore port on learner rank 0 where engines join the weight-broadcast group (weight_transport:
+    nccl)."""
     log_level: str = "WARNING"
     """VLLM_LOGGING_LEVEL for the engine (unless already set in the environment)."""
 
@@ -117,7 +122,8 @@ class RolloutConfig(Section):
     engine: Literal["hf", "vllm"] = "hf"
     num_workers: int = Field(1, ge=1)
     autoscale: AutoscaleConfig = AutoscaleConfig()
-    """Between min and max members, by the generate-wait share (off unless min < max; starts at num_workers)."""
+    """Between min and max members, by the generate-wait share (off unless min < max; starts at
+    num_workers)."""
     samples_per_prompt: int = Field(4, ge=1)
     """Group size: GRPO/RLOO normalise rewards within the samples of one prompt."""
     max_new_tokens: int = Field(32, gt=0)
@@ -143,7 +149,8 @@ class ScorerConfig(Section):
     kwargs: dict[str, Any] = {}
     batch_size: int = Field(32, gt=0)
     gold: bool = False
-    """A reference ("gold") reward: needs weight 0; adds `reward/proxy_gold_gap/mean` = mean(reward − this)."""
+    """A reference ("gold") reward: needs weight 0; adds `reward/proxy_gold_gap/mean` = mean(reward −
+    this)."""
 
     @model_validator(mode="after")
     def _source_matches_type(self) -> ScorerConfig:
@@ -166,7 +173,8 @@ class RewardConfig(Section):
         ScorerConfig(name="length", function="length_target", weight=0.2, kwargs={"target": 24}),
     ]
     on_error: Literal["fail", "quarantine"] = "fail"
-    """A scorer that raises or returns NaN: `fail` stops the step naming the sample; `quarantine` drops the sample."""
+    """A scorer that raises or returns NaN: `fail` stops the step naming the sample; `quarantine` drops the
+    sample."""
     num_cpus: float = Field(1.0, gt=0)
     num_gpus: float = Field(0.0, ge=0)
     torch_threads: int = Field(1, ge=1)
@@ -200,16 +208,20 @@ class AlgoConfig(Section):
     gamma: float = Field(1.0, ge=0, le=1)
     lam: float = Field(0.95, ge=0, le=1)
     tis_cap: float | None = Field(None, gt=0)
-    """Truncated importance sampling cap for the rollout-engine/learner log-prob mismatch; empty disables it."""
+    """Truncated importance sampling cap for the rollout-engine/learner log-prob mismatch; empty disables
+    it."""
     value_clip: float | None = 0.2
     ppo_epochs: int = Field(1, ge=1)
     mini_batches: int = Field(1, ge=1)
-    """Optimizer steps per rollout batch (per epoch): the batch's prompt groups split into this many mini-batches."""
+    """Optimizer steps per rollout batch (per epoch): the batch's prompt groups split into this many
+    mini-batches."""
     old_logprobs: Literal["recompute", "rollout"] = "recompute"
-    """π_old of the PPO ratio: `recompute` (a learner forward, skipped when on-policy with one update) or `rollout`
-    (the engine's log-probs: never an extra forward, the ratio then also corrects engine/learner mismatch)."""
+    """π_old of the PPO ratio: `recompute` (a learner forward, skipped when on-policy with one update) or
+    `rollout` (the engine's log-probs: never an extra forward, the ratio then also corrects engine/learner
+    mismatch)."""
     log_kl: bool = False
-    """Run the reference forward to log `kl` even when kl_coef is 0 (otherwise it is skipped and `kl` is absent)."""
+    """Run the reference forward to log `kl` even when kl_coef is 0 (otherwise it is skipped and `kl` is
+    absent)."""
 
 
 class RanksConfig(Section):
@@ -234,7 +246,8 @@ class LearnerConfig(RanksConfig):
 
 
 class CallTimeouts(Section):
-    """Seconds an actor call of each kind may take before it counts as hung: the actor is killed and replaced."""
+    """Seconds an actor call of each kind may take before it counts as hung: the actor is killed and
+    replaced."""
 
     start: float = Field(600.0, gt=0)
     """An actor's start: model build, DeepSpeed init (op builds), its first weight load."""
@@ -253,12 +266,14 @@ class TrainConfig(Section):
     sync_interval: int = Field(1, ge=1)
     """Push learner weights to the rollout engines every this many steps."""
     max_staleness: int = Field(0, ge=0)
-    """Async mode: rollouts may be generated by a policy up to this many versions behind the learner (0 = sync)."""
+    """Async mode: rollouts may be generated by a policy up to this many versions behind the learner (0 =
+    sync)."""
     colocate: bool = False
-    """Generate and score inside the learner ranks: each rank samples its share of a step's prompts with the very
-    module it trains (no weight transfer) and scores them with `reward.scorers`; no rollout or reward workers start
-    (`rollout.num_workers`, `reward.num_workers` and scaling do not apply). Fewer processes: the fastest layout on a
-    single small machine. Needs `rollout.engine: hf`, `learner.zero_stage` ≤ 2 and `sync_interval: 1`."""
+    """Generate and score inside the learner ranks: each rank samples its share of a step's prompts with the
+    very module it trains (no weight transfer) and scores them with `reward.scorers`; no rollout or reward
+    workers start (`rollout.num_workers`, `reward.num_workers` and scaling do not apply). Fewer processes: the
+    fastest layout on a single small machine. Needs `rollout.engine: hf`, `learner.zero_stage` ≤ 2 and
+    `sync_interval: 1`."""
     save_interval: int = Field(0, ge=0)
     """Checkpoint every this many steps (0: only at the end)."""
     save_rollouts: bool = True
@@ -269,10 +284,12 @@ class TrainConfig(Section):
     """Metric sinks besides DIR/metrics.jsonl; mlflow and wandb are optional extras and write inside the run
     directory unless MLFLOW_TRACKING_URI / WANDB_API_KEY say otherwise (see alignray.driver.loggers)."""
     snapshot_interval: int = Field(5, ge=0)
-    """A light learner snapshot (DeepSpeed state, no HF export; only the latest is kept) every this many steps: a
-    learner rank that dies is recovered inside the run from the newest snapshot or checkpoint (0: checkpoints only)."""
+    """A light learner snapshot (DeepSpeed state, no HF export; only the latest is kept) every this many
+    steps: a learner rank that dies is recovered inside the run from the newest snapshot or checkpoint (0:
+    checkpoints only)."""
     max_restarts: int = Field(10, ge=0)
-    """Faults recovered per role (rollout, reward, learner) before the run stops naming the role and the cause."""
+    """Faults recovered per role (rollout, reward, learner) before the run stops naming the role and the
+    cause."""
     call_timeout_s: CallTimeouts = CallTimeouts()
 
 
@@ -297,11 +314,14 @@ class Config(Section):
         return self
 
     def _check_colocate(self) -> None:
-        needs = {"rollout.engine": (self.rollout.engine == "hf", f"'hf' (got '{self.rollout.engine}'; vLLM shares "
+        needs = {"rollout.engine": (self.rollout.engine == "hf",
+                                    f"'hf' (got '{self.rollout.engine}'; vLLM shares "
                                     "a GPU with the learner through rollout.vllm.sleep instead)"),
-                 "learner.zero_stage": (self.learner.zero_stage <= 2, f"at most 2 (got {self.learner.zero_stage}: "
+                 "learner.zero_stage": (self.learner.zero_stage <= 2,
+                                        f"at most 2 (got {self.learner.zero_stage}: "
                                         "ZeRO-3 ranks hold only a shard of each weight)"),
-                 "train.sync_interval": (self.train.sync_interval == 1, f"1 (got {self.train.sync_interval}: the "
+                 "train.sync_interval": (self.train.sync_interval == 1,
+                                         f"1 (got {self.train.sync_interval}: the "
                                          "ranks always sample with the weights they train)"),
                  "rollout.autoscale": (not self.rollout.autoscale.enabled, "off (there is no rollout pool)"),
                  "reward.autoscale": (not self.reward.autoscale.enabled, "off (there is no reward pool)")}

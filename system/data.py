@@ -1,12 +1,12 @@
 """Prompt sources: a built-in set for the quickstart, or a file validated row by row at the edge.
 
-Formats (`data.prompts`): JSONL (one object per line), Parquet (a file or a folder of files), a folder written by
-`datasets.Dataset.save_to_disk` (needs the `datasets` package). A row holds either a string under `prompt_key`, or a
-chat under `messages_key` (a list of {role, content}) rendered to text by `alignray.chat`.
+Formats (`data.prompts`): JSONL (one object per line), Parquet (a file or a folder of files), a folder written
+by `datasets.Dataset.save_to_disk` (needs the `datasets` package). A row holds either a string under
+`prompt_key`, or a chat under `messages_key` (a list of {role, content}) rendered to text by `alignray.chat`.
 
 Every bad row is either an error naming file, line (JSONL) or row (tables, counted from 0) and field, or (with
-`data.on_bad_row: skip`) dropped and counted — never a traceback from inside an actor. A prompt's id is its line number
-(JSONL) or its row index (tables), so any sample traces back to its source.
+`data.on_bad_row: skip`) dropped and counted — never a traceback from inside an actor. A prompt's id is its
+line number (JSONL) or its row index (tables), so any sample traces back to its source.
 """
 
 from __future__ import annotations
@@ -24,7 +24,8 @@ from alignray.chat import ChatRenderer, check_messages
 from alignray.config import DataConfig
 from alignray.errors import DataError
 
-_SUBJECTS = ["the sea", "a cat", "my garden", "winter", "an old town", "the moon", "a train", "coffee", "music",
+_SUBJECTS = ["the sea", "a cat", "my garden", "winter", "an old town", "the moon", "a train", "coffee",
+             "music",
              "the forest", "a storm", "bread", "a river", "the city", "snow", "a friend", "the desert", "rain",
              "a library", "the mountains"]
 _ASKS = ["Say something about {}.", "Describe {}.", "Write a line on {}.", "Tell me of {}.", "Sing about {}."]
@@ -46,7 +47,8 @@ class BadRow:
 
 @dataclass
 class PromptSet:
-    """Validated prompts as an Arrow table (prompt_id, prompt, prompt_tokens) plus what was skipped and why."""
+    """Validated prompts as an Arrow table (prompt_id, prompt, prompt_tokens) plus what was skipped and
+    why."""
 
     table: pa.Table
     source: str
@@ -59,14 +61,15 @@ class PromptSet:
         """The prompt batch for these row indices (a compact copy, so Ray ships only these rows)."""
         from alignray.schema import check_batch  # imports torch: kept out of the driver's pre-Ray checks
         taken = self.table.take(pa.array(indices, type=pa.int64())).combine_chunks()
-        batch = taken.to_batches()[0] if taken.num_rows else pa.RecordBatch.from_pylist([], schema=taken.schema)
+        batch = taken.to_batches()[0] if taken.num_rows else pa.RecordBatch.from_pylist([],
+                                                                                        schema=taken.schema)
         return check_batch(batch, "prompt", f"prompts from {self.source}")
 
 
 def jsonl_records(path: Path) -> Iterator[tuple[int, object]]:
-    """(line number, parsed value) for every non-blank line; a line that is not JSON or not UTF-8 yields a BadRow
-    instead, so each caller decides whether that is fatal (preference data) or skippable by policy (prompts).
-    A NUL byte means a binary file, not a bad line: that is a DataError at once."""
+    """(line number, parsed value) for every non-blank line; a line that is not JSON or not UTF-8 yields a
+    BadRow instead, so each caller decides whether that is fatal (preference data) or skippable by policy
+    (prompts). A NUL byte means a binary file, not a bad line: that is a DataError at once."""
     with path.open("rb") as f:
         for lineno, raw in enumerate(f, start=1):
             if NUL in raw:
@@ -75,7 +78,8 @@ def jsonl_records(path: Path) -> Iterator[tuple[int, object]]:
             try:
                 line = raw.decode("utf-8")
             except UnicodeDecodeError as e:
-                yield lineno, BadRow("not_utf8", f"{path}:{lineno}: not UTF-8 text (byte 0x{raw[e.start]:02x} at "
+                yield lineno, BadRow("not_utf8",
+                                     f"{path}:{lineno}: not UTF-8 text (byte 0x{raw[e.start]:02x} at "
                                                  f"byte column {e.start + 1})")
                 continue
             if not line.strip():
@@ -83,7 +87,8 @@ def jsonl_records(path: Path) -> Iterator[tuple[int, object]]:
             try:
                 yield lineno, json.loads(line)
             except json.JSONDecodeError as e:
-                yield lineno, BadRow("bad_json", f"{path}:{lineno}: not valid JSON ({e.msg} at column {e.colno})")
+                yield lineno, BadRow("bad_json",
+                                     f"{path}:{lineno}: not valid JSON ({e.msg} at column {e.colno})")
 
 
 def _is_parquet(path: Path) -> bool:
@@ -96,7 +101,8 @@ def _is_saved_dataset(path: Path) -> bool:
 
 
 def read_table(path: Path, split: str = "train") -> pa.Table:
-    """A Parquet file or folder, or a saved `datasets` folder (split `split` of a DatasetDict), as an Arrow table."""
+    """A Parquet file or folder, or a saved `datasets` folder (split `split` of a DatasetDict), as an Arrow
+    table."""
     if _is_saved_dataset(path):
         try:
             import datasets
@@ -121,7 +127,8 @@ def read_table(path: Path, split: str = "train") -> pa.Table:
 
 
 def _records(path: Path, cfg: DataConfig) -> Iterator[tuple[int, str, object]]:
-    """(prompt id, where — for messages —, row dict or BadRow) for every row of the file, whatever its format."""
+    """(prompt id, where — for messages —, row dict or BadRow) for every row of the file, whatever its
+    format."""
     if not path.exists():
         raise DataError(f"data.prompts: file not found: {path}")
     if path.is_dir() or _is_parquet(path):
@@ -151,13 +158,16 @@ def _prompt_of(obj: object, where: str, cfg: DataConfig, render: ChatRenderer) -
         try:
             text = render(obj[cfg.messages_key])
         except Exception as e:  # noqa: BLE001 - a template that raises (e.g. on role order) names the row
-            return BadRow("chat_template", f"{where}: the chat template failed on field '{cfg.messages_key}': "
+            return BadRow("chat_template",
+                          f"{where}: the chat template failed on field '{cfg.messages_key}': "
                                            f"{type(e).__name__}: {e}")
         if not text.strip():
-            return BadRow("empty_prompt", f"{where}: the chat template rendered field '{cfg.messages_key}' empty")
+            return BadRow("empty_prompt",
+                          f"{where}: the chat template rendered field '{cfg.messages_key}' empty")
         return text
     if key not in obj:
-        return BadRow("missing_field", f"{where}: missing field '{key}' or '{cfg.messages_key}' (fields: {sorted(obj)})")
+        return BadRow("missing_field",
+                      f"{where}: missing field '{key}' or '{cfg.messages_key}' (fields: {sorted(obj)})")
     if not isinstance(obj[key], str):
         return BadRow("not_string", f"{where}: field '{key}' must be a string, got {type(obj[key]).__name__}")
     if not obj[key].strip():
@@ -173,9 +183,10 @@ def _rows(cfg: DataConfig) -> Iterator[tuple[int, str, object]]:
 
 
 def check_prompt_file(cfg: DataConfig) -> None:
-    """What can be wrong with the prompts before any tokenizer exists — a missing or binary file, a line that is not
-    UTF-8 or JSON, missing fields, malformed messages, a missing template file — raised now, so the driver answers
-    in a second (no torch, no transformers). Lengths and template rendering are checked by `load_prompts`."""
+    """What can be wrong with the prompts before any tokenizer exists — a missing or binary file, a line that
+    is not UTF-8 or JSON, missing fields, malformed messages, a missing template file — raised now, so the
+    driver answers in a second (no torch, no transformers). Lengths and template rendering are checked by
+    `load_prompts`."""
     ChatRenderer(cfg.chat_template, None)
     usable = 0
     for _, where, obj in _rows(cfg):

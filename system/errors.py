@@ -1,4 +1,5 @@
-"""Errors a user can act on. The CLI prints these without a traceback, also when they come from inside a Ray actor."""
+"""Errors a user can act on. The CLI prints these without a traceback, also when they come from inside a Ray
+actor."""
 
 from __future__ import annotations
 
@@ -22,11 +23,13 @@ class SchemaError(AlignrayError):
 
 
 class RewardError(AlignrayError):
-    """A reward scorer raised or returned a non-finite value; the message names the scorer and the sample id."""
+    """A reward scorer raised or returned a non-finite value; the message names the scorer and the sample
+    id."""
 
 
 def format_validation_error(err: ValidationError, source: str, root: type[BaseModel]) -> str:
-    """A pydantic error as the ConfigError message: one line per field, unknown fields with the allowed ones."""
+    """A pydantic error as the ConfigError message: one line per field, unknown fields with the allowed
+    ones."""
     lines = [f"invalid config ({source}):"]
     for e in err.errors():
         field = ".".join(str(p) for p in e["loc"]) or "<root>"

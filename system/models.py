@@ -1,8 +1,8 @@
 """Build or load the policy, reference, critic and tokenizer.
 
-No hub is needed: with `model.path` empty a tiny Llama is built from config with seeded random weights and a byte-level
-tokenizer (every UTF-8 byte is a token; it is a `tokenizer.json`, so transformers and vLLM both load it).
-Real model paths and hub names work the same way for users who have them.
+No hub is needed: with `model.path` empty a tiny Llama is built from config with seeded random weights and a
+byte-level tokenizer (every UTF-8 byte is a token; it is a `tokenizer.json`, so transformers and vLLM both
+load it). Real model paths and hub names work the same way for users who have them.
 """
 
 from __future__ import annotations
@@ -34,10 +34,12 @@ def tiny_config(cfg: ModelConfig, vocab_size: int) -> LlamaConfig:
 
 
 def load_policy(cfg: ModelConfig, vocab_size: int | None = None) -> PreTrainedModel:
-    """The causal LM that is trained (also the frozen reference: call it twice, both start from the same weights)."""
+    """The causal LM that is trained (also the frozen reference: call it twice, both start from the same
+    weights)."""
     dtype = DTYPES[cfg.dtype]
     if cfg.path:
-        return AutoModelForCausalLM.from_pretrained(cfg.path, dtype=dtype, trust_remote_code=cfg.trust_remote_code)
+        return AutoModelForCausalLM.from_pretrained(cfg.path, dtype=dtype,
+                                                    trust_remote_code=cfg.trust_remote_code)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(cfg.seed)
         model = AutoModelForCausalLM.from_config(tiny_config(cfg, vocab_size or len(build_byte_tokenizer())))
@@ -48,7 +50,8 @@ def load_critic(cfg: ModelConfig, vocab_size: int | None = None) -> PreTrainedMo
     """A per-token value model (PPO): the policy's trunk with a one-output token-classification head."""
     dtype = DTYPES[cfg.dtype]
     if cfg.path:
-        return AutoModelForTokenClassification.from_pretrained(  # no dropout: V_old and V must be one function
+        # no dropout: V_old and V must be one function
+        return AutoModelForTokenClassification.from_pretrained(
             cfg.path, num_labels=1, dtype=dtype, trust_remote_code=cfg.trust_remote_code, classifier_dropout=0.0)
     config = tiny_config(cfg, vocab_size or len(build_byte_tokenizer()))
     config.num_labels = 1
@@ -69,6 +72,7 @@ def save_hf(model: PreTrainedModel, tokenizer, out_dir: str | Path, state_dict: 
 
 
 def materialise_tiny(cfg: ModelConfig, out_dir: str | Path) -> Path:
-    """Save the tiny random policy and its tokenizer as an HF folder (what vLLM and `model.path` users load)."""
+    """Save the tiny random policy and its tokenizer as an HF folder (what vLLM and `model.path` users
+    load)."""
     tok = load_tokenizer(cfg)
     return save_hf(load_policy(cfg, len(tok)), tok, out_dir)

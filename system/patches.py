@@ -1,13 +1,16 @@
-"""Library patches, all in one place, installed once per process (`import alignray` installs them) and independent of
-import order: each applies when its library module is imported, whichever module imports it first.
+"""Library patches, all in one place, installed once per process (`import alignray` installs them) and
+independent of import order: each applies when its library module is imported, whichever module imports it
+first.
 
-- transformers imports scikit-learn (≈1.5 s of CPU in every process that builds a model or an Auto class) only for
-  assisted generation's candidate filtering, which alignray never uses: `is_sklearn_available` answers False.
-- DeepSpeed's autotuner imports MLflow only to log autotuning, which alignray never runs: MLflow is kept out while
-  DeepSpeed imports (a later `import mlflow`, e.g. `train.loggers: [mlflow]`, works as usual).
-- DeepSpeed's Muon optimizer module `torch.compile`s its kernels on import, which pulls in inductor (≈1.6 s of CPU per
-  rank, on the critical path, during ZeRO's sanity check) for an optimizer alignray never uses (its optimizer is
-  AdamW): it is imported uncompiled; Muon would still run correctly (eagerly) if anything used it.
+- transformers imports scikit-learn (≈1.5 s of CPU in every process that builds a model or an Auto class) only
+  for assisted generation's candidate filtering, which alignray never uses: `is_sklearn_available` answers
+  False.
+- DeepSpeed's autotuner imports MLflow only to log autotuning, which alignray never runs: MLflow is kept out
+  while DeepSpeed imports (a later `import mlflow`, e.g. `train.loggers: [mlflow]`, works as usual).
+- DeepSpeed's Muon optimizer module `torch.compile`s its kernels on import, which pulls in inductor (≈1.6 s of
+  CPU per rank, on the critical path, during ZeRO's sanity check) for an optimizer alignray never uses (its
+  optimizer is AdamW): it is imported uncompiled; Muon would still run correctly (eagerly) if anything used
+  it.
 Together ≈ 3 s of CPU less per learner rank at start-up, when every rank imports at once.
 """
 
@@ -23,7 +26,8 @@ from types import ModuleType
 
 @contextmanager
 def absent(*modules: str) -> Iterator[None]:
-    """Inside the block `import m` raises ImportError for each module not yet imported. Restored afterwards."""
+    """Inside the block `import m` raises ImportError for each module not yet imported. Restored
+    afterwards."""
     blocked = [m for m in modules if m not in sys.modules]
     for m in blocked:
         sys.modules[m] = None  # type: ignore[assignment]

@@ -1,7 +1,7 @@
 """Quiet by default: known, harmless library noise is filtered in the driver and in every Ray worker.
 
-Each Ray worker runs `quiet()` at start (`runtime_env.worker_process_setup_hook`), before any actor imports torch,
-transformers or DeepSpeed. Workers' output reaches the terminal only with `alignray train --verbose`
+Each Ray worker runs `quiet()` at start (`runtime_env.worker_process_setup_hook`), before any actor imports
+torch, transformers or DeepSpeed. Workers' output reaches the terminal only with `alignray train --verbose`
 (ALIGNRAY_VERBOSE=1): errors travel back as exceptions and print as one line either way.
 """
 
@@ -22,7 +22,8 @@ KNOWN_WARNINGS: list[tuple[type[Warning], str]] = [
     (FutureWarning, r"`torch\.distributed\._reduce_scatter_base` is a private function"),
     (UserWarning, r"The given NumPy array is not writable"),  # zero-copy Arrow views, read-only by design
     (UserWarning, r"The given buffer is not writable"),
-    (DeprecationWarning, r"The ``noload`` loader strategy is deprecated"),  # mlflow's SQL store, on SQLAlchemy 2
+    # mlflow's SQL store, on SQLAlchemy 2
+    (DeprecationWarning, r"The ``noload`` loader strategy is deprecated"),
 ]
 # Variables read when the libraries are imported: progress bars of save_pretrained, info-level chatter.
 QUIET_ENV = {"HF_HUB_DISABLE_PROGRESS_BARS": "1", "TRANSFORMERS_VERBOSITY": "error"}
@@ -50,8 +51,8 @@ class _DropMessages(logging.Filter):
 
 
 def quiet_driver() -> None:
-    """The driver's share: the known warnings, and Ray's note that token auth is on by default (it is what we want;
-    the warning when it is *off* still shows)."""
+    """The driver's share: the known warnings, and Ray's note that token auth is on by default (it is what we
+    want; the warning when it is *off* still shows)."""
     quiet()
     auth = logging.getLogger("ray._private.authentication.authentication_token_setup")
     if not verbose() and not any(isinstance(f, _DropMessages) for f in auth.filters):

@@ -1,10 +1,11 @@
-"""What travels between actors: Arrow schemas of the three batches, checks at every boundary, read zero-copy by the learner (`alignray.learner.batch`).
+"""What travels between actors: Arrow schemas of the three batches, checks at every boundary, read zero-copy
+by the learner (`alignray.learner.batch`).
 
-prompt batch  ─rollout→  rollout batch  ─reward→  scored batch  ─learner
-(No experience batch: each learner rank computes the advantages of its shard with the whole step's statistics —
-alignray.learner.train_step — so they equal the one-big-batch values without another round trip through the store.)
-Ragged token columns are list<int32>, log-probs list<float32>. Batches are pyarrow.RecordBatch: Ray's object store
-holds their buffers once, and a reader maps them without a copy.
+prompt batch  ─rollout→  rollout batch  ─reward→  scored batch  ─learner (No experience batch: each learner
+rank computes the advantages of its shard with the whole step's statistics — alignray.learner.train_step — so
+they equal the one-big-batch values without another round trip through the store.) Ragged token columns are
+list<int32>, log-probs list<float32>. Batches are pyarrow.RecordBatch: Ray's object store holds their buffers
+once, and a reader maps them without a copy.
 """
 
 from __future__ import annotations
@@ -43,7 +44,8 @@ SCHEMAS: dict[str, pa.Schema] = {
 def check_batch(batch: pa.RecordBatch, kind: str, where: str = "") -> pa.RecordBatch:
     """Raise SchemaError naming the column unless `batch` carries every field of `kind` with its exact type.
 
-    Extra columns are allowed only as float32 `reward_<component>` (and other scorer outputs) on scored and later batches.
+    Extra columns are allowed only as float32 `reward_<component>` (and other scorer outputs) on scored and
+    later batches.
     """
     at = f" at {where}" if where else ""
     if not isinstance(batch, pa.RecordBatch):

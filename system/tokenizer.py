@@ -1,7 +1,9 @@
-"""The policy's tokenizer: a byte-level tokenizer built here (no hub), or one loaded from `model.tokenizer`/`model.path`.
+"""The policy's tokenizer: a byte-level tokenizer built here (no hub), or one loaded from
+`model.tokenizer`/`model.path`.
 
-Torch-free on purpose: the driver tokenizes and validates the prompts before any actor starts, and importing torch (or
-transformers' Auto classes, which import it) there would cost every run seconds of start-up on the critical path.
+Torch-free on purpose: the driver tokenizes and validates the prompts before any actor starts, and importing
+torch (or transformers' Auto classes, which import it) there would cost every run seconds of start-up on the
+critical path.
 """
 
 from __future__ import annotations
@@ -19,7 +21,8 @@ SPECIAL_TOKENS = ("<pad>", "<s>", "</s>")
 
 
 def build_byte_tokenizer() -> PreTrainedTokenizerFast:
-    """A byte-level BPE tokenizer with no merges: ids 0-2 are <pad>, <s>, </s>; ids 3..258 are the 256 bytes."""
+    """A byte-level BPE tokenizer with no merges: ids 0-2 are <pad>, <s>, </s>; ids 3..258 are the 256
+    bytes."""
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers
     from transformers.convert_slow_tokenizer import bytes_to_unicode
 
@@ -54,8 +57,9 @@ def load_tokenizer(cfg: ModelConfig) -> PreTrainedTokenizerFast:
 
 
 def _generic_fast_tokenizer(source: str) -> bool:
-    """A local folder whose tokenizer_config.json names the generic PreTrainedTokenizerFast (as `save_pretrained` of
-    the byte tokenizer writes): AutoTokenizer resolves it to that very class, so it is loaded directly."""
+    """A local folder whose tokenizer_config.json names the generic PreTrainedTokenizerFast (as
+    `save_pretrained` of the byte tokenizer writes): AutoTokenizer resolves it to that very class, so it is
+    loaded directly."""
     folder = Path(source)
     try:
         config = json.loads((folder / "tokenizer_config.json").read_text())

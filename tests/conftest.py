@@ -36,8 +36,8 @@ def ray_cluster():
 
 def tiny_overrides(**extra: object) -> list[str]:
     """A quickstart that finishes in seconds: few prompts, short responses, progress bar off."""
-    base = {"train.steps": 3, "train.prompts_per_step": 4, "rollout.max_new_tokens": 8, "train.progress": False,
-            "rollout.samples_per_prompt": 2}
+    base = {"train.steps": 3, "train.prompts_per_step": 4, "rollout.max_new_tokens": 8,
+            "train.progress": False, "rollout.samples_per_prompt": 2}
     base.update(extra)
     return [f"{k}={v}" for k, v in base.items()]
 
@@ -57,7 +57,8 @@ def close(actual, expected, atol: float = 1e-5) -> None:
 
 
 def records_of(data) -> list[dict]:
-    """PreferenceData as JSONL rows (prompt, chosen, rejected, chosen_<a>/rejected_<a>, ratings, counterfactual)."""
+    """PreferenceData as JSONL rows (prompt, chosen, rejected, chosen_<a>/rejected_<a>, ratings,
+    counterfactual)."""
     records = []
     for i in range(len(data)):
         row = {"prompt": data.prompts[i], "chosen": data.chosen[i], "rejected": data.rejected[i]}

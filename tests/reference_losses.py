@@ -1,5 +1,5 @@
-"""Reference implementations of the loss formulas on one whole batch (aggregate over [B, T], then the mean): the
-numbers the learner's Objective, which splits a batch over ranks and micro-batches, must reproduce."""
+"""Reference implementations of the loss formulas on one whole batch (aggregate over [B, T], then the mean):
+the numbers the learner's Objective, which splits a batch over ranks and micro-batches, must reproduce."""
 
 from __future__ import annotations
 
@@ -61,8 +61,8 @@ def policy_loss(
     approx_kl = mean over valid tokens of (ratio - 1) - log ratio (k3 estimate of KL(old || new), as in
     CleanRL), ratio_mean (mean ratio over valid tokens).
     """
-    terms = policy_loss_per_token(logp, old_logp, advantages, mask, clip_eps=clip_eps, clip_eps_high=clip_eps_high,
-                                  dual_clip=dual_clip, is_weights=is_weights)
+    terms = policy_loss_per_token(logp, old_logp, advantages, mask, clip_eps=clip_eps,
+                                  clip_eps_high=clip_eps_high, dual_clip=dual_clip, is_weights=is_weights)
     total = aggregate(terms.loss, mask, agg, norm_len)
     with torch.no_grad():
         stats = {

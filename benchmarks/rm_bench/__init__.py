@@ -1,6 +1,7 @@
 """Reward-model benchmarks with known ground truth: `alignray rm bench NAME --out results.json`.
 
-Each entry is `run(out: str | None = None, quick: bool = False) -> dict`, printing a table and writing JSON."""
+Each entry is `run(out: str | None = None, quick: bool = False) -> dict`, printing a table and writing
+JSON."""
 
 from __future__ import annotations
 

@@ -1,17 +1,19 @@
-"""concept-text / sycophancy-text: a spurious attribute on real sentences, scored with the pretrained MiniLM encoder.
+"""concept-text / sycophancy-text: a spurious attribute on real sentences, scored with the pretrained MiniLM
+encoder.
 
-Data (text_grammar.py, seeded): pairs of restaurant-advice answers with hidden quality q ∈ 0..4 (distinct within a
-pair; the true winner has the higher q). Training: the attribute (concept: price / ambience remark; sycophancy: a
-flattering opener) is on 80 % of the truly better and 20 % of the truly worse responses, then a share `noise`
-(0 / 10 / 25 %) of the labels is flipped — so with noise the concept sits on ~65 % of chosen responses, and inside
-the observed-chosen group it still marks the truly better ones. Test: the attribute is on each response with
-probability 1/2, independent of quality; labels are clean. Every chosen response has an exact counterfactual (the
-attribute sentence removed, or one inserted), in training rows too (`counterfactual: {concept: text}`).
+Data (text_grammar.py, seeded): pairs of restaurant-advice answers with hidden quality q ∈ 0..4 (distinct
+within a pair; the true winner has the higher q). Training: the attribute (concept: price / ambience remark;
+sycophancy: a flattering opener) is on 80 % of the truly better and 20 % of the truly worse responses, then a
+share `noise` (0 / 10 / 25 %) of the labels is flipped — so with noise the concept sits on ~65 % of chosen
+responses, and inside the observed-chosen group it still marks the truly better ones. Test: the attribute is
+on each response with probability 1/2, independent of quality; labels are clean. Every chosen response has an
+exact counterfactual (the attribute sentence removed, or one inserted), in training rows too (`counterfactual:
+{concept: text}`).
 
-Models: a head (384 → 64 → 1) on frozen mean-pooled MiniLM features, trained with the same objective as the full
-trainer (features.py). Reported per recipe, mean over training seeds (label flips and head init differ per seed):
-accuracy; bias gap = acc(attribute on the chosen side only) - acc(on the rejected side only), for "present" and per
-value; counterfactual |Δr| relative to the reward std (and absolute); the λ `auto` chose.
+Models: a head (384 → 64 → 1) on frozen mean-pooled MiniLM features, trained with the same objective as the
+full trainer (features.py). Reported per recipe, mean over training seeds (label flips and head init differ
+per seed): accuracy; bias gap = acc(attribute on the chosen side only) - acc(on the rejected side only), for
+"present" and per value; counterfactual |Δr| relative to the reward std (and absolute); the λ `auto` chose.
 """
 
 from __future__ import annotations
@@ -31,8 +33,9 @@ from alignray.rm.preference_data import PreferenceData
 from rm_bench.common import finish, format_rows, quiet_transformers
 from rm_bench.features import FeatureBank, fit_head, minilm_path
 
-# name → RewardTrainConfig fields (kind causal unless "bt"); "default" is what a bare `kind: causal` config does;
-# _without_counterfactuals: the training rows lose their counterfactuals (the λ rule falls back to the MMD statistic)
+# name → RewardTrainConfig fields (kind causal unless "bt"); "default" is what a bare `kind: causal` config
+# does; _without_counterfactuals: the training rows lose their counterfactuals (the λ rule falls back to the
+# MMD statistic)
 RECIPES: dict[str, dict[str, Any]] = {
     "bt": {"kind": "bt"},
     "causal cond λ=1 (paper)": {"mmd_lambda": 1.0, "cf_weight": 0.0},
@@ -59,7 +62,8 @@ def train_recipe(name: str, base: dict[str, Any], train: PreferenceData, bank: F
                  ) -> tuple[Any, RewardTrainConfig, dict | None]:
     fields = {**base, "seed": seed, **RECIPES[name]}
     if fields.pop("_without_counterfactuals", False):
-        train = PreferenceData(train.prompts, train.chosen, train.rejected, train.attributes, source=train.source)
+        train = PreferenceData(train.prompts, train.chosen, train.rejected, train.attributes,
+                               source=train.source)
     cfg = RewardTrainConfig(**{"kind": "causal", **fields})
     if cfg.kind != "causal":
         return fit_head(cfg, train, bank), cfg, None

@@ -1,5 +1,5 @@
-"""Reward heads on cached features of a frozen pretrained encoder: the real-text benchmarks embed every (prompt,
-response) once with MiniLM and train only a small head, so a full run takes minutes on CPU.
+"""Reward heads on cached features of a frozen pretrained encoder: the real-text benchmarks embed every
+(prompt, response) once with MiniLM and train only a small head, so a full run takes minutes on CPU.
 
 The features are exactly what a ScalarRewardModel on the same encoder pools from its last hidden layer: the
 `encode_pairs` layout ([CLS] prompt [SEP] response [SEP]) and the masked mean. The heads train with
@@ -39,7 +39,8 @@ def cache_dir() -> Path:
 
 
 class FeatureBank:
-    """(prompt, response) → frozen-encoder feature vector; embeds what it has not seen, caches on disk per text set."""
+    """(prompt, response) → frozen-encoder feature vector; embeds what it has not seen, caches on disk per
+    text set."""
 
     def __init__(self, model_path: str, max_length: int = 128, batch_size: int = 64):
         self.model_path, self.max_length, self.batch_size = model_path, max_length, batch_size
@@ -72,7 +73,8 @@ class FeatureBank:
         for start in range(0, len(pairs), self.batch_size):
             chunk = pairs[start:start + self.batch_size]
             batch = encode_pairs(tokenizer, [p for p, _ in chunk], [r for _, r in chunk], self.max_length)
-            hidden = encoder(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).last_hidden_state
+            hidden = encoder(input_ids=batch["input_ids"],
+                             attention_mask=batch["attention_mask"]).last_hidden_state
             parts.append(pool(hidden, batch["attention_mask"], "mean").float().numpy())
         return np.concatenate(parts)
 
@@ -98,7 +100,8 @@ def new_head(dim: int) -> nn.Module:
 
 def fit_head(cfg: RewardTrainConfig, data: PreferenceData, bank: FeatureBank, bins: np.ndarray | None = None,
              swap: np.ndarray | None = None) -> FeatureRewardModel:
-    """AdamW on the head, cfg.epochs shuffled passes of cfg.batch_size pairs; the causal terms as in cfg (λ, μ numeric)."""
+    """AdamW on the head, cfg.epochs shuffled passes of cfg.batch_size pairs; the causal terms as in cfg (λ, μ
+    numeric)."""
     torch.manual_seed(cfg.seed)
     fc, fr = bank.lookup(data.prompts, data.chosen), bank.lookup(data.prompts, data.rejected)
     head = new_head(fc.shape[1])

@@ -1,11 +1,11 @@
 """haf-small-data: BT vs the DPO implicit reward vs HAF-RM (BT + 0.2·DPO) on small, noisy preference data.
 
-Generator (seeded): responses of L tokens, each 'g*' (good) with probability q ~ U(0, 1), else 'b*' — a token-level
-pattern; hidden quality = share of good tokens. Train: 200 pairs, L ∈ [4, 12], labels P(A ≻ B) = σ(8 Δq) (noisy).
-Test in distribution: L ∈ [4, 12]; shifted: L ∈ [16, 28]; the higher hidden quality wins. All three models share
-one architecture (tiny Llama trunk + LM head + zero-init reward head), differ only in the loss:
-BT = reward head only (α = 0); DPO = LM head only, scored by β(log π - log π_ref); HAF = BT + 0.2 · DPO(β = 0.1),
-scored by the reward head. Mean and std over 3 seeds.
+Generator (seeded): responses of L tokens, each 'g*' (good) with probability q ~ U(0, 1), else 'b*' — a
+token-level pattern; hidden quality = share of good tokens. Train: 200 pairs, L ∈ [4, 12], labels P(A ≻ B) =
+σ(8 Δq) (noisy). Test in distribution: L ∈ [4, 12]; shifted: L ∈ [16, 28]; the higher hidden quality wins. All
+three models share one architecture (tiny Llama trunk + LM head + zero-init reward head), differ only in the
+loss: BT = reward head only (α = 0); DPO = LM head only, scored by β(log π - log π_ref); HAF = BT + 0.2 ·
+DPO(β = 0.1), scored by the reward head. Mean and std over 3 seeds.
 """
 
 from __future__ import annotations
@@ -56,8 +56,8 @@ def run(out: str | None = None, quick: bool = False) -> dict[str, Any]:
     for seed in seeds:
         train = make_data(200, seed, (4, 12), noisy=True)
         for name, overrides in variants.items():
-            cfg = RewardTrainConfig(kind="haf", tiny_model=tiny, epochs=8, batch_size=16, lr=1e-3, max_length=40,
-                                    seed=seed, dpo_beta=0.1, **overrides)
+            cfg = RewardTrainConfig(kind="haf", tiny_model=tiny, epochs=8, batch_size=16, lr=1e-3,
+                                    max_length=40, seed=seed, dpo_beta=0.1, **overrides)
             model = train_reward_model(cfg, train)
             for split, data in splits.items():
                 if name.startswith("DPO"):
@@ -75,7 +75,7 @@ def run(out: str | None = None, quick: bool = False) -> dict[str, Any]:
             row[f"{split}_std"] = float(np.std(accs))
         rows.append(row)
     results = {"rows": rows, "seeds": seeds, "train_pairs": 200, "per_seed": scores}
-    table = format_rows(f"haf-small-data (200 noisy pairs, {len(seeds)} seeds; accuracy on hidden quality)", rows,
-                        ["model", "in_distribution_acc", "in_distribution_std", "shifted_length_acc",
+    table = format_rows(f"haf-small-data (200 noisy pairs, {len(seeds)} seeds; accuracy on hidden quality)",
+                        rows, ["model", "in_distribution_acc", "in_distribution_std", "shifted_length_acc",
                          "shifted_length_std"])
     return finish("haf-small-data", results, table, out, started)

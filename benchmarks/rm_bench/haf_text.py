@@ -1,17 +1,19 @@
-"""haf-text: BT vs HAF-RM (BT + α·DPO on a shared trunk) on real sentences with MiniLM, in the regime the HAF-RM paper
-reports a gain in (arXiv 2407.04185: little preference data, evaluation off the training distribution).
+"""haf-text: BT vs HAF-RM (BT + α·DPO on a shared trunk) on real sentences with MiniLM, in the regime the
+HAF-RM paper reports a gain in (arXiv 2407.04185: little preference data, evaluation off the training
+distribution).
 
-Data (text_grammar.py's restaurant-advice answers, seeded, no attribute sentence): 4 content sentences, q of them
-helpful (q ∈ 0..4 is the hidden quality; the higher q wins). The sentence templates are split: training and the
-in-distribution test use helpful templates 0-4, vague templates 0-4 and cities 0-5; the shifted test uses the other
-templates (helpful 5-9, vague 5-9) and cities 6-11 — unseen wording of the same notion of quality. Training labels:
-a share `noise` flipped.
+Data (text_grammar.py's restaurant-advice answers, seeded, no attribute sentence): 4 content sentences, q of
+them helpful (q ∈ 0..4 is the hidden quality; the higher q wins). The sentence templates are split: training
+and the in-distribution test use helpful templates 0-4, vague templates 0-4 and cities 0-5; the shifted test
+uses the other templates (helpful 5-9, vague 5-9) and cities 6-11 — unseen wording of the same notion of
+quality. Training labels: a share `noise` flipped.
 
-Models: the whole pretrained MiniLM is fine-tuned as one trunk, loaded as a causal LM (`is_decoder=True`, so its LM
-head predicts the next token from the left context only, which DPO needs; the LM head's transform layer is new, its
-output layer is tied to the pretrained embeddings), with HAF-RM's zero-initialised reward head read at the last
-token. BT = reward head only (α = 0); HAF = BT + α·DPO(β) against the frozen initial trunk — the same network and
-optimiser, only the loss differs (`kind: haf`, as `rm train` runs it). Accuracy on clean test labels, per seed.
+Models: the whole pretrained MiniLM is fine-tuned as one trunk, loaded as a causal LM (`is_decoder=True`, so
+its LM head predicts the next token from the left context only, which DPO needs; the LM head's transform layer
+is new, its output layer is tied to the pretrained embeddings), with HAF-RM's zero-initialised reward head
+read at the last token. BT = reward head only (α = 0); HAF = BT + α·DPO(β) against the frozen initial trunk —
+the same network and optimiser, only the loss differs (`kind: haf`, as `rm train` runs it). Accuracy on clean
+test labels, per seed.
 """
 
 from __future__ import annotations
@@ -55,7 +57,8 @@ def make_data(n: int, seed: int, split: str, noise: float) -> PreferenceData:
         chosen.append(worse if flip else better)
         rejected.append(better if flip else worse)
         quality.append(sorted((int(qa), int(qb)), reverse=not flip))
-    return PreferenceData(prompts, chosen, rejected, {"quality": np.array(quality)}, source=f"haf-text {split}")
+    return PreferenceData(prompts, chosen, rejected, {"quality": np.array(quality)},
+                          source=f"haf-text {split}")
 
 
 def causal_minilm() -> str:
@@ -88,7 +91,8 @@ def run_task(sizes: list[int], seeds: list[int], alphas: list[float], noise: flo
     torch.set_num_threads(max(1, min(4, torch.get_num_threads())))
     RewardTrainConfig, train_reward_model = _train_fns()
     base_model = causal_minilm()
-    tests = {"in_distribution": make_data(n_test, 101, "train", 0.0), "shifted": make_data(n_test, 102, "shifted", 0.0)}
+    tests = {"in_distribution": make_data(n_test, 101, "train", 0.0), "shifted": make_data(n_test, 102,
+                                                                                           "shifted", 0.0)}
     per_seed = []
     for size in sizes:
         for seed in seeds:
@@ -114,8 +118,8 @@ def run_task(sizes: list[int], seeds: list[int], alphas: list[float], noise: flo
             rows.append({"train_pairs": size, "model": runs[0]["model"],
                          **{f"{s}_acc": float(np.mean([r[f"{s}_acc"] for r in runs])) for s in tests},
                          **{f"{s}_per_seed": "/".join(f"{r[f'{s}_acc']:.3f}" for r in runs) for s in tests}})
-    return {"rows": rows, "per_seed": per_seed, "seeds": seeds, "noise": noise, "n_test": n_test, "epochs": epochs,
-            "base_model": Path(base_model).name}
+    return {"rows": rows, "per_seed": per_seed, "seeds": seeds, "noise": noise, "n_test": n_test,
+            "epochs": epochs, "base_model": Path(base_model).name}
 
 
 def run(out: str | None = None, quick: bool = False) -> dict[str, Any]:
@@ -126,6 +130,6 @@ def run(out: str | None = None, quick: bool = False) -> dict[str, Any]:
         results = run_task([32, 128], [0, 1], [0.0, 0.2])
     table = format_rows(f"haf-text (MiniLM trunk fine-tuned as a causal LM; {results['noise']:.0%} train labels "
                         "flipped; shifted = unseen sentence templates and cities)", results["rows"],
-                        ["train_pairs", "model", "in_distribution_acc", "shifted_acc", "in_distribution_per_seed",
-                         "shifted_per_seed"])
+                        ["train_pairs", "model", "in_distribution_acc", "shifted_acc",
+                         "in_distribution_per_seed", "shifted_per_seed"])
     return finish("haf-text", results, table, out, started)

@@ -1,11 +1,12 @@
 """length-bias: does a causal (MMD) reward model stop rewarding length that labellers rewarded by mistake?
 
-Generator (seeded): a response is L ~ U{4..24} word tokens, each 'g*' (good) with probability q ~ U(0, 1), else 'b*'.
-Hidden quality = the share of good tokens. Training labels: P(A ≻ B) = σ(8 (q_A - q_B) + 1.5 (L_A - L_B) / 6) — the
-labellers follow quality plus a direct bias toward longer responses. Test labels: the higher hidden quality wins;
-length is independent of quality in both splits. Backbone: a tiny random BERT (quality is a token pattern; the
-pretrained encoder adds nothing here). Reported: pairwise accuracy on hidden quality and Spearman(reward, length)
-over all test responses, for plain BT and the unconditional/conditional causal RM over a λ sweep (kernel σ = 1).
+Generator (seeded): a response is L ~ U{4..24} word tokens, each 'g*' (good) with probability q ~ U(0, 1),
+else 'b*'. Hidden quality = the share of good tokens. Training labels: P(A ≻ B) = σ(8 (q_A - q_B) + 1.5 (L_A -
+L_B) / 6) — the labellers follow quality plus a direct bias toward longer responses. Test labels: the higher
+hidden quality wins; length is independent of quality in both splits. Backbone: a tiny random BERT (quality is
+a token pattern; the pretrained encoder adds nothing here). Reported: pairwise accuracy on hidden quality and
+Spearman(reward, length) over all test responses, for plain BT and the unconditional/conditional causal RM
+over a λ sweep (kernel σ = 1).
 """
 
 from __future__ import annotations
@@ -51,7 +52,8 @@ def make_data(n: int, seed: int, biased_labels: bool) -> PreferenceData:
         rejected.append(tr)
         lengths.append([lc, lr])
         quality.append([qc, qr])
-    return PreferenceData(prompts, chosen, rejected, {"length": np.array(lengths), "quality": np.array(quality)},
+    return PreferenceData(prompts, chosen, rejected, {"length": np.array(lengths),
+                                                      "quality": np.array(quality)},
                           source=f"length-bias seed {seed}")
 
 
@@ -71,8 +73,8 @@ def run(out: str | None = None, quick: bool = False) -> dict[str, Any]:
     train_chosen_longer = float(np.mean(train.attributes["length"][:, 0] > train.attributes["length"][:, 1]))
     rows = []
     for kind, mode, lam in variants:
-        cfg = RewardTrainConfig(kind=kind, mmd_lambda=lam, mmd_mode=mode if kind == "causal" else "conditional",
-                                **base)
+        cfg = RewardTrainConfig(kind=kind, mmd_lambda=lam,
+                                mmd_mode=mode if kind == "causal" else "conditional", **base)
         model = train_reward_model(cfg, train)
         metrics = evaluate_reward_model(model, test, batch_size=128)
         rows.append({"model": kind, "mmd_mode": mode, "lambda": lam, "accuracy": metrics["accuracy"],

@@ -1,13 +1,14 @@
 """noisy-raters: ENCORE entropy weights vs uniform, random and the best single head of a multi-head RM.
 
 Generator (seeded): a response has L ~ U{12..24} tokens 'a<k><g|b><d>': aspect k of 3 (uniform), good with
-probability q_k ~ U(0, 1) (one per aspect), digit d from a per-response Dirichlet(0.3) over 0..9 (a style feature
-unrelated to quality). Hidden quality Q = mean_k q̂_k (q̂_k = share of good tokens of aspect k). K = 6 rules; rule k
-judges aspect k mod 3 (two raters per aspect). It rates attentively with probability ρ_k — rating
-σ(20 (q̂ - 0.5)), decisive, so low entropy — and otherwise by style: the share of tokens whose digit lies in a
-rule-specific half of 0..9 (spread over [0, 1], high entropy, no signal). ρ = (0.95, 0.85, 0.7, 0.4, 0.15, 0.0):
-rules 3-5 are noisier (some near random) duplicates of rules 0-2. A multi-head tiny BERT is trained by MSE on the
-ratings; test pairs are ordered by Q. ENCORE: w = softmax(-H/τ), τ = 2, 10 equal-width levels on [0, 1], bits.
+probability q_k ~ U(0, 1) (one per aspect), digit d from a per-response Dirichlet(0.3) over 0..9 (a style
+feature unrelated to quality). Hidden quality Q = mean_k q̂_k (q̂_k = share of good tokens of aspect k). K = 6
+rules; rule k judges aspect k mod 3 (two raters per aspect). It rates attentively with probability ρ_k —
+rating σ(20 (q̂ - 0.5)), decisive, so low entropy — and otherwise by style: the share of tokens whose digit
+lies in a rule-specific half of 0..9 (spread over [0, 1], high entropy, no signal). ρ = (0.95, 0.85, 0.7, 0.4,
+0.15, 0.0): rules 3-5 are noisier (some near random) duplicates of rules 0-2. A multi-head tiny BERT is
+trained by MSE on the ratings; test pairs are ordered by Q. ENCORE: w = softmax(-H/τ), τ = 2, 10 equal-width
+levels on [0, 1], bits.
 """
 
 from __future__ import annotations
@@ -79,8 +80,8 @@ def run(out: str | None = None, quick: bool = False) -> dict[str, Any]:
     test = make_data(400 if quick else 800, seed=1)
     tiny = TinyModelSpec(arch="bert", hidden_size=64, intermediate_size=128, num_hidden_layers=2,
                          num_attention_heads=4)
-    cfg = RewardTrainConfig(kind="multihead", tiny_model=tiny, epochs=3 if quick else 6, batch_size=32, lr=1e-3,
-                            max_length=32, encore_tau=2.0)
+    cfg = RewardTrainConfig(kind="multihead", tiny_model=tiny, epochs=3 if quick else 6, batch_size=32,
+                            lr=1e-3, max_length=32, encore_tau=2.0)
     model = train_reward_model(cfg, train)
     chosen = model.score(test.prompts, test.chosen, 128)
     rejected = model.score(test.prompts, test.rejected, 128)
@@ -103,8 +104,10 @@ def run(out: str | None = None, quick: bool = False) -> dict[str, Any]:
         "best_single_head": float(head_acc.max()),
     }
     corr = float(np.corrcoef(entropies, head_acc)[0, 1])
-    heads = [{"head": r, "attentiveness": rho, "entropy_bits": float(h), "weight": float(w), "accuracy": float(a)}
-             for r, rho, h, w, a in zip(RULES, ATTENTIVENESS, entropies, model.encore.weights, head_acc, strict=True)]
+    heads = [{"head": r, "attentiveness": rho, "entropy_bits": float(h), "weight": float(w),
+              "accuracy": float(a)}
+             for r, rho, h, w, a in zip(RULES, ATTENTIVENESS, entropies, model.encore.weights, head_acc,
+                                        strict=True)]
     results = {"methods": methods, "heads": heads, "pearson_entropy_accuracy": corr,
                "encore_beats_uniform": methods["encore_tau2"] > methods["uniform"],
                "encore_beats_best_single": methods["encore_tau2"] > methods["best_single_head"]}

@@ -1,13 +1,13 @@
 """overoptimisation: best-of-n against proxy reward models vs a hidden gold reward (Gao et al. 2022 setup,
 ensembles after Coste et al., arXiv 2310.02743; WARM, arXiv 2401.12187).
 
-Generator (seeded): a response is L tokens, each 'g*' (good) with probability q ~ U(0, 1), else 'b*'. Gold reward
-= share of good tokens + 0.03 · min(L, 16) - 0.06 · max(0, L - 16): more detail helps up to 16 tokens, rambling
-beyond hurts. The proxies only ever see L ∈ [4, 16] in training (where longer is better), so long responses are out of
-distribution for them and they can only extrapolate. Proxies: tiny BERTs trained on a limited
-set of pairs whose gold labels are flipped with probability 0.25. The best-of-n pool holds responses with L up to 40.
-Best-of-n expectation is exact over the pool: with proxy ranks i = 1..N (ascending), P(pick i) = C(i-1, n-1)/C(N, n)
-(n drawn without replacement); KL(best-of-n ‖ base) = log n - (n-1)/n.
+Generator (seeded): a response is L tokens, each 'g*' (good) with probability q ~ U(0, 1), else 'b*'. Gold
+reward = share of good tokens + 0.03 · min(L, 16) - 0.06 · max(0, L - 16): more detail helps up to 16 tokens,
+rambling beyond hurts. The proxies only ever see L ∈ [4, 16] in training (where longer is better), so long
+responses are out of distribution for them and they can only extrapolate. Proxies: tiny BERTs trained on a
+limited set of pairs whose gold labels are flipped with probability 0.25. The best-of-n pool holds responses
+with L up to 40. Best-of-n expectation is exact over the pool: with proxy ranks i = 1..N (ascending), P(pick
+i) = C(i-1, n-1)/C(N, n) (n drawn without replacement); KL(best-of-n ‖ base) = log n - (n-1)/n.
 """
 
 from __future__ import annotations
@@ -67,7 +67,8 @@ def best_of_n_gold(proxy: np.ndarray, gold: np.ndarray, n: int) -> float:
 
 def seed_curves(train: PreferenceData, pool_text: list[str], pool_gold: np.ndarray, k: int, seed: int,
                 quick: bool) -> dict[str, list[float]]:
-    """Train k independent proxies and k same-init proxies (for WARM) with one seed; best-of-n gold per method."""
+    """Train k independent proxies and k same-init proxies (for WARM) with one seed; best-of-n gold per
+    method."""
     tiny = TinyModelSpec(arch="bert", hidden_size=48, intermediate_size=96, num_hidden_layers=2,
                          num_attention_heads=4, max_position_embeddings=64)
     cfg = RewardTrainConfig(kind="ensemble", ensemble_type="independent", ensemble_size=k, tiny_model=tiny,
@@ -78,7 +79,8 @@ def seed_curves(train: PreferenceData, pool_text: list[str], pool_gold: np.ndarr
     for i in range(k):
         seed_everything(cfg.seed)
         member_cfg = cfg.model_copy(update={"kind": "bt"})
-        same_init.append(fit(build_reward_model(member_cfg, tokenizer), member_cfg, train, order_seed=cfg.seed + 50 + i))
+        same_init.append(fit(build_reward_model(member_cfg, tokenizer), member_cfg, train,
+                             order_seed=cfg.seed + 50 + i))
     prompts = ["answer"] * len(pool_text)
     members = np.stack([m.score(prompts, pool_text, 256)["reward"] for m in ensemble.members])
     proxies = {
@@ -121,5 +123,6 @@ def run(out: str | None = None, quick: bool = False) -> dict[str, Any]:
                "uwo_beats_single": last["uncertainty-weighted (λ=0.5)"] > single,
                "warm_vs_prediction_ensemble": last["WARM (weight average)"] - last["prediction ensemble (same init)"]}
     table = format_rows(f"overoptimisation: gold reward of best-of-n (k={k}, {len(train)} train pairs, "
-                        f"{FLIP_RATE:.0%} flipped, mean of {len(seeds)} training seeds)", rows, ["n", "kl", *curves])
+                        f"{FLIP_RATE:.0%} flipped, mean of {len(seeds)} training seeds)", rows, ["n", "kl",
+                                                                                                 *curves])
     return finish("overoptimisation", results, table, out, started)

@@ -137,7 +137,8 @@ def whiten_stats(x: Tensor, mask: Tensor) -> Tensor:
     return torch.stack([m.sum(), x64.sum(), (x64 * x64).sum()])
 
 
-def whiten(x: Tensor, mask: Tensor, shift_mean: bool = True, eps: float = 1e-8, reduce: Reduce = _local) -> Tensor:
+def whiten(x: Tensor, mask: Tensor, shift_mean: bool = True, eps: float = 1e-8,
+           reduce: Reduce = _local) -> Tensor:
     """Masked batch normalisation: (x - mean) / sqrt(var + eps) over all valid tokens of the batch.
 
     var is the population (biased, divide by N) variance, as OpenRLHF's REINFORCE++. With
@@ -241,7 +242,8 @@ def compute_advantages(
     - ppo: GAE on ``token_level_rewards(rewards, mask, token_kl, kl_coef)`` with ``values``, then the
       advantages are whitened; the GAE returns are returned as value targets.
     Only "ppo" returns returns; the others return None. Groups must not be split across shards; the batch-wide
-    whitening of reinforce_pp* and ppo uses ``reduce`` (an all-reduce) so a shard gets the whole batch's values.
+    whitening of reinforce_pp* and ppo uses ``reduce`` (an all-reduce) so a shard gets the whole batch's
+    values.
     """
     rewards = _as_float(rewards)
     mask_f = mask.to(rewards.dtype)

@@ -1,5 +1,6 @@
-"""The advantage estimators by name: the one registry that `algo.name`'s choices, the group-based check and the
-critic rule derive from. Pure (no torch), so the config and the driver can read it; the math is in advantages.py."""
+"""The advantage estimators by name: the one registry that `algo.name`'s choices, the group-based check and
+the critic rule derive from. Pure (no torch), so the config and the driver can read it; the math is in
+advantages.py."""
 
 from __future__ import annotations
 

@@ -1,4 +1,5 @@
-"""Log-probabilities and entropies from logits: shared by the rollout engines, the learner and the reward models."""
+"""Log-probabilities and entropies from logits: shared by the rollout engines, the learner and the reward
+models."""
 
 from __future__ import annotations
 

@@ -1,5 +1,5 @@
-"""Per-token policy-gradient and value losses: PPO clipped surrogate (+dual clip, TIS weights) and the clipped value
-loss, before any aggregation (the learner's Objective aggregates them with global normalisers).
+"""Per-token policy-gradient and value losses: PPO clipped surrogate (+dual clip, TIS weights) and the clipped
+value loss, before any aggregation (the learner's Objective aggregates them with global normalisers).
 
 Conventions as in ``advantages``: [B, T] token tensors, ``mask`` [B, T] with 1 on response tokens.
 """
@@ -74,7 +74,8 @@ def policy_loss_per_token(
     return PolicyTerms(loss, ratio, log_ratio, (loss_clipped > loss_unclipped).detach(), dual_active)
 
 
-def value_loss_per_token(values: Tensor, old_values: Tensor, returns: Tensor, clip_eps: float | None = 0.2) -> Tensor:
+def value_loss_per_token(values: Tensor, old_values: Tensor, returns: Tensor,
+                         clip_eps: float | None = 0.2) -> Tensor:
     """Clipped value loss per token (PPO2 / OpenAI baselines): 0.5 * max((V - R)^2, (V_clip - R)^2),
     V_clip = V_old + clip(V - V_old, -eps, eps). ``clip_eps=None`` gives the plain 0.5 * (V - R)^2.
     """

@@ -1,12 +1,12 @@
 """The autoscaling rule for a worker pool, as a pure function of what the controller measures.
 
-Rule (per pool, evaluated after every step, off unless `min < max`): over the last `window` steps, the share of the
-step the driver spent waiting on this pool (rollout: generation; reward: scoring),
+Rule (per pool, evaluated after every step, off unless `min < max`): over the last `window` steps, the share
+of the step the driver spent waiting on this pool (rollout: generation; reward: scoring),
 
     share = Σ wait_s / Σ step_s,
 
-grows the pool by one member when share ≥ `grow_above` and it is below `max`, and shrinks it by one when
-share ≤ `shrink_below` and it is above `min`. After a change the window starts over (`cooldown`: the next decision
+grows the pool by one member when share ≥ `grow_above` and it is below `max`, and shrinks it by one when share
+≤ `shrink_below` and it is above `min`. After a change the window starts over (`cooldown`: the next decision
 needs `window` fresh steps), so one slow step cannot swing the pool twice.
 """
 

@@ -1,8 +1,9 @@
 """Can the cluster ever hold this run? A pure rule over role demands and node totals (no Ray here).
 
 Ray would wait for a placement group that never fits (and without an autoscaler, nothing will change), so the
-controller checks once, before any group is created, and fails at once naming the role and the numbers. With an
-autoscaler the cluster may grow: only what even its largest size cannot hold is an error; the rest is a wait.
+controller checks once, before any group is created, and fails at once naming the role and the numbers. With
+an autoscaler the cluster may grow: only what even its largest size cannot hold is an error; the rest is a
+wait.
 """
 
 from __future__ import annotations
@@ -36,18 +37,20 @@ def _fmt(x: float) -> str:
 
 
 def _field(role: str) -> str:
-    return {"learner": "learner.num_ranks", "rollout": "rollout.num_workers", "reward": "reward.num_workers"}[role]
+    return {"learner": "learner.num_ranks", "rollout": "rollout.num_workers",
+            "reward": "reward.num_workers"}[role]
 
 
 def infeasible(demands: list[Demand], nodes: list[dict[str, float]],
                autoscale_max: dict[str, float] | None = None, where: str | None = None) -> str | None:
     """Why `demands` can never be placed on `nodes` (each node's total resources), or None if they may fit.
 
-    `autoscale_max`: the most of each resource the autoscaler could ever provide (None: no autoscaler, the nodes are
-    all there will be). Checks each bundle against the largest node, then the sum over roles against the total.
-    `where` names the nodes in the message (default: the cluster).
+    `autoscale_max`: the most of each resource the autoscaler could ever provide (None: no autoscaler, the
+    nodes are all there will be). Checks each bundle against the largest node, then the sum over roles against
+    the total. `where` names the nodes in the message (default: the cluster).
     """
-    if autoscale_max is not None:  # the cluster may grow: only its maximum size bounds the run (loosely: one node)
+    # the cluster may grow: only its maximum size bounds the run (loosely: one node)
+    if autoscale_max is not None:
         now = {key: sum(n.get(key, 0.0) for n in nodes) for key in ("CPU", "GPU")}
         nodes = [{key: max(float(autoscale_max.get(key, 0.0)), now[key]) for key in ("CPU", "GPU")}]
         where = where or "the autoscaler's maximum"

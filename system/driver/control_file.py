@@ -1,6 +1,6 @@
-"""RUN_DIR/control.yaml: scale requests for a run on this machine, written by `alignray scale`, read by the run at
-the start of its next step. The one definition of its keys; a run on a cluster takes the same requests through its
-control actor (alignray.actors.control) instead."""
+"""RUN_DIR/control.yaml: scale requests for a run on this machine, written by `alignray scale`, read by the
+run at the start of its next step. The one definition of its keys; a run on a cluster takes the same requests
+through its control actor (alignray.actors.control) instead."""
 
 from __future__ import annotations
 

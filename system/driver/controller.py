@@ -1,12 +1,14 @@
-"""The driver: schedules prompts → rollouts → rewards → learner → weights, by reference; never touches token data.
+"""The driver: schedules prompts → rollouts → rewards → learner → weights, by reference; never touches token
+data.
 
-Sync and async are one loop: up to `1 + train.max_staleness` rollout batches are in flight, so a sample is trained on
-by a learner at most `max_staleness` versions ahead of the policy that generated it (0 = synchronous).
+Sync and async are one loop: up to `1 + train.max_staleness` rollout batches are in flight, so a sample is
+trained on by a learner at most `max_staleness` versions ahead of the policy that generated it (0 =
+synchronous).
 
-Any actor may die at any moment (docs: README "When actors die"). A rollout or reward worker that dies, hangs or
-loses its node is replaced; its prompts are requeued (or its batch re-scored). A learner rank that fails takes the
-rank group with it: a fresh group loads the newest snapshot, the ledger rolls back to it, and the steps since are
-re-trained. Every fault is one warning line and a line in RUN_DIR/events.jsonl.
+Any actor may die at any moment (docs/faults-and-scaling.md). A rollout or reward worker that dies, hangs
+or loses its node is replaced; its prompts are requeued (or its batch re-scored). A learner rank that fails
+takes the rank group with it: a fresh group loads the newest snapshot, the ledger rolls back to it, and the
+steps since are re-trained. Every fault is one warning line and a line in RUN_DIR/events.jsonl.
 """
 
 from __future__ import annotations
@@ -44,7 +46,8 @@ def cpus_needed(cfg: Config) -> float:
 class Controller:
     def __init__(self, cfg: Config, run_dir: str | Path, resume: bool = False):
         self.cfg, self.run_dir = cfg, Path(run_dir)
-        self.prompts: PromptSet = load_prompts(cfg.data, load_tokenizer(cfg.model))  # validated before any actor
+        # validated before any actor
+        self.prompts: PromptSet = load_prompts(cfg.data, load_tokenizer(cfg.model))
         checkpoint = latest_checkpoint(self.run_dir) if resume else None
         self.log = RunLog(self.run_dir, cfg, resume_after=_step_of(checkpoint))
         if self.prompts.skipped:  # data.on_bad_row=skip: say what was dropped, once, where users look
@@ -76,7 +79,7 @@ class Controller:
         self.shards = ShardPipeline(cfg, self.prompts, self.ledger, self.rollout, self.reward, self.faults)
         self.scaler = Scaler(cfg, self.run_dir, {"rollout": self.rollout, "reward": self.reward}, self.faults)
 
-    # ---- the loop ----------------------------------------------------------------------------------------------
+    # ---- the loop ------------------------------------------------------------------------------------------
     def run(self, on_step=None) -> list[dict]:
         cfg, history = self.cfg.train, []
         self._recovering(self._start_up)
@@ -120,8 +123,10 @@ class Controller:
         stats = [s.stats for s in shards]
         self.log.quarantine(step, [q for s in stats for q in s["quarantined"]])
         metrics = step_metrics(step, stats, learner, [s.meta for s in shards],
-                               {"generate_s": t1 - t0, "reward_s": t2 - t1, "train_s": t3 - t2, "sync_s": t4 - t3})
-        metrics.update({"rollout/pending": self.rollout.count("pending"), "reward/pending": self.reward.count("pending"),
+                               {"generate_s": t1 - t0, "reward_s": t2 - t1, "train_s": t3 - t2,
+                                "sync_s": t4 - t3})
+        metrics.update({"rollout/pending": self.rollout.count("pending"),
+                        "reward/pending": self.reward.count("pending"),
                         "reward/workers": len(self.reward.ready()), **self.faults.metrics()})
         return metrics
 
@@ -142,7 +147,7 @@ class Controller:
             self.recover_learner(fault)
             return None
 
-    # ---- faults ------------------------------------------------------------------------------------------------
+    # ---- faults --------------------------------------------------------------------------------------------
     def _start_learners(self) -> LearnerGroup:
         while True:
             try:
@@ -152,13 +157,15 @@ class Controller:
                                               self.step, fault.detail))
 
     def recover_learner(self, fault: ActorFault) -> None:
-        """Tear the rank group down, start a fresh one from the newest snapshot, roll the ledger back to it, drop
-        rollouts of newer policies (their prompts are requeued by the rollback), and republish the weights. A
-        failure while recovering starts the recovery over (each try counts against train.max_restarts)."""
+        """Tear the rank group down, start a fresh one from the newest snapshot, roll the ledger back to it,
+        drop rollouts of newer policies (their prompts are requeued by the rollback), and republish the
+        weights. A failure while recovering starts the recovery over (each try counts against
+        train.max_restarts)."""
         while True:
             state_dir = latest_state(self.run_dir, self.step)
             back_to = _step_of(state_dir) or 0
-            self.faults.record(FaultEvent("learner", "learner", fault.cause, f"new rank group from step {back_to}; "
+            self.faults.record(FaultEvent("learner", "learner", fault.cause,
+                                          f"new rank group from step {back_to}; "
                                           f"{self.step - back_to} step(s) to re-train", self.step, fault.detail))
             try:
                 self._roll_back_to(state_dir, back_to)
@@ -183,14 +190,16 @@ class Controller:
             self.recorder.rollback.remote(back_to)
         self.sync_weights()
 
-    # ---- weights and scaling -------------------------------------------------------------------------------------
+    # ---- weights and scaling -------------------------------------------------------------------------------
     def sync_weights(self) -> dict:
-        """Publish the learner's weights and load them on every rollout member (replacing members that fail)."""
+        """Publish the learner's weights and load them on every rollout member (replacing members that
+        fail)."""
         self.current_update = self.learners.weight_update(self.step)
         results, lost = self.rollout.broadcast("update_weights", self.cfg.train.call_timeout_s.sync,
                                                self.current_update)
         if lost or self.rollout.weights_lost:
-            raise ActorFault("learner", "weights lost", lost[0].detail if lost else "read by a starting member")
+            raise ActorFault("learner", "weights lost",
+                             lost[0].detail if lost else "read by a starting member")
         return results
 
     def close(self) -> None:
@@ -199,17 +208,20 @@ class Controller:
             for part in (self.scaler, self.rollout, self.reward, self.learners):
                 part.close()
             if self.recorder is not None:
-                _, lost = wait_calls({"recorder": self.recorder.flush.remote()}, self.cfg.train.call_timeout_s.save)
+                _, lost = wait_calls({"recorder": self.recorder.flush.remote()},
+                                     self.cfg.train.call_timeout_s.save)
                 if lost:  # the last steps' rollouts may be missing from RUN_DIR/rollouts: say so, once
                     print(f"alignray: warning: rollout recorder {lost['recorder'].cause}; the last rollouts "
                           "Parquet files may be incomplete", file=sys.stderr, flush=True)
                 kill(self.recorder)
         finally:
-            self.log.close()  # last: train.loggers [mlflow] uploads the run directory, flushed rollouts included
+            # last: train.loggers [mlflow] uploads the run directory, flushed rollouts included
+            self.log.close()
 
-    # ---- checkpoints -------------------------------------------------------------------------------------------
+    # ---- checkpoints ---------------------------------------------------------------------------------------
     def save(self, snapshot: bool = False) -> Path:
-        """A checkpoint (DeepSpeed state + hf/ + controller.json), or a snapshot (no hf/; only the latest kept)."""
+        """A checkpoint (DeepSpeed state + hf/ + controller.json), or a snapshot (no hf/; only the latest
+        kept)."""
         step_dir = self.run_dir / ("snapshots" if snapshot else "checkpoints") / f"step_{self.step}"
         self.learners.save(str(step_dir), hf=not snapshot)
         (step_dir / "controller.json").write_text(json.dumps(self._controller_state()))

@@ -1,5 +1,6 @@
-"""Faults a run survived, made visible: one warning line on stderr, one line in RUN_DIR/events.jsonl, and counters that
-go into the step's metrics (`fault/restarts/<role>`, `fault/requeued`, `fault/rescored`, `fault/steps_retrained`).
+"""Faults a run survived, made visible: one warning line on stderr, one line in RUN_DIR/events.jsonl, and
+counters that go into the step's metrics (`fault/restarts/<role>`, `fault/requeued`, `fault/rescored`,
+`fault/steps_retrained`).
 
 Pure bookkeeping (no Ray): the controller reports what happened and what it did about it.
 """
@@ -25,7 +26,8 @@ class FaultEvent:
     actor: str  # e.g. rollout-3, learner (the whole rank group is one unit)
     cause: str  # died | node died | hung | weights lost | batch lost | init failed
     action: str  # what the controller did, e.g. "replaced; 4 prompts requeued"
-    step: int | None = None  # the last completed step when it happened (None: the FaultLog stamps the run's step)
+    # the last completed step when it happened (None: the FaultLog stamps the run's step)
+    step: int | None = None
     detail: str = ""
 
     def line(self) -> str:
@@ -36,7 +38,8 @@ class FaultLog:
     """Counts restarts per role against `max_restarts`; past it, `record` raises one clean error."""
 
     def __init__(self, run_dir: str | Path | None, max_restarts: int, current_step: Callable[[], int] = lambda: 0):
-        """`current_step()`: the run's last completed step (the controller owns it), stamped on events without one."""
+        """`current_step()`: the run's last completed step (the controller owns it), stamped on events without
+        one."""
         self.current_step = current_step
         self.path = Path(run_dir) / "events.jsonl" if run_dir is not None else None
         self.max_restarts = max_restarts

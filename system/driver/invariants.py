@@ -33,9 +33,11 @@ def check_invariants(cfg: Config, metrics: list[dict], rollouts: pa.Table, promp
     drawn = [Counter(prompt_id_of_row[row] for row in sampler.take(t.prompts_per_step)) for _ in range(t.steps)]
     expected = sum(drawn, Counter())
 
-    # A prompt may legitimately be drawn twice in one step across an epoch boundary; in sync mode (version v trains
-    # step v + 1) each key may appear exactly as often as its prompt was drawn in that step, else as often in all.
-    keys = Counter(zip(rollouts.column("policy_version").to_pylist(), rollouts.column("prompt_id").to_pylist(),
+    # A prompt may legitimately be drawn twice in one step across an epoch boundary; in sync mode (version v
+    # trains step v + 1) each key may appear exactly as often as its prompt was drawn in that step, else as
+    # often in all.
+    keys = Counter(zip(rollouts.column("policy_version").to_pylist(),
+                       rollouts.column("prompt_id").to_pylist(),
                        rollouts.column("sample_index").to_pylist(), strict=True))
     sync = t.max_staleness == 0 and t.sync_interval == 1
     allowed = {key: drawn[key[0]][key[1]] if sync and 0 <= key[0] < len(drawn) else expected[key[1]] for key in keys}

@@ -1,9 +1,9 @@
 """The controller's ledger: where every prompt is between dispatch and consumption, by id.
 
 A prompt handed to a rollout worker stays `in_flight` until its samples are consumed by a learner step (or
-quarantined). If the worker dies, `requeue` puts its prompts back at the front of the queue, so no prompt is lost; a
-checkpoint saves the queue plus everything in flight, so a resumed run re-generates what was not consumed.
-In flight is a multiset: in async mode the same prompt can be out twice around an epoch boundary.
+quarantined). If the worker dies, `requeue` puts its prompts back at the front of the queue, so no prompt is
+lost; a checkpoint saves the queue plus everything in flight, so a resumed run re-generates what was not
+consumed. In flight is a multiset: in async mode the same prompt can be out twice around an epoch boundary.
 """
 
 from __future__ import annotations
@@ -44,8 +44,10 @@ class PromptLedger:
         self.counts["requeued"] += len(rows)
 
     def state_dict(self) -> dict:
-        """Data position for a checkpoint: prompts in flight are not consumed, so they are saved as requeued."""
-        return {"sampler": self.sampler.state_dict(), "requeued": list(self.in_flight.elements()) + list(self.requeued),
+        """Data position for a checkpoint: prompts in flight are not consumed, so they are saved as
+        requeued."""
+        return {"sampler": self.sampler.state_dict(),
+                "requeued": list(self.in_flight.elements()) + list(self.requeued),
                 "counts": dict(self.counts)}
 
     def load_state_dict(self, state: dict) -> None:

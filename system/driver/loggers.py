@@ -1,12 +1,13 @@
 """Metric sinks besides DIR/metrics.jsonl (always written): `train.loggers: [tensorboard, mlflow, wandb]`.
 
 - tensorboard: DIR/tb/ event files.
-- mlflow: params (the flattened config), metrics per step, and at the end the run directory's files as artifacts, to
-  a SQLite store inside the run directory (DIR/mlflow.db, artifacts in DIR/mlartifacts/) unless MLFLOW_TRACKING_URI
-  names another; read it with `mlflow.MlflowClient("sqlite:///DIR/mlflow.db")` or `mlflow ui --backend-store-uri`.
-  Calls run on one background thread: creating the store (≈10 s of schema migrations) overlaps actor start-up, and a
-  slow tracking server never stalls a step.
-- wandb: offline into DIR/wandb/ unless WANDB_API_KEY or WANDB_MODE says otherwise (`wandb sync DIR/wandb/offline-*`).
+- mlflow: params (the flattened config), metrics per step, and at the end the run directory's files as
+  artifacts, to a SQLite store inside the run directory (DIR/mlflow.db, artifacts in DIR/mlartifacts/) unless
+  MLFLOW_TRACKING_URI names another; read it with `mlflow.MlflowClient("sqlite:///DIR/mlflow.db")` or `mlflow
+  ui --backend-store-uri`. Calls run on one background thread: creating the store (≈10 s of schema migrations)
+  overlaps actor start-up, and a slow tracking server never stalls a step.
+- wandb: offline into DIR/wandb/ unless WANDB_API_KEY or WANDB_MODE says otherwise (`wandb sync
+  DIR/wandb/offline-*`).
 mlflow and wandb are optional extras (`pip install 'alignray[mlflow]'`, `'alignray[wandb]'`).
 """
 
@@ -135,7 +136,8 @@ class MLflowLogger:
             error = call.exception()
             if error is not None and not self._warned:
                 self._warned = True
-                print(f"alignray: warning: mlflow ({self.uri}): {type(error).__name__}: {error}", file=sys.stderr)
+                print(f"alignray: warning: mlflow ({self.uri}): {type(error).__name__}: {error}",
+                      file=sys.stderr)
 
     def close(self) -> None:
         self._calls.append(self._thread.submit(self._finish))

@@ -1,4 +1,5 @@
-"""Checks the driver runs before Ray starts, so a bad input is one clean line in seconds, not an actor's traceback.
+"""Checks the driver runs before Ray starts, so a bad input is one clean line in seconds, not an actor's
+traceback.
 
 Light on purpose: no torch, no transformers (importing them alone takes seconds), so the answer comes first.
 """
@@ -25,8 +26,9 @@ def _looks_local(source: str) -> bool:
 def check_model_source(field: str, source: str | None) -> None:
     """Fail in a second, naming the field, when `source` can be neither a local folder nor a hub model.
 
-    Without this, a missing local path reaches the hub client as a repo id (`OSError: Repo id must use alphanumeric
-    chars`), and an unreachable hub name retries for about a minute before failing inside an actor."""
+    Without this, a missing local path reaches the hub client as a repo id (`OSError: Repo id must use
+    alphanumeric chars`), and an unreachable hub name retries for about a minute before failing inside an
+    actor."""
     if not source:
         return
     path = Path(source).expanduser()
@@ -38,7 +40,8 @@ def check_model_source(field: str, source: str | None) -> None:
         raise ConfigError(f"{field}: {source}: no such folder (a local path; hub names look like org/name)")
     import huggingface_hub
 
-    if any(huggingface_hub.try_to_load_from_cache(source, name) for name in ("config.json", "tokenizer_config.json")):
+    if any(huggingface_hub.try_to_load_from_cache(source, name) for name in ("config.json",
+                                                                             "tokenizer_config.json")):
         return  # in the local hub cache
     if os.environ.get("HF_HUB_OFFLINE", "") not in ("", "0"):
         raise ConfigError(f"{field}: {source}: not a local folder, and not in the hub cache (HF_HUB_OFFLINE is set)")
@@ -61,9 +64,10 @@ def check_model(cfg: Config) -> None:
 
 
 def check_reward_functions(cfg: Config) -> None:
-    """Import every `package.module:function` scorer here, where the driver can: a module that exists but fails to
-    import (syntax error, missing dependency) or lacks the function is reported now, naming the scorer. A module the
-    driver cannot find at all may still be shipped to the workers (--working-dir, runtime_env) and is left to them."""
+    """Import every `package.module:function` scorer here, where the driver can: a module that exists but
+    fails to import (syntax error, missing dependency) or lacks the function is reported now, naming the
+    scorer. A module the driver cannot find at all may still be shipped to the workers (--working-dir,
+    runtime_env) and is left to them."""
     for i, s in enumerate(cfg.reward.scorers):
         if s.type != "function" or not s.function or ":" not in s.function:
             continue

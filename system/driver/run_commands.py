@@ -1,9 +1,9 @@
 """`alignray scale RUN_DIR --rollout N [--reward M]` and `alignray status RUN_DIR`, from another terminal.
 
-With a Ray address (`--address` or RAY_ADDRESS: a run on a cluster, e.g. submitted with `ray job submit`) they talk
-to the run's control actor (alignray.actors.control), found by the run directory's name. Without one (a run on this
-machine) they use the run directory: a request goes into RUN_DIR/control.yaml, the status comes from
-RUN_DIR/status.json. Either way the request is taken at the start of the run's next step.
+With a Ray address (`--address` or RAY_ADDRESS: a run on a cluster, e.g. submitted with `ray job submit`) they
+talk to the run's control actor (alignray.actors.control), found by the run directory's name. Without one (a
+run on this machine) they use the run directory: a request goes into RUN_DIR/control.yaml, the status comes
+from RUN_DIR/status.json. Either way the request is taken at the start of the run's next step.
 """
 
 from __future__ import annotations

@@ -1,9 +1,10 @@
 """The run directory, a contract users and tools read:
 
 DIR/config.yaml        resolved config            DIR/metrics.jsonl      one JSON object per step
-DIR/rollouts/*.parquet one row per sample         DIR/checkpoints/step_N DeepSpeed state + hf/ + controller.json
-DIR/tb/                TensorBoard events         DIR/quarantine.jsonl   samples whose reward failed (by policy)
-DIR/mlflow.db, DIR/mlartifacts/, DIR/wandb/       with train.loggers [mlflow, wandb] (alignray.driver.loggers)
+DIR/rollouts/*.parquet one row per sample         DIR/checkpoints/step_N DeepSpeed state + hf/ +
+controller.json DIR/tb/                TensorBoard events         DIR/quarantine.jsonl   samples whose reward
+failed (by policy) DIR/mlflow.db, DIR/mlartifacts/, DIR/wandb/       with train.loggers [mlflow, wandb]
+(alignray.driver.loggers)
 """
 
 from __future__ import annotations
@@ -34,8 +35,8 @@ def latest_checkpoint(run_dir: str | Path) -> Path | None:
 
 
 def latest_state(run_dir: str | Path, up_to: int) -> Path | None:
-    """The newest complete checkpoint or snapshot (it has controller.json) at a step <= `up_to`: where an in-run
-    learner recovery goes back to."""
+    """The newest complete checkpoint or snapshot (it has controller.json) at a step <= `up_to`: where an
+    in-run learner recovery goes back to."""
     found = [p.parent for kind in ("checkpoints", "snapshots")
              for p in (Path(run_dir) / kind).glob("step_*/controller.json")
              if int(p.parent.name.split("_")[1]) <= up_to]
@@ -58,7 +59,8 @@ class RunLog:
                                      resume=resume_after is not None)
 
     def log(self, metrics: dict) -> None:
-        clean = {k: (None if isinstance(v, float) and not math.isfinite(v) else v) for k, v in metrics.items()}
+        clean = {k: (None if isinstance(v, float) and not math.isfinite(v) else v) for k,
+                 v in metrics.items()}
         self._metrics.write(json.dumps(clean) + "\n")
         self._metrics.flush()
         values = scalars(metrics)
@@ -66,7 +68,8 @@ class RunLog:
             logger.log(metrics["step"], values)
 
     def rollback(self, step: int) -> None:
-        """In-run learner recovery: metric lines after `step` go (those steps are re-trained and logged again)."""
+        """In-run learner recovery: metric lines after `step` go (those steps are re-trained and logged
+        again)."""
         self._metrics.close()
         kept = [m for m in read_metrics(self.dir) if m["step"] <= step]
         self._metrics = (self.dir / "metrics.jsonl").open("w")

@@ -1,10 +1,10 @@
 """Elastic pools while a run goes on (part of the controller; it drives the pools): scale requests from
 `alignray scale` (through the run's control actor, or RUN_DIR/control.yaml), the autoscaling rule
-(alignray.driver.autoscale), resource requests to the Ray autoscaler, and the run's status for `alignray status`
-(RUN_DIR/status.json and the control actor).
+(alignray.driver.autoscale), resource requests to the Ray autoscaler, and the run's status for `alignray
+status` (RUN_DIR/status.json and the control actor).
 
-A request never fails the run: a member the cluster cannot place now stays pending and starts when capacity appears;
-a later, smaller request cancels pending members first.
+A request never fails the run: a member the cluster cannot place now stays pending and starts when capacity
+appears; a later, smaller request cancels pending members first.
 """
 
 from __future__ import annotations
@@ -42,14 +42,14 @@ class Scaler:
                 pools[role].scale(min(max(pools[role].target, auto.min), auto.max))
         self._request_resources()
 
-    # ---- requests --------------------------------------------------------------------------------------------------
+    # ---- requests ------------------------------------------------------------------------------------------
     def _ask(self) -> tuple[ray.ObjectRef, float]:
         return self.control.take_requests.remote(), time.monotonic()
 
     def apply_requests(self) -> None:
-        """Scale requests that arrived since the last step: the control actor's, then RUN_DIR/control.yaml's. The
-        control actor is asked ahead and never waited on (the first step does not wait for it to start); an answer
-        not back after CONTROL_TIMEOUT_S counts as the actor being lost."""
+        """Scale requests that arrived since the last step: the control actor's, then RUN_DIR/control.yaml's.
+        The control actor is asked ahead and never waited on (the first step does not wait for it to start);
+        an answer not back after CONTROL_TIMEOUT_S counts as the actor being lost."""
         ref, asked = self._take
         requests: list[dict] = []
         try:
@@ -58,7 +58,8 @@ class Scaler:
             elif time.monotonic() - asked > CONTROL_TIMEOUT_S:
                 raise TimeoutError(f"no answer in {CONTROL_TIMEOUT_S:g}s")
         except Exception as exc:  # noqa: BLE001 - the control actor is a convenience; the run goes on without it
-            print(f"alignray: warning: control actor unavailable ({type(exc).__name__}); restarting it", flush=True)
+            print(f"alignray: warning: control actor unavailable ({type(exc).__name__}); restarting it",
+                  flush=True)
             self.control = start_control(self.run_dir)
             self._take = self._ask()
         for wanted in requests + self._from_file():
@@ -66,8 +67,8 @@ class Scaler:
                 self.scale(role, n, "requested")
 
     def _from_file(self) -> list[dict]:
-        """`rollout_workers: N` / `reward_workers: M` in RUN_DIR/control.yaml, read when it changes; a bad file is
-        reported once and ignored."""
+        """`rollout_workers: N` / `reward_workers: M` in RUN_DIR/control.yaml, read when it changes; a bad
+        file is reported once and ignored."""
         path = self.run_dir / CONTROL_FILE
         if not path.is_file() or path.stat().st_mtime_ns == self._file_seen:
             return []
@@ -96,8 +97,8 @@ class Scaler:
         pool.wait_ready()  # members that could be placed take work from the next step; pending ones wait
 
     def _request_resources(self) -> None:
-        """Tell the Ray autoscaler what the run wants in all (KubeRay / the cluster launcher bring nodes up); a
-        cluster without an autoscaler ignores it."""
+        """Tell the Ray autoscaler what the run wants in all (KubeRay / the cluster launcher bring nodes up);
+        a cluster without an autoscaler ignores it."""
         bundles = [dict(pool.resources) for pool in self.pools.values() if pool.elastic
                    for _ in range(pool.target)]
         try:
@@ -105,9 +106,10 @@ class Scaler:
 
             request_resources(bundles=bundles)
         except Exception as exc:  # noqa: BLE001 - advisory only; nothing in a scale path may fail the run
-            print(f"alignray: note: autoscaler request not sent ({type(exc).__name__}: {exc})", file=sys.stderr)
+            print(f"alignray: note: autoscaler request not sent ({type(exc).__name__}: {exc})",
+                  file=sys.stderr)
 
-    # ---- after each step ---------------------------------------------------------------------------------------------
+    # ---- after each step -----------------------------------------------------------------------------------
     def after_step(self, metrics: dict, step: int) -> None:
         step_s = sum(metrics[f"timing/{k}"] for k in ("generate_s", "reward_s", "train_s", "sync_s"))
         self.waits["rollout"].append(metrics["timing/generate_s"])

@@ -1,10 +1,11 @@
-"""The controller's per-step pipeline (it drives actors, like controller.py): a step's prompts are split into shards,
-one per ready rollout member; each shard is generated, then scored by a ready reward member, by reference.
+"""The controller's per-step pipeline (it drives actors, like controller.py): a step's prompts are split into
+shards, one per ready rollout member; each shard is generated, then scored by a ready reward member, by
+reference.
 
-Faults are handled per shard, so one death costs only its own work: a rollout worker that dies or hangs is replaced
-and its prompts are requeued and generated again (same step, same part, same seed); a reward worker that dies or
-hangs is replaced and the same rollout batch is re-scored; a rollout batch lost with its node is regenerated. A
-prompt is therefore never lost, and never trained twice.
+Faults are handled per shard, so one death costs only its own work: a rollout worker that dies or hangs is
+replaced and its prompts are requeued and generated again (same step, same part, same seed); a reward worker
+that dies or hangs is replaced and the same rollout batch is re-scored; a rollout batch lost with its node is
+regenerated. A prompt is therefore never lost, and never trained twice.
 """
 
 from __future__ import annotations
@@ -28,7 +29,8 @@ POLL_S = 0.25
 
 @dataclass
 class Shard:
-    """One rollout member's part of a step: its prompt rows and, as it moves along, the refs of its batches."""
+    """One rollout member's part of a step: its prompt rows and, as it moves along, the refs of its
+    batches."""
 
     step: int
     part: int
@@ -73,7 +75,8 @@ class ShardPipeline:
         shard.ref, shard.meta_ref = self.rollout.actor(name).generate.remote(prompts, seed)
 
     def gather(self, shards: list[Shard]) -> list[Shard]:
-        """Wait until every shard is generated and scored, recovering from faults on the way; in part order."""
+        """Wait until every shard is generated and scored, recovering from faults on the way; in part
+        order."""
         todo, done = list(shards), []
         while todo:
             self.rollout.reconcile()
@@ -132,14 +135,16 @@ class ShardPipeline:
             self._launch(shard, names[shard.part % len(names)])
 
     def _rollout_lost(self, shard: Shard, fault: ActorFault, replace: bool = True) -> None:
-        """Requeue the shard's prompts (they are generated again, same step and part) and replace its worker."""
+        """Requeue the shard's prompts (they are generated again, same step and part) and replace its
+        worker."""
         self.ledger.requeue(shard.rows)
         self.faults.add("requeued", len(shard.rows))
         action = f"{len(shard.rows)} prompts requeued"
         if replace and fault.actor in self.rollout.members:
             self.rollout.replace(fault, action)
         elif not replace:
-            self.faults.record(FaultEvent("rollout", fault.actor, fault.cause, action, shard.step - 1, fault.detail),
+            self.faults.record(FaultEvent("rollout", fault.actor, fault.cause, action, shard.step - 1,
+                                          fault.detail),
                                restart=False)
         shard.meta_ref = shard.ref = shard.stats_ref = shard.scored_ref = None
         shard.meta = None
@@ -154,9 +159,11 @@ class ShardPipeline:
         now = time.monotonic()
         for shard in todo:
             if shard.meta_ref is not None and shard.meta is None and now - shard.started > self.timeouts.generate:
-                self._rollout_lost(shard, ActorFault(shard.worker, HUNG, f"generate took > {self.timeouts.generate:g}s"))
+                self._rollout_lost(shard, ActorFault(shard.worker, HUNG,
+                                                     f"generate took > {self.timeouts.generate:g}s"))
             elif shard.stats_ref is not None and now - shard.score_started > self.timeouts.score:
-                self._scorer_lost(shard, ActorFault(shard.scorer, HUNG, f"score took > {self.timeouts.score:g}s"))
+                self._scorer_lost(shard, ActorFault(shard.scorer, HUNG,
+                                                    f"score took > {self.timeouts.score:g}s"))
 
 
 def _split(total: int, parts: int) -> list[int]:

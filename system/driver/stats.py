@@ -1,4 +1,5 @@
-"""One step's metrics line (metrics.jsonl / TensorBoard / progress bar) from the small dicts the actors return."""
+"""One step's metrics line (metrics.jsonl / TensorBoard / progress bar) from the small dicts the actors
+return."""
 
 from __future__ import annotations
 

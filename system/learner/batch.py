@@ -98,7 +98,8 @@ def sequences_from_batch(batch: pa.RecordBatch, pad_token_id: int) -> SequenceBa
 
 
 def response_window_logits(model, seq: SequenceBatch) -> tuple[torch.Tensor, int]:
-    """Logits [B, L − s, V] of positions s … L−1 only, s = the first position any row reads (shortest prompt − 1).
+    """Logits [B, L − s, V] of positions s … L−1 only, s = the first position any row reads (shortest prompt −
+    1).
 
     `logits_to_keep` (every HF causal LM) skips the LM head on the shared prompt prefix: no [B, L, V] tensor.
     Models without it get the full logits and s = 0.
@@ -107,7 +108,8 @@ def response_window_logits(model, seq: SequenceBatch) -> tuple[torch.Tensor, int
     if start > 0:
         try:
             keep = seq.input_ids.shape[1] - start
-            return model(input_ids=seq.input_ids, attention_mask=seq.attention_mask, logits_to_keep=keep).logits, start
+            return model(input_ids=seq.input_ids, attention_mask=seq.attention_mask,
+                         logits_to_keep=keep).logits, start
         except TypeError:  # a model whose forward has no logits_to_keep
             pass
     return model(input_ids=seq.input_ids, attention_mask=seq.attention_mask).logits, 0
@@ -115,12 +117,14 @@ def response_window_logits(model, seq: SequenceBatch) -> tuple[torch.Tensor, int
 
 def forward_logprobs(model, seq: SequenceBatch, temperature: float, entropy: bool = False,
                      entropy_grad: bool = False) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """log π(y_t | x, y_<t) [B, T] from one forward, and optionally the entropy H_t [B, T] of the same positions.
+    """log π(y_t | x, y_<t) [B, T] from one forward, and optionally the entropy H_t [B, T] of the same
+    positions.
 
-    log π = z[y] − logsumexp(z), z = logits/T, read at every position of the response window's logits (target =
-    the next input token) and then gathered at the response positions: the only [·, ·, V] tensor kept for the
-    backward is the window's logits, no log-softmax beside it and no [B, T, V] copy. The entropy, which needs the
-    full softmax, is computed only if asked, and off the graph unless `entropy_grad` (an entropy bonus in the loss).
+    log π = z[y] − logsumexp(z), z = logits/T, read at every position of the response window's logits (target
+    = the next input token) and then gathered at the response positions: the only [·, ·, V] tensor kept for
+    the backward is the window's logits, no log-softmax beside it and no [B, T, V] copy. The entropy, which
+    needs the full softmax, is computed only if asked, and off the graph unless `entropy_grad` (an entropy
+    bonus in the loss).
     """
     logits, start = response_window_logits(model, seq)
     targets = torch.roll(seq.input_ids, -1, dims=1)[:, start:]  # position p predicts token p + 1
@@ -143,9 +147,9 @@ def response_values(critic, seq: SequenceBatch) -> torch.Tensor:
 def advantages_for(seq: SequenceBatch, old_logp: torch.Tensor | None, ref_logp: torch.Tensor | None,
                    values: torch.Tensor | None, algo: AlgoConfig, reduce: Reduce | None = None
                    ) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """Advantages (and returns for PPO) of this shard, equal to those of the whole step's batch: groups are never
-    split, and the batch-wide whitening of REINFORCE++/PPO takes its statistics through `reduce` (an all-reduce).
-    KL is folded into the reward (from π_old and π_ref) when kl_mode is `reward`."""
+    """Advantages (and returns for PPO) of this shard, equal to those of the whole step's batch: groups are
+    never split, and the batch-wide whitening of REINFORCE++/PPO takes its statistics through `reduce` (an
+    all-reduce). KL is folded into the reward (from π_old and π_ref) when kl_mode is `reward`."""
     token_kl = None
     if old_logp is not None and ref_logp is not None and algo.kl_mode == "reward" and algo.kl_coef > 0:
         token_kl = kl_estimate(old_logp, ref_logp, algo.kl_estimator) * seq.response_mask

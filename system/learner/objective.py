@@ -1,7 +1,8 @@
 """The learner's objective: which terms apply, and the normaliser of each `loss_agg` from *global* counts.
 
-Pure torch, no Ray, no DeepSpeed. A step's (mini-)batch is split over R ranks × M micro-batches; the loss of one
-micro-batch is written as a partial sum over its tokens divided by a denominator D of the whole (mini-)batch:
+Pure torch, no Ray, no DeepSpeed. A step's (mini-)batch is split over R ranks × M micro-batches; the loss of
+one micro-batch is written as a partial sum over its tokens divided by a denominator D of the whole
+(mini-)batch:
 
     L = Σ_{ranks, micro-batches}  Σ_{tokens t of the micro-batch}  w_t · ℓ_t  /  D
 
@@ -9,9 +10,10 @@ micro-batch is written as a partial sum over its tokens divided by a denominator
     seq_mean_token_mean:      w_t = 1 / |y_i|,  D = N_sequences (rows with ≥ 1 token)
     seq_mean_token_sum_norm:  w_t = 1,          D = N_rows · norm_len   (Dr. GRPO's constant normaliser)
 
-ℓ_t = clipped surrogate (× TIS weight) − entropy_coef · H_t + [kl_mode=loss] kl_coef · KL_t. N_* are counted over every
-rank and micro-batch (`batch_counts`, summed by one all-reduce before the backward passes), so the gradient equals
-the one-big-batch gradient whatever R and M are — `aggregate(x, m, mode)` on the whole batch is the same number.
+ℓ_t = clipped surrogate (× TIS weight) − entropy_coef · H_t + [kl_mode=loss] kl_coef · KL_t. N_* are counted
+over every rank and micro-batch (`batch_counts`, summed by one all-reduce before the backward passes), so the
+gradient equals the one-big-batch gradient whatever R and M are — `aggregate(x, m, mode)` on the whole batch
+is the same number.
 """
 
 from __future__ import annotations
@@ -36,7 +38,8 @@ def batch_counts(mask: Tensor) -> Tensor:
 
 
 def normaliser(mode: str, counts: Tensor, norm_len: int) -> float:
-    """D of `mode` from the (tokens, sequences, rows) counts of the whole batch; at least 1 (an empty batch gives 0)."""
+    """D of `mode` from the (tokens, sequences, rows) counts of the whole batch; at least 1 (an empty batch
+    gives 0)."""
     tokens, sequences, rows = (float(c) for c in counts)
     if mode == "token_mean":
         return max(tokens, 1.0)
@@ -63,7 +66,8 @@ def aggregate_sum(per_token: Tensor, mask: Tensor, mode: str) -> Tensor:
 
 @dataclass
 class Tally:
-    """Statistics as (numerator, denominator) sums: one all-reduce turns every rank's partial sums into global ratios.
+    """Statistics as (numerator, denominator) sums: one all-reduce turns every rank's partial sums into global
+    ratios.
 
     Every rank must add the same keys (they depend on the config, never on the data).
     """
@@ -77,9 +81,11 @@ class Tally:
 
     def ratios(self, reduce: Reduce) -> dict[str, float]:
         keys = sorted(self.num)
-        vec = reduce(torch.tensor([self.num[k] for k in keys] + [self.den[k] for k in keys], dtype=torch.float64))
+        vec = reduce(torch.tensor([self.num[k] for k in keys] + [self.den[k] for k in keys],
+                                  dtype=torch.float64))
         n = len(keys)
-        return {k: float(vec[i] / vec[n + i]) if float(vec[n + i]) else float("nan") for i, k in enumerate(keys)}
+        return {k: float(vec[i] / vec[n + i]) if float(vec[n + i]) else float("nan") for i,
+                k in enumerate(keys)}
 
 
 @dataclass(frozen=True)
@@ -100,7 +106,8 @@ class Objective:
 
     @property
     def uses_reference(self) -> bool:
-        """The reference forward runs only when the KL enters the loss or reward, or is asked for as a metric."""
+        """The reference forward runs only when the KL enters the loss or reward, or is asked for as a
+        metric."""
         return self.algo.kl_coef > 0 or self.algo.log_kl
 
     @property
@@ -108,9 +115,10 @@ class Objective:
         return ESTIMATORS[self.algo.name].critic
 
     def needs_old_forward(self, on_policy: bool) -> bool:
-        """π_old equals the detached training forward when the batch was sampled by the current weights and the
-        policy takes one optimizer step on it (ppo_epochs = mini_batches = 1); KL-in-reward needs π_old before
-        the advantages, so it keeps the separate forward. With `old_logprobs: rollout` π_old is the engine's."""
+        """π_old equals the detached training forward when the batch was sampled by the current weights and
+        the policy takes one optimizer step on it (ppo_epochs = mini_batches = 1); KL-in-reward needs π_old
+        before the advantages, so it keeps the separate forward. With `old_logprobs: rollout` π_old is the
+        engine's."""
         if self.algo.old_logprobs == "rollout":
             return False
         single_update = self.algo.ppo_epochs == 1 and self.algo.mini_batches == 1
@@ -119,17 +127,22 @@ class Objective:
     def denominator(self, counts: Tensor) -> float:
         return normaliser(self.algo.loss_agg, counts, self.norm_len)
 
-    def policy_loss(self, logp: Tensor, entropy: Tensor | None, old_logp: Tensor | None, ref_logp: Tensor | None,
+    def policy_loss(self, logp: Tensor, entropy: Tensor | None, old_logp: Tensor | None,
+                    ref_logp: Tensor | None,
                     rollout_logp: Tensor, advantages: Tensor, mask: Tensor, counts: Tensor,
                     tally: Tally) -> Tensor:
-        """This micro-batch's share of the batch's policy loss (`counts`: the whole batch's); statistics → `tally`.
+        """This micro-batch's share of the batch's policy loss (`counts`: the whole batch's); statistics →
+        `tally`.
 
-        old_logp None means on-policy: π_old = logp.detach(), so the ratio is 1 with the gradient of the surrogate.
+        old_logp None means on-policy: π_old = logp.detach(), so the ratio is 1 with the gradient of the
+        surrogate.
         """
         a = self.algo
         old = logp.detach() if old_logp is None else old_logp
-        is_weights = truncated_is_weights(old, rollout_logp, mask, a.tis_cap) if a.tis_cap is not None else None
-        terms = policy_loss_per_token(logp, old, advantages, mask, clip_eps=a.clip_eps, clip_eps_high=a.clip_eps_high,
+        is_weights = truncated_is_weights(old, rollout_logp, mask,
+                                          a.tis_cap) if a.tis_cap is not None else None
+        terms = policy_loss_per_token(logp, old, advantages, mask, clip_eps=a.clip_eps,
+                                      clip_eps_high=a.clip_eps_high,
                                       dual_clip=a.dual_clip, is_weights=is_weights)
         per_token = terms.loss
         if a.entropy_coef and entropy is not None:
@@ -157,7 +170,8 @@ class Objective:
                 tally.add("kl", token_sum(kl.detach()), tokens)
         return loss
 
-    def value_loss(self, values: Tensor, old_values: Tensor, returns: Tensor, mask: Tensor, counts: Tensor) -> Tensor:
+    def value_loss(self, values: Tensor, old_values: Tensor, returns: Tensor, mask: Tensor,
+                   counts: Tensor) -> Tensor:
         """This micro-batch's share of the clipped value loss, a token mean over the whole batch."""
         per_token = value_loss_per_token(values, old_values, returns, self.algo.value_clip)
         return aggregate_sum(per_token, mask, "token_mean") / normaliser("token_mean", counts, self.norm_len)

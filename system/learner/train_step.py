@@ -1,8 +1,9 @@
 """One learner step on one rank: the step's batch → mini-batches → this rank's shard → micro-batches.
 
-No Ray: the LearnerWorker (and the sharding test) call `LearnerStep.run` with DeepSpeed engines on an initialised
-process group. Every rank reads the whole scored batch, so the plan (which rows go to which rank, mini-batch and
-micro-batch) is computed identically everywhere; prompt groups are never split. The work of a step:
+No Ray: the LearnerWorker (and the sharding test) call `LearnerStep.run` with DeepSpeed engines on an
+initialised process group. Every rank reads the whole scored batch, so the plan (which rows go to which rank,
+mini-batch and micro-batch) is computed identically everywhere; prompt groups are never split. The work of a
+step:
 
     forwards (no grad)   π_old only if `Objective.needs_old_forward`, π_ref only if `uses_reference`, V for PPO
     one all-reduce       counts of every mini-batch + whitening statistics → advantages of the whole batch
@@ -52,8 +53,9 @@ def plan_step(prompt_ids: np.ndarray, rank: int, world: int, mini_batches: int, 
               ) -> list[list[np.ndarray]]:
     """For each mini-batch, this rank's micro-batches as row indices of the step's batch.
 
-    Groups split into `mini_batches` contiguous chunks; inside a chunk they are dealt to ranks round-robin; every
-    rank gets the same number of micro-batches per mini-batch (ZeRO collectives need equal call counts), some empty.
+    Groups split into `mini_batches` contiguous chunks; inside a chunk they are dealt to ranks round-robin;
+    every rank gets the same number of micro-batches per mini-batch (ZeRO collectives need equal call counts),
+    some empty.
     """
     group, n_groups = group_order(prompt_ids)
     plan = []
@@ -68,7 +70,8 @@ def plan_step(prompt_ids: np.ndarray, rank: int, world: int, mini_batches: int, 
 
 
 class LearnerStep:
-    """Runs steps for one rank with the engines it owns (policy and critic DeepSpeed engines, frozen reference)."""
+    """Runs steps for one rank with the engines it owns (policy and critic DeepSpeed engines, frozen
+    reference)."""
 
     def __init__(self, cfg: Config, policy, reference, critic, rank: int, world: int, pad_id: int,
                  device: torch.device):
@@ -81,7 +84,8 @@ class LearnerStep:
         return SequenceBatch(*(getattr(seq, f).to(self.device) for f in seq.__dataclass_fields__))
 
     def _select(self, seq: SequenceBatch, idx: np.ndarray) -> tuple[SequenceBatch, torch.Tensor, bool]:
-        """Rows `idx` of this rank's batch; an empty micro-batch runs one masked dummy row (ZeRO-3 ranks stay in step)."""
+        """Rows `idx` of this rank's batch; an empty micro-batch runs one masked dummy row (ZeRO-3 ranks stay
+        in step)."""
         empty = len(idx) == 0
         rows = torch.as_tensor(idx if not empty else np.array([0]), dtype=torch.long)
         mb = seq.select(rows)
@@ -103,7 +107,8 @@ class LearnerStep:
     def _micro_step(self, obj: Objective, local: SequenceBatch, idx: np.ndarray, boundary: bool,
                     old_logp: torch.Tensor | None, ref_logp: torch.Tensor | None, values: torch.Tensor | None,
                     advantages: torch.Tensor, returns: torch.Tensor | None, counts: torch.Tensor, tally: Tally) -> None:
-        """Forward and backward of one micro-batch: its share of the (mini-)batch loss whose counts are `counts`."""
+        """Forward and backward of one micro-batch: its share of the (mini-)batch loss whose counts are
+        `counts`."""
         mb, rows, empty = self._select(local, idx)
 
         def part(x: torch.Tensor | None) -> torch.Tensor | None:
@@ -112,23 +117,25 @@ class LearnerStep:
         self.policy.set_gradient_accumulation_boundary(boundary)
         logp, entropy = forward_logprobs(self.policy, mb, obj.temperature, entropy=True,
                                          entropy_grad=bool(obj.algo.entropy_coef))
-        loss = obj.policy_loss(logp, entropy, part(old_logp), part(ref_logp), mb.rollout_logprobs, part(advantages),
-                               mb.response_mask, counts, tally)
+        loss = obj.policy_loss(logp, entropy, part(old_logp), part(ref_logp), mb.rollout_logprobs,
+                               part(advantages), mb.response_mask, counts, tally)
         loss = loss * 0.0 if empty else loss
         tally.add("loss/policy", float(loss.detach()), 0.0)
-        self.policy.backward(loss * self.world)  # DeepSpeed's all-reduce averages over ranks: × world makes it Σ
+        # DeepSpeed's all-reduce averages over ranks: × world makes it Σ
+        self.policy.backward(loss * self.world)
         if self.critic is not None:
             self.critic.set_gradient_accumulation_boundary(boundary)
-            v_loss = obj.value_loss(response_values(self.critic, mb), part(values), part(returns), mb.response_mask,
-                                    counts)
+            v_loss = obj.value_loss(response_values(self.critic, mb), part(values), part(returns),
+                                    mb.response_mask, counts)
             v_loss = v_loss * 0.0 if empty else v_loss
             tally.add("loss/value", float(v_loss.detach()), 0.0)
             self.critic.backward(v_loss * self.world)
 
     def run(self, batch: pa.RecordBatch, version: int,
             before_optimizer_step: Callable[[int], None] | None = None) -> dict[str, float]:
-        """Train on the step's whole scored batch; `version` is the policy version these weights are (on-policy when
-        every row was sampled by it). `before_optimizer_step(k)` sees the reduced gradients of mini-batch k."""
+        """Train on the step's whole scored batch; `version` is the policy version these weights are
+        (on-policy when every row was sampled by it). `before_optimizer_step(k)` sees the reduced gradients of
+        mini-batch k."""
         t0 = time.perf_counter()
         cfg, algo = self.cfg, self.cfg.algo
         obj = Objective(algo, cfg.rollout.temperature, cfg.rollout.max_new_tokens)
@@ -136,7 +143,8 @@ class LearnerStep:
         plan = plan_step(prompt_ids, self.rank, self.world, algo.mini_batches, cfg.learner.micro_batch_size)
         mine = np.concatenate([idx for micro in plan for idx in micro])
         # This rank's rows in plan order; micro-batches become index ranges into them.
-        local = sequences_from_batch(batch.take(pa.array(mine if len(mine) else [0], type=pa.int64())), self.pad_id)
+        local = sequences_from_batch(batch.take(pa.array(mine if len(mine) else [0], type=pa.int64())),
+                                     self.pad_id)
         if not len(mine):
             local.response_mask = torch.zeros_like(local.response_mask)
         bounds = np.cumsum([0] + [len(idx) for micro in plan for idx in micro])
@@ -169,9 +177,10 @@ class LearnerStep:
         for _ in range(algo.ppo_epochs):
             for k, micro in enumerate(plan_local):
                 for i, idx in enumerate(micro):
-                    self._micro_step(obj, local, idx, i == len(micro) - 1, old_logp, ref_logp, values, advantages,
-                                     returns, counts[k], tally)
-                # Each mini-batch's loss sums over ranks; the denominators make the logged loss a mean per update.
+                    self._micro_step(obj, local, idx, i == len(micro) - 1, old_logp, ref_logp, values,
+                                     advantages, returns, counts[k], tally)
+                # Each mini-batch's loss sums over ranks; the denominators make the logged loss a mean per
+                # update.
                 tally.add("loss/policy", 0.0, 1.0 / self.world)
                 if self.critic is not None:
                     tally.add("loss/value", 0.0, 1.0 / self.world)

@@ -1,5 +1,5 @@
-"""Turning (prompt, response) text into model inputs, and pooling hidden states — shared by training and scoring so
-the two can never disagree."""
+"""Turning (prompt, response) text into model inputs, and pooling hidden states — shared by training and
+scoring so the two can never disagree."""
 
 from __future__ import annotations
 
@@ -7,9 +7,11 @@ from collections.abc import Sequence
 
 import torch
 
-# Encoder families whose natural sentence representation is the mean over tokens (sentence-transformers style);
-# everything else (decoder-only LMs) reads the last non-pad token, which has attended to the whole sequence.
-MEAN_POOLED_MODEL_TYPES = {"bert", "roberta", "distilbert", "deberta", "deberta-v2", "electra", "xlm-roberta", "mpnet"}
+# Encoder families whose natural sentence representation is the mean over tokens (sentence-transformers
+# style); everything else (decoder-only LMs) reads the last non-pad token, which has attended to the whole
+# sequence.
+MEAN_POOLED_MODEL_TYPES = {"bert", "roberta", "distilbert", "deberta", "deberta-v2", "electra",
+                           "xlm-roberta", "mpnet"}
 
 
 def default_pooling(model_type: str) -> str:
@@ -25,8 +27,8 @@ def _special(tokenizer, *names: str) -> list[int]:
 
 
 def pad_token_id(tokenizer) -> int:
-    """The pad id; tokenizers without one fall back to unk, then eos (documented: with pad == eos the final eos is
-    treated as padding by HF sequence classifiers, consistently in training and scoring)."""
+    """The pad id; tokenizers without one fall back to unk, then eos (documented: with pad == eos the final
+    eos is treated as padding by HF sequence classifiers, consistently in training and scoring)."""
     for name in ("pad", "unk", "eos"):
         token_id = getattr(tokenizer, f"{name}_token_id", None)
         if token_id is not None:
@@ -39,9 +41,9 @@ def encode_pairs(
 ) -> dict[str, torch.Tensor]:
     """Layout: [CLS|BOS] prompt [SEP] response [EOS|SEP], right-padded.
 
-    Returns input_ids, attention_mask and response_mask [B, T] (1 on response tokens and the closing token, whose
-    log-probs DPO sums). Over-long pairs keep the first tokens of the response — at least half the budget — and the
-    last tokens of the prompt.
+    Returns input_ids, attention_mask and response_mask [B, T] (1 on response tokens and the closing token,
+    whose log-probs DPO sums). Over-long pairs keep the first tokens of the response — at least half the
+    budget — and the last tokens of the prompt.
     """
     if len(prompts) != len(responses):
         raise ValueError(f"got {len(prompts)} prompts but {len(responses)} responses")
@@ -74,7 +76,8 @@ def encode_pairs(
 
 
 def pool(hidden: torch.Tensor, attention_mask: torch.Tensor, pooling: str) -> torch.Tensor:
-    """[B, T, H] → [B, H]: "last" = last non-pad token (right padding), "mean" = masked mean, "first" = token 0."""
+    """[B, T, H] → [B, H]: "last" = last non-pad token (right padding), "mean" = masked mean, "first" = token
+    0."""
     if pooling == "last":
         last = attention_mask.sum(1).clamp(min=1) - 1
         return hidden[torch.arange(hidden.shape[0], device=hidden.device), last]

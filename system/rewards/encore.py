@@ -1,8 +1,9 @@
 """ENCORE (arXiv 2503.20995): weight the heads of a multi-head reward model by the entropy of their ratings.
 
-A rule whose ratings on the training set are spread evenly over the scale (high entropy) behaves like noise; a rule
-with a peaked distribution is decisive. Weights w = softmax(-H / τ), τ = 2 by default (τ → ∞ gives uniform weights).
-Final reward φ = Σ_k w_k ψ_k. The discretisation used for H is part of the saved weights so scores are reproducible.
+A rule whose ratings on the training set are spread evenly over the scale (high entropy) behaves like noise; a
+rule with a peaked distribution is decisive. Weights w = softmax(-H / τ), τ = 2 by default (τ → ∞ gives
+uniform weights). Final reward φ = Σ_k w_k ψ_k. The discretisation used for H is part of the saved weights so
+scores are reproducible.
 """
 
 from __future__ import annotations
@@ -18,7 +19,8 @@ import numpy as np
 
 @dataclass(frozen=True)
 class Discretisation:
-    """Ratings are clipped to [low, high] and cut into `levels` equal-width bins; entropy is in log base `log_base`."""
+    """Ratings are clipped to [low, high] and cut into `levels` equal-width bins; entropy is in log base
+    `log_base`."""
 
     levels: int = 10
     low: float = 0.0
@@ -35,7 +37,8 @@ class Discretisation:
 
 
 def discretise(ratings: np.ndarray, disc: Discretisation) -> np.ndarray:
-    """Level index in 0..levels-1 of every rating: floor((clip(x) - low) / (high - low) · levels), top edge inclusive."""
+    """Level index in 0..levels-1 of every rating: floor((clip(x) - low) / (high - low) · levels), top edge
+    inclusive."""
     x = np.clip(np.asarray(ratings, dtype=float), disc.low, disc.high)
     return np.minimum(((x - disc.low) / (disc.high - disc.low) * disc.levels).astype(int), disc.levels - 1)
 
@@ -62,7 +65,8 @@ def encore_weights(entropies: np.ndarray, tau: float = 2.0) -> np.ndarray:
 
 @dataclass
 class EncoreWeights:
-    """Everything needed to turn head ratings ψ [n, K] into φ: head names, entropies, weights, τ, discretisation."""
+    """Everything needed to turn head ratings ψ [n, K] into φ: head names, entropies, weights, τ,
+    discretisation."""
 
     head_names: list[str]
     entropies: list[float]
@@ -93,8 +97,9 @@ def fit_encore(
     disc: Discretisation = Discretisation(),
     min_std: float = 1e-8,
 ) -> EncoreWeights:
-    """Entropy weights from training ratings [n, K]. A head whose ratings have no variance has zero entropy and would
-    take most of the weight while carrying no signal: it is dropped with a warning and gets weight 0."""
+    """Entropy weights from training ratings [n, K]. A head whose ratings have no variance has zero entropy
+    and would take most of the weight while carrying no signal: it is dropped with a warning and gets weight
+    0."""
     ratings = np.asarray(ratings, dtype=float)
     if ratings.ndim != 2 or ratings.shape[1] != len(head_names):
         raise ValueError(f"ratings must be [n, {len(head_names)}] for heads {head_names}, got {ratings.shape}")

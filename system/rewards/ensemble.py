@@ -1,8 +1,8 @@
 """Aggregating an ensemble of reward models, and WARM weight averaging.
 
 Member rewards come as an array [k, n] (members on axis 0) — numpy or torch, returned in the same type.
-References: Coste et al. 2023 (arXiv 2310.02743: mean, WCO, UWO), Eisenstein/Zhang et al. 2024 (arXiv 2401.16635: LCB),
-Ramé et al. 2024 (WARM, arXiv 2401.12187).
+References: Coste et al. 2023 (arXiv 2310.02743: mean, WCO, UWO), Eisenstein/Zhang et al. 2024 (arXiv
+2401.16635: LCB), Ramé et al. 2024 (WARM, arXiv 2401.12187).
 """
 
 from __future__ import annotations
@@ -15,8 +15,8 @@ import torch
 
 Aggregation = Literal["mean", "lcb", "worst_case", "uncertainty_weighted"]
 AGGREGATIONS: tuple[str, ...] = ("mean", "lcb", "worst_case", "uncertainty_weighted")
-# Default coefficient per rule: β of LCB (2401.16635 sweeps it; 1 std is the usual choice), λ of UWO (0.5 is Coste et
-# al.'s best-of-n value).
+# Default coefficient per rule: β of LCB (2401.16635 sweeps it; 1 std is the usual choice), λ of UWO (0.5 is
+# Coste et al.'s best-of-n value).
 DEFAULT_COEF: dict[str, float] = {"mean": 0.0, "lcb": 1.0, "worst_case": 0.0, "uncertainty_weighted": 0.5}
 
 
@@ -26,8 +26,8 @@ def _check(rewards):
 
 
 def member_std(rewards, ddof: int = 0):
-    """Std over members (axis 0). ddof=0 (population std) by default, as in Coste et al.'s best-of-n code; with
-    ddof=1 a single member would give NaN, so ddof is capped at k-1."""
+    """Std over members (axis 0). ddof=0 (population std) by default, as in Coste et al.'s best-of-n code;
+    with ddof=1 a single member would give NaN, so ddof is capped at k-1."""
     _check(rewards)
     ddof = min(ddof, rewards.shape[0] - 1)
     if isinstance(rewards, torch.Tensor):
@@ -58,7 +58,8 @@ def uncertainty_weighted_reward(rewards, lam: float = 0.5, ddof: int = 0):
 
 
 def aggregate(rewards, rule: Aggregation = "mean", coef: float | None = None, ddof: int = 0):
-    """Apply one aggregation rule; coef is β for "lcb" and λ for "uncertainty_weighted" (defaults in DEFAULT_COEF)."""
+    """Apply one aggregation rule; coef is β for "lcb" and λ for "uncertainty_weighted" (defaults in
+    DEFAULT_COEF)."""
     if rule not in AGGREGATIONS:
         raise ValueError(f"unknown aggregation {rule!r}: use one of {', '.join(AGGREGATIONS)}")
     coef = DEFAULT_COEF[rule] if coef is None else coef
@@ -76,9 +77,9 @@ def warm_average(
 ) -> dict[str, torch.Tensor]:
     """WARM: θ = Σ_i w_i θ_i (uniform w by default) over members fine-tuned from one shared initialisation.
 
-    Averaging only makes sense for members in one linearly connected basin, i.e. same architecture and same init; this
-    checks identical keys, shapes and dtypes and raises naming the first mismatch. Integer buffers (e.g. position ids)
-    are taken from the first member unchanged.
+    Averaging only makes sense for members in one linearly connected basin, i.e. same architecture and same
+    init; this checks identical keys, shapes and dtypes and raises naming the first mismatch. Integer buffers
+    (e.g. position ids) are taken from the first member unchanged.
     """
     if not state_dicts:
         raise ValueError("warm_average needs at least one state dict")

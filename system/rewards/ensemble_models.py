@@ -1,5 +1,5 @@
-"""Ensembles of independently trained reward models (members in subfolders), and WARM: the weight average of members
-that share an initialisation, served as one scalar model."""
+"""Ensembles of independently trained reward models (members in subfolders), and WARM: the weight average of
+members that share an initialisation, served as one scalar model."""
 
 from __future__ import annotations
 
@@ -16,8 +16,8 @@ from alignray.rewards.models import RewardModel, ScalarRewardModel, write_rm_con
 
 
 class EnsembleRewardModel(RewardModel):
-    """k independent members (any kind; each keeps its own tokenizer). reward = aggregation over members' rewards
-    ("mean", "lcb" β=coef, "worst_case", "uncertainty_weighted" λ=coef; std/var with `ddof`)."""
+    """k independent members (any kind; each keeps its own tokenizer). reward = aggregation over members'
+    rewards ("mean", "lcb" β=coef, "worst_case", "uncertainty_weighted" λ=coef; std/var with `ddof`)."""
 
     kind = "ensemble"
 
@@ -32,7 +32,8 @@ class EnsembleRewardModel(RewardModel):
         self.aggregation, self.coef, self.ddof = aggregation, coef, ddof
 
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> dict[str, torch.Tensor]:
-        """Valid when members share the tokenizer (e.g. all fine-tuned from one base); `score` has no such need."""
+        """Valid when members share the tokenizer (e.g. all fine-tuned from one base); `score` has no such
+        need."""
         rewards = torch.stack([m(input_ids, attention_mask)["reward"] for m in self.members])
         return {"reward": aggregate(rewards, self.aggregation, self.coef, self.ddof), "members": rewards}
 
@@ -60,8 +61,8 @@ class EnsembleRewardModel(RewardModel):
 
     @classmethod
     def from_config(cls, members: list[RewardModel], config: dict[str, Any]) -> EnsembleRewardModel:
-        """The ensemble saved with `config` (alignray_rm.json), from its loaded members (alignray.rewards.loading
-        loads them: members may be of any kind)."""
+        """The ensemble saved with `config` (alignray_rm.json), from its loaded members
+        (alignray.rewards.loading loads them: members may be of any kind)."""
         return cls(members, config.get("aggregation", "mean"), config.get("coef"), config.get("ddof", 0))
 
 

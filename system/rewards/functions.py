@@ -1,4 +1,5 @@
-"""Built-in rule rewards: `fn(prompt, response, **kwargs) -> float`. Users add their own as `package.module:function`."""
+"""Built-in rule rewards: `fn(prompt, response, **kwargs) -> float`. Users add their own as
+`package.module:function`."""
 
 from __future__ import annotations
 
@@ -16,7 +17,8 @@ def vowel_ratio(prompt: str, response: str, vowels: str = "aeiou") -> float:
 
 
 def length_target(prompt: str, response: str, target: int = 24) -> float:
-    """−|len(response) − target| / target, in characters: 0 at the target length, −1 at twice it or at empty."""
+    """−|len(response) − target| / target, in characters: 0 at the target length, −1 at twice it or at
+    empty."""
     return -abs(len(response) - target) / target
 
 

@@ -1,6 +1,6 @@
-"""HAF-RM (arXiv 2407.04185): one causal-LM trunk with its LM head (the policy) and a zero-initialised scalar reward
-head read at the last non-pad token. Training mixes BT on the reward head with α·DPO on the LM head; scoring uses
-the reward head only."""
+"""HAF-RM (arXiv 2407.04185): one causal-LM trunk with its LM head (the policy) and a zero-initialised scalar
+reward head read at the last non-pad token. Training mixes BT on the reward head with α·DPO on the LM head;
+scoring uses the reward head only."""
 
 from __future__ import annotations
 
@@ -23,9 +23,9 @@ def _is_peft(model) -> bool:
 
 
 class HafRewardModel(RewardModel):
-    """The DPO reference π_ref is the same network with its LoRA adapters disabled when the policy is a peft model,
-    otherwise a frozen copy of the initial policy, kept outside the module tree (not trained, not saved, not
-    partitioned) and moved to the input's device on use."""
+    """The DPO reference π_ref is the same network with its LoRA adapters disabled when the policy is a peft
+    model, otherwise a frozen copy of the initial policy, kept outside the module tree (not trained, not
+    saved, not partitioned) and moved to the input's device on use."""
 
     kind = "haf"
 
@@ -58,9 +58,11 @@ class HafRewardModel(RewardModel):
         return summed_response_logprobs(logits, input_ids, response_mask)
 
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor,
-                response_mask: torch.Tensor | None = None, reference: bool = False) -> dict[str, torch.Tensor]:
+                response_mask: torch.Tensor | None = None, reference: bool = False) -> dict[str,
+                                                                                            torch.Tensor]:
         """reward [B] from the reward head; with response_mask also "logp" [B] = Σ log π(response); with
-        reference=True only "ref_logp" [B] (no gradient) — one entry point so a DeepSpeed engine can call both."""
+        reference=True only "ref_logp" [B] (no gradient) — one entry point so a DeepSpeed engine can call
+        both."""
         if reference:
             if response_mask is None:
                 raise ValueError("reference log-probs need a response_mask")
@@ -76,13 +78,14 @@ class HafRewardModel(RewardModel):
     @torch.no_grad()
     def implicit_reward(self, prompts: list[str], responses: list[str], beta: float = 0.1,
                         batch_size: int = 32) -> np.ndarray:
-        """DPO implicit reward β (Σ log π(y|x) - Σ log π_ref(y|x)) of the LM head, for comparison with the reward
-        head."""
+        """DPO implicit reward β (Σ log π(y|x) - Σ log π_ref(y|x)) of the LM head, for comparison with the
+        reward head."""
         was_training = self.training
         self.eval()
         parts = []
         for start in range(0, len(prompts), batch_size):
-            b = self.encode(list(prompts[start : start + batch_size]), list(responses[start : start + batch_size]))
+            b = self.encode(list(prompts[start : start + batch_size]),
+                            list(responses[start : start + batch_size]))
             logp = self(b["input_ids"], b["attention_mask"], b["response_mask"])["logp"]
             ref = self.reference_logprobs(b["input_ids"], b["attention_mask"], b["response_mask"])
             parts.append(dpo_implicit_reward(logp, ref, beta).float().cpu().numpy())

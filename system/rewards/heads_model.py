@@ -1,5 +1,5 @@
-"""Shared trunk + Linear(hidden, K) heads: the multi-head (per-rule) regression RM with ENCORE weights, and the
-linear-head ensemble (k heads on one trunk, arXiv 2401.16635)."""
+"""Shared trunk + Linear(hidden, K) heads: the multi-head (per-rule) regression RM with ENCORE weights, and
+the linear-head ensemble (k heads on one trunk, arXiv 2401.16635)."""
 
 from __future__ import annotations
 
@@ -17,12 +17,14 @@ from alignray.rewards.models import DEFAULT_MAX_LENGTH, RewardModel, save_hf, wr
 
 
 class HeadsRewardModel(RewardModel):
-    """role "multihead": ψ = heads(pooled) [B, K] (one rating per rule), reward φ = ψ @ w with ENCORE weights w
-    (uniform until `set_encore` is called). role "ensemble": each head is a member; reward = `aggregation` of them."""
+    """role "multihead": ψ = heads(pooled) [B, K] (one rating per rule), reward φ = ψ @ w with ENCORE weights
+    w (uniform until `set_encore` is called). role "ensemble": each head is a member; reward = `aggregation`
+    of them."""
 
     kind = "heads"
 
-    def __init__(self, trunk, tokenizer, head_names: list[str], role: Literal["multihead", "ensemble"] = "multihead",
+    def __init__(self, trunk, tokenizer, head_names: list[str], role: Literal["multihead",
+                                                                              "ensemble"] = "multihead",
                  max_length: int = DEFAULT_MAX_LENGTH, pooling: str | None = None,
                  encore: EncoreWeights | None = None, aggregation: str = "mean", coef: float | None = None,
                  ddof: int = 0):

@@ -1,7 +1,7 @@
 """Loading any saved reward model: the one place that knows every kind (`alignray_rm.json` names it).
 
-The base module (`models.py`) imports none of the kinds; each kind's module imports the base; this module imports them
-all. So there is no import cycle, and a new kind is added here.
+The base module (`models.py`) imports none of the kinds; each kind's module imports the base; this module
+imports them all. So there is no import cycle, and a new kind is added here.
 """
 
 from __future__ import annotations
@@ -16,14 +16,15 @@ from alignray.rewards.haf_model import HafRewardModel
 from alignray.rewards.heads_model import HeadsRewardModel
 from alignray.rewards.models import RM_CONFIG_FILE, RewardModel, ScalarRewardModel
 
-KINDS: dict[str, type[RewardModel]] = {cls.kind: cls for cls in (ScalarRewardModel, HeadsRewardModel, HafRewardModel,
+KINDS: dict[str, type[RewardModel]] = {cls.kind: cls for cls in (ScalarRewardModel, HeadsRewardModel,
+                                                                 HafRewardModel,
                                                                   EnsembleRewardModel)}
 
 
 def load_reward_model(path: str | Path, trust_remote_code: bool = False,
                       device: str | torch.device | None = None) -> RewardModel:
-    """Load any saved reward model (dispatch on `kind` in alignray_rm.json), or a plain HF sequence-classification
-    directory as a scalar model. Returned in eval mode, on `device` if given."""
+    """Load any saved reward model (dispatch on `kind` in alignray_rm.json), or a plain HF
+    sequence-classification directory as a scalar model. Returned in eval mode, on `device` if given."""
     path = Path(path)
     config_file = path / RM_CONFIG_FILE
     if config_file.exists():

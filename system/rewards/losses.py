@@ -67,8 +67,8 @@ def haf_loss(
     """HAF-RM hybrid loss (arXiv 2407.04185): L = w_BT · BT(reward head) + α · DPO_β(LM head), w_BT = 1.
 
     Both heads share one trunk, so the policy-side DPO signal regularises the representation the scalar reward
-    head reads. Defaults α = 0.2, β = 0.1 follow the official code. bt_weight = 0 gives plain DPO (a baseline).
-    Returns the loss and its two parts.
+    head reads. Defaults α = 0.2, β = 0.1 follow the official code. bt_weight = 0 gives plain DPO (a
+    baseline). Returns the loss and its two parts.
     """
     bt = bradley_terry_loss(r_chosen, r_rejected)
     dpo = dpo_loss(policy_chosen_logp, policy_rejected_logp, ref_chosen_logp, ref_rejected_logp, beta=beta)

@@ -1,8 +1,9 @@
-"""Reward models in the Hugging Face style: the RewardModel interface and the scalar (BT / causal / WARM) model. It
-imports no other kind; `alignray.rewards.loading.load_reward_model` loads every kind.
+"""Reward models in the Hugging Face style: the RewardModel interface and the scalar (BT / causal / WARM)
+model. It imports no other kind; `alignray.rewards.loading.load_reward_model` loads every kind.
 
-Save format: a directory with `alignray_rm.json` ({"kind": ..., "format_version": 1, ...}) and HF subfolders that
-load with `from_pretrained`. A plain HF sequence-classification directory (num_labels=1) loads as a scalar model.
+Save format: a directory with `alignray_rm.json` ({"kind": ..., "format_version": 1, ...}) and HF subfolders
+that load with `from_pretrained`. A plain HF sequence-classification directory (num_labels=1) loads as a
+scalar model.
 """
 
 from __future__ import annotations
@@ -25,7 +26,8 @@ DEFAULT_MAX_LENGTH = 512
 class RewardModel(nn.Module):
     """One scalar reward per (prompt, response); subclasses may add per-member or per-head columns.
 
-    forward(input_ids, attention_mask, ...) → dict with at least "reward" [B]; `score` runs it batched on text.
+    forward(input_ids, attention_mask, ...) → dict with at least "reward" [B]; `score` runs it batched on
+    text.
     """
 
     kind = "abstract"
@@ -58,7 +60,8 @@ class RewardModel(nn.Module):
         self.eval()
         parts = []
         for start in range(0, len(prompts), batch_size):
-            batch = self.encode(list(prompts[start : start + batch_size]), list(responses[start : start + batch_size]))
+            batch = self.encode(list(prompts[start : start + batch_size]),
+                                list(responses[start : start + batch_size]))
             out = self(batch["input_ids"], batch["attention_mask"])
             parts.append({k: v.detach().float().cpu().numpy() for k, v in self.columns(out).items()})
         self.train(was_training)
@@ -85,8 +88,9 @@ def save_hf(module, tokenizer, directory: Path) -> None:
 
 
 class ScalarRewardModel(RewardModel):
-    """AutoModelForSequenceClassification with num_labels=1. BT, causal (MMD-regularised) and WARM models share this
-    architecture; `trained_with` records which, and the causal RM needs its attribute only during training."""
+    """AutoModelForSequenceClassification with num_labels=1. BT, causal (MMD-regularised) and WARM models
+    share this architecture; `trained_with` records which, and the causal RM needs its attribute only during
+    training."""
 
     kind = "scalar"
 
@@ -122,7 +126,8 @@ class ScalarRewardModel(RewardModel):
         from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
         directory = path / config.get("subfolder", "model")
-        backbone = AutoModelForSequenceClassification.from_pretrained(directory, trust_remote_code=trust_remote_code)
+        backbone = AutoModelForSequenceClassification.from_pretrained(directory,
+                                                                      trust_remote_code=trust_remote_code)
         tokenizer = AutoTokenizer.from_pretrained(directory, trust_remote_code=trust_remote_code)
         return cls(backbone, tokenizer, config.get("max_length", DEFAULT_MAX_LENGTH),
                    config.get("trained_with", "unknown"), config.get("pooling"), config.get("metadata"))

@@ -1,12 +1,15 @@
-"""Scorers turn a rollout batch into a scored batch: one `reward_<name>` column per component plus the weighted total.
+"""Scorers turn a rollout batch into a scored batch: one `reward_<name>` column per component plus the
+weighted total.
 
-A scorer with weight 0 is computed and logged (`reward_<name>`, `reward/<name>/mean`) but adds nothing to the optimised
-`reward`. A `gold` scorer (weight 0, at most one) is a reference reward, for example the true reward a learned proxy
-stands in for: the driver also logs `reward/proxy_gold_gap/mean` = mean(reward − gold), which grows while a policy
-over-optimises the proxy (compare it with its first steps; the two scales need not match).
+A scorer with weight 0 is computed and logged (`reward_<name>`, `reward/<name>/mean`) but adds nothing to the
+optimised `reward`. A `gold` scorer (weight 0, at most one) is a reference reward, for example the true reward
+a learned proxy stands in for: the driver also logs `reward/proxy_gold_gap/mean` = mean(reward − gold), which
+grows while a policy over-optimises the proxy (compare it with its first steps; the two scales need not
+match).
 
-A scorer that raises or returns a non-finite value for a sample is never turned into zero: the sample is reported by its
-(prompt_id, sample_index) and, by policy, the step fails or the sample is quarantined (dropped and logged).
+A scorer that raises or returns a non-finite value for a sample is never turned into zero: the sample is
+reported by its (prompt_id, sample_index) and, by policy, the step fails or the sample is quarantined (dropped
+and logged).
 """
 
 from __future__ import annotations
@@ -59,7 +62,8 @@ class ModelScorer:
     def score(self, prompts: list[str], responses: list[str]) -> ScoreResult:
         parts: dict[str, list[np.ndarray]] = {}
         for start in range(0, len(prompts), self.batch_size):
-            out = self.model.score(prompts[start:start + self.batch_size], responses[start:start + self.batch_size])
+            out = self.model.score(prompts[start:start + self.batch_size],
+                                   responses[start:start + self.batch_size])
             for key, value in out.items():
                 parts.setdefault(key, []).append(np.asarray(value, dtype=np.float32))
         return ScoreResult({k: np.concatenate(v) for k, v in parts.items()})
@@ -75,7 +79,8 @@ def _sample_id(batch: pa.RecordBatch, row: int) -> str:
 
 
 def score_batch(batch: pa.RecordBatch, scorers: list, on_error: str) -> tuple[pa.RecordBatch, dict]:
-    """Apply every scorer; returns the scored batch and small stats (means, quarantined samples) for the driver."""
+    """Apply every scorer; returns the scored batch and small stats (means, quarantined samples) for the
+    driver."""
     check_batch(batch, "rollout", "reward worker input")
     prompts = batch.column("prompt").to_pylist()
     responses = batch.column("response").to_pylist()
@@ -113,8 +118,8 @@ def score_batch(batch: pa.RecordBatch, scorers: list, on_error: str) -> tuple[pa
 
 
 def batch_reward_stats(scored: pa.RecordBatch, quarantined: list[str], gold: str | None = None) -> dict:
-    """Scalars the driver logs: mean/std reward, per-component means, and the reward–length correlation; with a
-    gold scorer, the sum of (reward − gold), which the driver turns into `reward/proxy_gold_gap/mean`."""
+    """Scalars the driver logs: mean/std reward, per-component means, and the reward–length correlation; with
+    a gold scorer, the sum of (reward − gold), which the driver turns into `reward/proxy_gold_gap/mean`."""
     reward = scored.column("reward").to_numpy()
     lengths = np.diff(np.asarray(scored.column("response_tokens").offsets)).astype(np.float64)
     stats = {"reward/sum": float(reward.sum()), "reward/sumsq": float((reward.astype(np.float64) ** 2).sum()),

@@ -1,4 +1,5 @@
-"""Reward-model training, data and evaluation, in one place (the model kinds themselves are in alignray.rewards).
+"""Reward-model training, data and evaluation, in one place (the model kinds themselves are in
+alignray.rewards).
 
   config.py       RewardTrainConfig — the one config: the recipe, and for an `alignray rm train` run its data and ranks
   sources.py      data (`builtin:` sets, files, hub) and backbones (`gt:all-MiniLM-L6-v2`), checked before Ray starts

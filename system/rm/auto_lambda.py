@@ -1,6 +1,6 @@
 """`mmd_lambda: auto` — choose the causal RM's λ from a sweep on a held-out part of the training data.
 
-Rule (documented in the README; the whole sweep is saved with the model and in the run directory):
+Rule (documented in docs/reward-models.md; the whole sweep is saved with the model and in the run directory):
 1. Split the training pairs (seeded) into fit (1 - holdout) and held-out (holdout, default 20 %).
 2. Train BT (λ = 0) and the causal RM at every λ of the grid on the fit part; score the held-out part.
 3. Feasible: held-out accuracy (against the possibly noisy labels) >= BT's - tolerance (default 0.02).
@@ -56,7 +56,8 @@ def bias_scores(model, held: PreferenceData, attribute: str, bins: np.ndarray, b
     return row
 
 
-def choose_lambda(baseline: dict[str, Any], rows: list[dict[str, Any]], tolerance: float) -> tuple[float, str]:
+def choose_lambda(baseline: dict[str, Any], rows: list[dict[str, Any]], tolerance: float) -> tuple[float,
+                                                                                                   str]:
     """Apply steps 3-5 of the module rule to sweep rows ({"lambda", "accuracy", "counterfactual", "mmd"});
     returns (λ, the metric used)."""
     rows = sorted(rows, key=lambda r: r["lambda"])
@@ -84,7 +85,8 @@ def sweep_lambda(train_at: Callable[[float, np.ndarray], Any], data: PreferenceD
     baseline = {"lambda": 0.0, **bias_scores(train_at(0.0, fit_rows), held, attribute, held_bins)}
     rows = []
     for lam in grid:
-        rows.append({"lambda": float(lam), **bias_scores(train_at(float(lam), fit_rows), held, attribute, held_bins)})
+        rows.append({"lambda": float(lam), **bias_scores(train_at(float(lam), fit_rows), held, attribute,
+                                                         held_bins)})
         if log is not None:
             log(f"mmd_lambda auto: λ={lam} {rows[-1]}")
     chosen, metric = choose_lambda(baseline, rows, tolerance)

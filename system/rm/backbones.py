@@ -1,5 +1,5 @@
-"""Creating trunks and tokenizers: a pretrained path (local directory, or a hub name where a hub is reachable) or a
-tiny randomly initialised model built from a config, with a word-level tokenizer built from the data."""
+"""Creating trunks and tokenizers: a pretrained path (local directory, or a hub name where a hub is reachable)
+or a tiny randomly initialised model built from a config, with a word-level tokenizer built from the data."""
 
 from __future__ import annotations
 
@@ -13,8 +13,9 @@ SPECIAL_TOKENS = {"pad_token": "[PAD]", "unk_token": "[UNK]", "bos_token": "[BOS
 
 
 class TinyModelSpec(BaseModel):
-    """A small randomly initialised transformer (for tests and synthetic benchmarks where text quality does not
-    matter). tokenizer: a directory to load one from; None builds a whitespace word-level tokenizer from the data."""
+    """A small randomly initialised transformer (for tests and synthetic benchmarks where text quality does
+    not matter). tokenizer: a directory to load one from; None builds a whitespace word-level tokenizer from
+    the data."""
 
     model_config = ConfigDict(extra="forbid")
     arch: Literal["llama", "bert"] = "llama"
@@ -27,7 +28,8 @@ class TinyModelSpec(BaseModel):
 
 
 def build_word_tokenizer(texts: Iterable[str], max_vocab: int = 20000):
-    """Whitespace word-level tokenizer over the most frequent words of `texts`, with [PAD] [UNK] [BOS] [EOS] [SEP]."""
+    """Whitespace word-level tokenizer over the most frequent words of `texts`, with [PAD] [UNK] [BOS] [EOS]
+    [SEP]."""
     from collections import Counter
 
     from tokenizers import Tokenizer, models, pre_tokenizers
@@ -72,7 +74,8 @@ Head = Literal["sequence_classification", "base", "causal_lm"]
 def new_backbone(head: Head, base_model: str | None, tiny: TinyModelSpec | None, tokenizer,
                  trust_remote_code: bool = False):
     """A trunk with the requested head: AutoModelForSequenceClassification (num_labels=1), AutoModel or
-    AutoModelForCausalLM, from `base_model` (pretrained) or from `tiny` (random init; the caller seeds torch)."""
+    AutoModelForCausalLM, from `base_model` (pretrained) or from `tiny` (random init; the caller seeds
+    torch)."""
     from transformers import AutoModel, AutoModelForCausalLM, AutoModelForSequenceClassification
 
     auto = {"sequence_classification": AutoModelForSequenceClassification, "base": AutoModel,

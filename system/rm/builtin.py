@@ -1,9 +1,9 @@
 """The built-in example's preference data, `builtin:NAME`: an embedded set generated, seeded, from the
-restaurant-advice sentence grammar (text_grammar.py): real English answers whose hidden quality decides the label, and a
-spurious attribute, `concept` (a price or ambience remark, neutral to quality), on 80 % of the better and 20 % of the
-worse responses in training and on half of all responses, independent of quality, in the test set. Every chosen
-response carries its exact counterfactual (the remark removed or inserted). The concept-text benchmark
-(benchmarks/rm_bench) draws its data from the same generator, with label noise.
+restaurant-advice sentence grammar (text_grammar.py): real English answers whose hidden quality decides the
+label, and a spurious attribute, `concept` (a price or ambience remark, neutral to quality), on 80 % of the
+better and 20 % of the worse responses in training and on half of all responses, independent of quality, in
+the test set. Every chosen response carries its exact counterfactual (the remark removed or inserted). The
+concept-text benchmark (benchmarks/rm_bench) draws its data from the same generator, with label noise.
 """
 
 from __future__ import annotations
@@ -22,7 +22,8 @@ BUILTIN = {"restaurants": (800, 0, True), "restaurants-test": (400, 1, False)}
 
 
 def make_pairs(n: int, seed: int, concept: str, train: bool) -> list[dict[str, Any]]:
-    """n pairs {prompt, better, worse, cf_better, cf_worse} (Responses + counterfactual values), noise-free."""
+    """n pairs {prompt, better, worse, cf_better, cf_worse} (Responses + counterfactual values),
+    noise-free."""
     rng = np.random.default_rng(seed)
     values = g.CONCEPTS[concept]
     pairs = []

@@ -1,7 +1,8 @@
 """Resolving a causal recipe before its final fit: `cf_weight: auto`, `mmd_condition: estimate` (a 2-fold
 cross-fitted BT reference orders each pair) and `mmd_lambda: auto` (the held-out sweep of auto_lambda.py).
 
-Costs, in trainings of the model: estimate = 2 on half the data each; auto = 1 + len(grid) on (1 - holdout) of it.
+Costs, in trainings of the model: estimate = 2 on half the data each; auto = 1 + len(grid) on (1 - holdout) of
+it.
 """
 
 from __future__ import annotations
@@ -26,9 +27,9 @@ def bt_copy(cfg: RewardTrainConfig) -> RewardTrainConfig:
 
 def cross_fitted_swap(score_fold: Callable[[np.ndarray, np.ndarray], tuple[np.ndarray, np.ndarray]], n: int,
                       seed: int) -> np.ndarray:
-    """swap[i] = the reference ranks pair i's rejected response above its chosen one. Two folds: a reference fitted on
-    one half scores the other, so no pair is judged by a model that memorised its (possibly flipped) label.
-    `score_fold(train_rows, score_rows)` returns (r_chosen, r_rejected) of score_rows."""
+    """swap[i] = the reference ranks pair i's rejected response above its chosen one. Two folds: a reference
+    fitted on one half scores the other, so no pair is judged by a model that memorised its (possibly flipped)
+    label. `score_fold(train_rows, score_rows)` returns (r_chosen, r_rejected) of score_rows."""
     order = np.random.default_rng(seed + 104729).permutation(n)
     halves = (np.sort(order[: n // 2]), np.sort(order[n // 2:]))
     swap = np.zeros(n, dtype=bool)
@@ -45,7 +46,8 @@ def resolve_causal(cfg: RewardTrainConfig, data: PreferenceData, bins: np.ndarra
                    log: Callable[[str], None] | None = None
                    ) -> tuple[RewardTrainConfig, np.ndarray | None, dict[str, Any] | None]:
     """(cfg with numeric λ and μ, swap [n] or None, the λ sweep record or None). fit_fn(cfg, data, bins, swap)
-    returns a model with `.score`: the full model (`loop.fit_scalar`), or the benchmarks' cached-feature heads."""
+    returns a model with `.score`: the full model (`loop.fit_scalar`), or the benchmarks' cached-feature
+    heads."""
     attribute = cfg.cf_attribute
     if cfg.cf_weight == "auto":
         cfg = cfg.model_copy(update={"cf_weight": 1.0 if has_counterfactuals(data, attribute) else 0.0})
@@ -54,7 +56,8 @@ def resolve_causal(cfg: RewardTrainConfig, data: PreferenceData, bins: np.ndarra
         def score_fold(train_rows: np.ndarray, score_rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
             ref = fit_fn(bt_copy(cfg), data.subset(train_rows), None, None)
             held = data.subset(score_rows)
-            return ref.score(held.prompts, held.chosen)["reward"], ref.score(held.prompts, held.rejected)["reward"]
+            return ref.score(held.prompts, held.chosen)["reward"], ref.score(held.prompts,
+                                                                             held.rejected)["reward"]
 
         swap = cross_fitted_swap(score_fold, len(data), cfg.seed)
         if log is not None:

@@ -1,4 +1,5 @@
-"""Plain entry points behind `alignray rm eval` and `alignray rm bench` (the argparse wiring lives in alignray.cli)."""
+"""Plain entry points behind `alignray rm eval` and `alignray rm bench` (the argparse wiring lives in
+alignray.cli)."""
 
 from __future__ import annotations
 
@@ -14,10 +15,11 @@ def rm_eval_main(model: str, data: str, out: str | None = None, batch_size: int 
                  trust_remote_code: bool = False, baseline: str | None = None) -> dict[str, Any]:
     """Load a saved reward model and a preference file, print the diagnostics table, write JSON to `out`.
 
-    Attributes in the data (chosen_<a>/rejected_<a>) are auto-detected; length_tokens (with the model's tokenizer)
-    and length_chars are always added, since length is the most common spurious attribute. `baseline` (a BT model
-    directory): also evaluate it and flag every attribute value where the model's bias gap has the opposite sign and
-    a larger size than the baseline's (over-correction by the invariance penalty)."""
+    Attributes in the data (chosen_<a>/rejected_<a>) are auto-detected; length_tokens (with the model's
+    tokenizer) and length_chars are always added, since length is the most common spurious attribute.
+    `baseline` (a BT model directory): also evaluate it and flag every attribute value where the model's bias
+    gap has the opposite sign and a larger size than the baseline's (over-correction by the invariance
+    penalty)."""
     from alignray.rewards.loading import load_reward_model
     from alignray.rm.evaluate import evaluate_reward_model, format_table, over_correction
     from alignray.rm.preference_data import load_preferences
@@ -28,10 +30,10 @@ def rm_eval_main(model: str, data: str, out: str | None = None, batch_size: int 
     results = evaluate_reward_model(reward_model, preferences, batch_size)
     results.update(model=str(model), data=str(data))
     if baseline:
-        base = evaluate_reward_model(load_reward_model(baseline, trust_remote_code=trust_remote_code), preferences,
-                                     batch_size)
-        results["baseline"] = {"model": str(baseline), "accuracy": base["accuracy"], "bias_gap": base["bias_gap"],
-                               "counterfactual": base["counterfactual"]}
+        base = evaluate_reward_model(load_reward_model(baseline, trust_remote_code=trust_remote_code),
+                                     preferences, batch_size)
+        results["baseline"] = {"model": str(baseline), "accuracy": base["accuracy"],
+                               "bias_gap": base["bias_gap"], "counterfactual": base["counterfactual"]}
         results["over_correction"] = over_correction(results["bias_gap"], base["bias_gap"])
     print(format_table(results))
     if out:
@@ -41,11 +43,13 @@ def rm_eval_main(model: str, data: str, out: str | None = None, batch_size: int 
 
 
 BENCHMARKS_DIR = Path(__file__).resolve().parents[2] / "benchmarks"
-"""The checkout's benchmark scripts: the reward-model benchmarks are its package `rm_bench`, not part of alignray."""
+"""The checkout's benchmark scripts: the reward-model benchmarks are its package `rm_bench`, not part of
+alignray."""
 
 
 def rm_bench_main(name: str, out: str | None = None, quick: bool = False) -> dict[str, Any]:
-    """Run one reward-model benchmark by name (see benchmarks/rm_bench/__init__.py), from a source checkout."""
+    """Run one reward-model benchmark by name (see benchmarks/rm_bench/__init__.py), from a source
+    checkout."""
     if not (BENCHMARKS_DIR / "rm_bench" / "__init__.py").exists():
         raise ConfigError(f"alignray rm bench runs the benchmarks of a source checkout ({BENCHMARKS_DIR}/rm_bench "
                           "is missing): clone the repository and install it with deploy/install.sh")

@@ -1,6 +1,7 @@
-"""RewardTrainConfig: the one config of reward-model training — the recipe (kind, backbone, loss settings) and, for an
-`alignray rm train` run, its data, evaluation data and DeepSpeed ranks. In process (`train_reward_model`, the
-benchmarks, tests) only the recipe matters: `RewardTrainConfig(kind="bt", tiny_model=...)`.
+"""RewardTrainConfig: the one config of reward-model training — the recipe (kind, backbone, loss settings)
+and, for an `alignray rm train` run, its data, evaluation data and DeepSpeed ranks. In process
+(`train_reward_model`, the benchmarks, tests) only the recipe matters: `RewardTrainConfig(kind="bt",
+tiny_model=...)`.
 
 YAML: every field at the top level; the older layout, the recipe under `model:`, still loads."""
 
@@ -30,10 +31,11 @@ class RewardTrainConfig(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    # ---- a run (`alignray rm train`; unused in process) --------------------------------------------------------
+    # ---- a run (`alignray rm train`; unused in process) ----------------------------------------------------
     data: str | None = None
-    """Preference pairs: .jsonl / .parquet with prompt, chosen, rejected (+ chosen_<attr>/rejected_<attr>, ratings),
-    a hub dataset name, or `builtin:restaurants` (the embedded example; `builtin:restaurants-test` is its test set)."""
+    """Preference pairs: .jsonl / .parquet with prompt, chosen, rejected (+ chosen_<attr>/rejected_<attr>,
+    ratings), a hub dataset name, or `builtin:restaurants` (the embedded example; `builtin:restaurants-test`
+    is its test set)."""
     eval_data: str | None = None
     """Held-out pairs: evaluated after training, written to RUN/eval.json."""
     attributes: list[str] | None = None
@@ -43,14 +45,15 @@ class RewardTrainConfig(BaseModel):
     progress: bool = True
     """The progress bar (loss, accuracy) on the terminal; on a pipe, a plain line every 10% of a fit."""
 
-    # ---- the recipe --------------------------------------------------------------------------------------------
+    # ---- the recipe ----------------------------------------------------------------------------------------
     kind: Literal["bt", "causal", "haf", "multihead", "ensemble"] = "bt"
     # backbone: exactly one of a pretrained path (or hub name) and a tiny random model
     base_model: str | None = None
     tiny_model: TinyModelSpec | None = None
     trust_remote_code: bool = False
     max_length: int = Field(128, ge=8, description="tokens per (prompt, response); see encoding.encode_pairs")
-    pooling: Literal["auto", "last", "mean", "first"] = "auto"  # auto: mean for encoders, last token for decoders
+    # auto: mean for encoders, last token for decoders
+    pooling: Literal["auto", "last", "mean", "first"] = "auto"
     # optimisation (single process; the distributed wrapper reuses reward_loss)
     lr: float = Field(1e-4, gt=0)  # the causal-RM paper's RM learning rate
     weight_decay: float = 0.0
@@ -58,8 +61,10 @@ class RewardTrainConfig(BaseModel):
     batch_size: int = Field(16, ge=2)  # pairs per step; MMD needs >= 2 samples per bin
     grad_clip: float = 1.0
     seed: int = 0
-    train_layers: int | None = Field(None, ge=0)  # train only the last N transformer layers + heads; None = all
-    lora_r: int = Field(0, ge=0)  # > 0: LoRA adapters instead of full fine-tuning (merged on save); "lora" ensemble
+    # train only the last N transformer layers + heads; None = all
+    train_layers: int | None = Field(None, ge=0)
+    # > 0: LoRA adapters instead of full fine-tuning (merged on save); "lora" ensemble
+    lora_r: int = Field(0, ge=0)
     # members use lora_r or 8
     lora_alpha: int = 16
     lora_targets: list[str] | str = "all-linear"
@@ -72,19 +77,20 @@ class RewardTrainConfig(BaseModel):
     mmd_auto_holdout: float = Field(0.2, gt=0, lt=0.5)
     mmd_auto_tolerance: float = Field(0.02, ge=0)  # accuracy a λ may lose against BT on the held-out part
     mmd_mode: Literal["unconditional", "conditional"] = "conditional"
-    # conditional groups: "label" (paper: observed chosen / rejected) or "estimate" (the order a 2-fold cross-fitted
-    # BT reference predicts; robust to label noise, see objectives.py)
+    # conditional groups: "label" (paper: observed chosen / rejected) or "estimate" (the order a 2-fold
+    # cross-fitted BT reference predicts; robust to label noise, see objectives.py)
     mmd_condition: Literal["label", "estimate"] = "label"
-    # μ of the counterfactual-consistency term μ·mean (r(x,y) - r(x,y_cf))²; "auto": 1.0 when the training rows carry
-    # counterfactuals of mmd_attribute, else 0
+    # μ of the counterfactual-consistency term μ·mean (r(x,y) - r(x,y_cf))²; "auto": 1.0 when the training
+    # rows carry counterfactuals of mmd_attribute, else 0
     cf_weight: float | Literal["auto"] = "auto"
-    mmd_attribute: str | list[str] = "length_tokens"  # a data attribute, a computed one, or a list (combinations)
+    # a data attribute, a computed one, or a list (combinations)
+    mmd_attribute: str | list[str] = "length_tokens"
     mmd_bins: Literal["quantile", "equal_width", "categorical"] = "quantile"
     mmd_num_bins: int = Field(10, ge=2)  # paper: 10, 20 or 30 for length
-    # σ of the Gaussian kernel. Default 1.0: BT rewards are in logit units, so one logit is a natural fixed scale. The
-    # median rule makes the penalty scale-invariant; applied to the very reward being trained, its gradient grows as
-    # 1/scale while rewards are near 0 at init, and in the length-bias benchmark it derailed training (accuracy fell
-    # below chance). It suits mmd_on="representation" better.
+    # σ of the Gaussian kernel. Default 1.0: BT rewards are in logit units, so one logit is a natural fixed
+    # scale. The median rule makes the penalty scale-invariant; applied to the very reward being trained, its
+    # gradient grows as 1/scale while rewards are near 0 at init, and in the length-bias benchmark it derailed
+    # training (accuracy fell below chance). It suits mmd_on="representation" better.
     mmd_bandwidth: Literal["median", "multi"] | float = 1.0
     mmd_on: Literal["reward", "representation"] = "reward"
     mmd_reduction: Literal["sum", "mean"] = "sum"
@@ -92,7 +98,8 @@ class RewardTrainConfig(BaseModel):
     # HAF-RM (arXiv 2407.04185)
     haf_alpha: float = Field(0.2, ge=0)
     dpo_beta: float = Field(0.1, gt=0)
-    haf_bt_weight: float = Field(1.0, ge=0)  # 0 with haf_alpha > 0 trains plain DPO on the same network (baseline)
+    # 0 with haf_alpha > 0 trains plain DPO on the same network (baseline)
+    haf_bt_weight: float = Field(1.0, ge=0)
     # ensembles (arXiv 2310.02743, 2401.16635, 2401.12187)
     ensemble_type: Literal["independent", "linear_heads", "lora", "warm"] = "independent"
     ensemble_size: int = Field(3, ge=1)

@@ -24,8 +24,8 @@ def pairwise_accuracy(r_chosen: np.ndarray, r_rejected: np.ndarray) -> float:
 def expected_calibration_error(delta: np.ndarray, num_bins: int = ECE_BINS) -> float:
     """ECE of the BT probability p = σ(Δr) that the chosen response wins.
 
-    Top-label form: confidence c = max(p, 1 - p) ∈ [0.5, 1], correct = [p > 0.5]; `num_bins` equal-width bins on
-    [0.5, 1]; ECE = Σ_b (n_b / N) |accuracy_b - mean confidence_b|. Ties (p = 0.5) count as half correct.
+    Top-label form: confidence c = max(p, 1 - p) ∈ [0.5, 1], correct = [p > 0.5]; `num_bins` equal-width bins
+    on [0.5, 1]; ECE = Σ_b (n_b / N) |accuracy_b - mean confidence_b|. Ties (p = 0.5) count as half correct.
     """
     p = 1.0 / (1.0 + np.exp(-np.asarray(delta, dtype=float)))
     confidence = np.maximum(p, 1.0 - p)
@@ -49,9 +49,9 @@ def _spearman(x: np.ndarray, y: np.ndarray) -> float | None:
 def bias_gaps(r_chosen: np.ndarray, r_rejected: np.ndarray, values: np.ndarray) -> dict[str, dict[str, Any]]:
     """Bias@C-style gap per attribute value v (str / bool attributes):
         gap_v = acc(pairs with v on the chosen side only) - acc(pairs with v on the rejected side only).
-    Why: where v is independent of quality, an unbiased RM scores the same on both groups; a positive gap means the
-    RM rewards v, a negative one that it penalises v. Numeric attributes get one entry "higher" (the chosen response
-    has the larger value vs the smaller). gap is None when either group is empty."""
+    Why: where v is independent of quality, an unbiased RM scores the same on both groups; a positive gap
+    means the RM rewards v, a negative one that it penalises v. Numeric attributes get one entry "higher" (the
+    chosen response has the larger value vs the smaller). gap is None when either group is empty."""
     values = np.asarray(values)
     correct = (np.asarray(r_chosen) > np.asarray(r_rejected)) + 0.5 * (np.asarray(r_chosen) == np.asarray(r_rejected))
     if values.dtype.kind in "biu" and len(np.unique(values)) > 2 or values.dtype.kind == "f":
@@ -71,8 +71,9 @@ def bias_gaps(r_chosen: np.ndarray, r_rejected: np.ndarray, values: np.ndarray) 
 
 def over_correction(model_gaps: dict[str, dict], baseline_gaps: dict[str, dict], min_gap: float = 0.01
                     ) -> list[dict[str, Any]]:
-    """Attribute values where the model's gap has the opposite sign to the baseline's (a BT RM) and a larger size:
-    the invariance penalty did not remove the bias but reversed it. Gaps under `min_gap` in size are ignored."""
+    """Attribute values where the model's gap has the opposite sign to the baseline's (a BT RM) and a larger
+    size: the invariance penalty did not remove the bias but reversed it. Gaps under `min_gap` in size are
+    ignored."""
     flags = []
     for attr, per_value in model_gaps.items():
         for value, stats in per_value.items():
@@ -88,9 +89,10 @@ def over_correction(model_gaps: dict[str, dict], baseline_gaps: dict[str, dict],
 def evaluate_reward_model(model: RewardModel, data: PreferenceData, batch_size: int = 32) -> dict[str, Any]:
     """Score every chosen and rejected response once and compute the diagnostics in the module docstring.
 
-    spearman: per attribute, Spearman ρ between reward and the attribute over all 2n responses (numeric or bool
-    attributes; None when either side is constant). bias_gap: per attribute and value, see `bias_gaps`. counterfactual: per attribute with counterfactual rows,
-    mean |r(x, y) - r(x, y_cf)| and that divided by the reward std (scale-free; BT rewards have no unit).
+    spearman: per attribute, Spearman ρ between reward and the attribute over all 2n responses (numeric or
+    bool attributes; None when either side is constant). bias_gap: per attribute and value, see `bias_gaps`.
+    counterfactual: per attribute with counterfactual rows, mean |r(x, y) - r(x, y_cf)| and that divided by
+    the reward std (scale-free; BT rewards have no unit).
     """
     chosen = model.score(data.prompts, data.chosen, batch_size)
     rejected = model.score(data.prompts, data.rejected, batch_size)

@@ -1,6 +1,6 @@
-"""The training loop, in process or on one DeepSpeed rank: `train_reward_model(cfg, data)` builds the model cfg.kind
-describes and fits it; `reward_loss(model, batch, cfg)` is the per-batch loss; `Distributed` says which slice of each
-global batch this rank takes and how its steps are reported."""
+"""The training loop, in process or on one DeepSpeed rank: `train_reward_model(cfg, data)` builds the model
+cfg.kind describes and fits it; `reward_loss(model, batch, cfg)` is the per-batch loss; `Distributed` says
+which slice of each global batch this rank takes and how its steps are reported."""
 
 from __future__ import annotations
 
@@ -60,8 +60,8 @@ def build_reward_model(cfg: RewardTrainConfig, tokenizer, head_names: list[str] 
 def _with_lora(model, cfg: RewardTrainConfig, task_type: str):
     from peft import LoraConfig, get_peft_model
 
-    return get_peft_model(model, LoraConfig(r=cfg.lora_r, lora_alpha=cfg.lora_alpha, target_modules=cfg.lora_targets,
-                                            task_type=task_type))
+    return get_peft_model(model, LoraConfig(r=cfg.lora_r, lora_alpha=cfg.lora_alpha,
+                                            target_modules=cfg.lora_targets, task_type=task_type))
 
 
 def freeze_lower_layers(model: nn.Module, train_layers: int | None) -> None:
@@ -88,7 +88,8 @@ def attribute_bins(cfg: RewardTrainConfig, data: PreferenceData, tokenizer) -> n
         else:
             raise ValueError(f"mmd_attribute '{name}' is not in the data ({sorted(data.attributes)}) and not one of "
                              f"the computed attributes {COMPUTED_ATTRIBUTES}")
-    flat = np.concatenate([c.reshape(-1, 1) for c in columns], axis=1) if len(names) > 1 else columns[0].reshape(-1)
+    flat = np.concatenate([c.reshape(-1, 1) for c in columns],
+                          axis=1) if len(names) > 1 else columns[0].reshape(-1)
     if len(names) > 1 and cfg.mmd_bins != "categorical":
         raise ValueError("several mmd_attribute names form combinations: use mmd_bins='categorical'")
     spec = fit_bins(flat, cfg.mmd_bins, cfg.mmd_num_bins)
@@ -99,8 +100,8 @@ def collate(tokenizer, data: PreferenceData, index: np.ndarray, max_length: int,
             bins: np.ndarray | None = None, swap: np.ndarray | None = None,
             cf_attribute: str | None = None) -> dict[str, torch.Tensor]:
     """2B sequences: rows [0, B) are the chosen responses, rows [B, 2B) the rejected ones, padded together.
-    swap [n]: pairs the quality estimate orders the other way; cf_attribute: add the chosen rows' counterfactuals
-    (cf_input_ids / cf_attention_mask, and cf_rows = their positions in the batch)."""
+    swap [n]: pairs the quality estimate orders the other way; cf_attribute: add the chosen rows'
+    counterfactuals (cf_input_ids / cf_attention_mask, and cf_rows = their positions in the batch)."""
     prompts = [data.prompts[i] for i in index]
     batch = encode_pairs(tokenizer, prompts + prompts, [data.chosen[i] for i in index] +
                          [data.rejected[i] for i in index], max_length)
@@ -122,8 +123,8 @@ def collate(tokenizer, data: PreferenceData, index: np.ndarray, max_length: int,
 
 def reward_loss(model: nn.Module, batch: dict[str, torch.Tensor], cfg: RewardTrainConfig
                 ) -> tuple[torch.Tensor, dict[str, float]]:
-    """Loss of one batch from `collate` (chosen rows first, then rejected rows). `model` may be a DeepSpeed engine
-    wrapping a RewardModel: only model(...) is called. Returns (loss, stats of floats)."""
+    """Loss of one batch from `collate` (chosen rows first, then rejected rows). `model` may be a DeepSpeed
+    engine wrapping a RewardModel: only model(...) is called. Returns (loss, stats of floats)."""
     ids, mask = batch["input_ids"], batch["attention_mask"]
     half = ids.shape[0] // 2
     if cfg.kind == "haf":
@@ -173,10 +174,11 @@ def seed_everything(seed: int) -> None:
 
 @dataclass(frozen=True)
 class Distributed:
-    """This process's place in a data-parallel run: each global batch of `batch_size × world` pairs is split so rank r
-    takes its own `batch_size` slice (every rank runs the same number of steps). `wrap(model, optimizer)` returns a
-    DeepSpeed engine (it all-reduces gradients, clips and steps). `on_step(report)` after every optimizer step of
-    every fit: {fit, step, total, loss, accuracy} (`fit` names the model and the pairs it fits)."""
+    """This process's place in a data-parallel run: each global batch of `batch_size × world` pairs is split
+    so rank r takes its own `batch_size` slice (every rank runs the same number of steps). `wrap(model,
+    optimizer)` returns a DeepSpeed engine (it all-reduces gradients, clips and steps). `on_step(report)`
+    after every optimizer step of every fit: {fit, step, total, loss, accuracy} (`fit` names the model and the
+    pairs it fits)."""
 
     rank: int = 0
     world: int = 1
@@ -198,7 +200,8 @@ def fit(model: RewardModel, cfg: RewardTrainConfig, data: PreferenceData, bins: 
     rng = np.random.default_rng(cfg.seed if order_seed is None else order_seed)
     model.train()
     step, stride = 0, cfg.batch_size * dist.world
-    # single process: every batch of >= 2 pairs; distributed: only whole global batches, so ranks step together
+    # single process: every batch of >= 2 pairs; distributed: only whole global batches, so ranks step
+    # together
     stop = len(data) - 1 if dist.world == 1 else max(len(data) - stride + 1, 1)
     total = cfg.epochs * len(range(0, stop, stride))
     name = cfg.kind + (f" λ={cfg.mmd_lambda:g}" if cfg.kind == "causal" else "") + f", {len(data)} pairs"
@@ -242,7 +245,8 @@ def _merge_lora(model: RewardModel) -> RewardModel:
 
 
 def train_reward_model(cfg: RewardTrainConfig, data: PreferenceData, tokenizer=None,
-                       log: Callable[[str], None] | None = None, dist: Distributed = Distributed()) -> RewardModel:
+                       log: Callable[[str],
+                                     None] | None = None, dist: Distributed = Distributed()) -> RewardModel:
     """Train the model cfg.kind describes on `data` and return it in eval mode (ready for `save`/`score`)."""
     if len(data) < 2:
         raise ValueError("training needs at least two preference pairs")
@@ -255,7 +259,8 @@ def train_reward_model(cfg: RewardTrainConfig, data: PreferenceData, tokenizer=N
             lora_r = (cfg.lora_r or 8) if cfg.ensemble_type == "lora" else cfg.lora_r
             member_cfg = cfg.model_copy(update={"kind": "bt", "lora_r": lora_r})
             member = build_reward_model(member_cfg, tokenizer)
-            members.append(_merge_lora(fit(member, member_cfg, data, order_seed=cfg.seed + i, log=log, dist=dist)))
+            members.append(_merge_lora(fit(member, member_cfg, data, order_seed=cfg.seed + i, log=log,
+                                           dist=dist)))
         if cfg.ensemble_type == "warm":
             return warm_model(members)
         return EnsembleRewardModel(members, cfg.aggregation, cfg.aggregation_coef, cfg.aggregation_ddof)
@@ -272,8 +277,8 @@ def train_reward_model(cfg: RewardTrainConfig, data: PreferenceData, tokenizer=N
     model = build_reward_model(cfg, tokenizer, data.rule_names)
     model = _merge_lora(fit(model, cfg, data, bins, log=log, dist=dist, swap=swap))
     if cfg.kind == "causal" and isinstance(model, ScalarRewardModel):
-        model.metadata.update(mmd_lambda=cfg.mmd_lambda, cf_weight=cfg.cf_weight, mmd_condition=cfg.mmd_condition,
-                              mmd_mode=cfg.mmd_mode, mmd_auto=sweep)
+        model.metadata.update(mmd_lambda=cfg.mmd_lambda, cf_weight=cfg.cf_weight,
+                              mmd_condition=cfg.mmd_condition, mmd_mode=cfg.mmd_mode, mmd_auto=sweep)
     if isinstance(model, HeadsRewardModel) and model.role == "multihead":
         ratings = np.concatenate([data.rating_matrix(0), data.rating_matrix(1)])
         disc = Discretisation(cfg.encore_levels, cfg.encore_low, cfg.encore_high, cfg.encore_log_base)

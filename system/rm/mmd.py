@@ -1,16 +1,17 @@
 """Maximum mean discrepancy (MMD) penalty of the causal reward model (arXiv 2501.09620).
 
-The causal RM asks r ⟂ Z for a spurious attribute Z (length, a sycophantic prefix, a demographic attribute). It bins
-responses by Z and penalises Σ_{m<m'} MMD²(P_m, P_m'), where P_m is the distribution of the reward (or of the pooled
-representation) of the responses in bin m.
+The causal RM asks r ⟂ Z for a spurious attribute Z (length, a sycophantic prefix, a demographic attribute).
+It bins responses by Z and penalises Σ_{m<m'} MMD²(P_m, P_m'), where P_m is the distribution of the reward (or
+of the pooled representation) of the responses in bin m.
 
 Choices this module makes (the paper leaves them open):
-- Estimator: the biased V-statistic MMD²_b = mean K_xx + mean K_yy - 2 mean K_xy. It is the squared RKHS distance of two
-  empirical mean embeddings, so it is always >= 0 and exactly 0 for identical samples, and it is defined for bins of
-  any size; the unbiased U-statistic can go negative on small minibatch bins.
-- Kernel: Gaussian k(a, b) = exp(-||a - b||² / (2σ²)). Bandwidth rule "median": σ = median pairwise distance of the
-  pooled batch (Gretton et al. 2012), computed without gradient; "multi": a sum of kernels with σ·{1/4, 1/2, 1, 2, 4}
-  around the median, robust when the scale of the reward drifts during training; a float fixes σ.
+- Estimator: the biased V-statistic MMD²_b = mean K_xx + mean K_yy - 2 mean K_xy. It is the squared RKHS
+  distance of two empirical mean embeddings, so it is always >= 0 and exactly 0 for identical samples, and it
+  is defined for bins of any size; the unbiased U-statistic can go negative on small minibatch bins.
+- Kernel: Gaussian k(a, b) = exp(-||a - b||² / (2σ²)). Bandwidth rule "median": σ = median pairwise distance
+  of the pooled batch (Gretton et al. 2012), computed without gradient; "multi": a sum of kernels with σ·{1/4,
+  1/2, 1, 2, 4} around the median, robust when the scale of the reward drifts during training; a float fixes
+  σ.
 - Bins with fewer than `min_bin_size` (default 2) samples in the batch are skipped; bin id -1 means "no bin".
 - Bin edges come from the whole training set (`fit_bins`), not the minibatch, so a bin means the same thing in
   every step.
@@ -33,7 +34,8 @@ def _as_2d(values: torch.Tensor) -> torch.Tensor:
 
 
 def median_bandwidth(values: torch.Tensor) -> torch.Tensor:
-    """σ = median of the pairwise Euclidean distances (i < j) of the pooled sample, detached; 1.0 if that is 0."""
+    """σ = median of the pairwise Euclidean distances (i < j) of the pooled sample, detached; 1.0 if that is
+    0."""
     x = _as_2d(values).detach().float()
     n = x.shape[0]
     if n < 2:
@@ -73,11 +75,11 @@ def causal_penalty(
 ) -> torch.Tensor:
     """Σ_{m<m'} MMD²_b(P_m, P_m') over the bins present in the batch with >= min_bin_size samples.
 
-    values [n] (scalar rewards) or [n, d] (pooled representations); bins [n] integer bin ids, -1 = ignore.
-    One kernel matrix K over the batch; with A = Bᵀ K B for the count-normalised bin indicator B [n, M],
-    MMD²(m, m') = A_mm + A_m'm' - 2 A_mm'. "sum" follows the paper; "mean" divides by the number of pairs so λ does
-    not scale with the number of bins. Returns a 0-d tensor that is 0 (still attached to the graph) when fewer than
-    two bins qualify.
+    values [n] (scalar rewards) or [n, d] (pooled representations); bins [n] integer bin ids, -1 = ignore. One
+    kernel matrix K over the batch; with A = Bᵀ K B for the count-normalised bin indicator B [n, M], MMD²(m,
+    m') = A_mm + A_m'm' - 2 A_mm'. "sum" follows the paper; "mean" divides by the number of pairs so λ does
+    not scale with the number of bins. Returns a 0-d tensor that is 0 (still attached to the graph) when fewer
+    than two bins qualify.
     """
     if values.shape[0] != bins.shape[0]:
         raise ValueError(f"values has {values.shape[0]} rows but bins has {bins.shape[0]}")
@@ -124,7 +126,8 @@ BinRule = Literal["quantile", "equal_width", "categorical"]
 
 @dataclass
 class BinSpec:
-    """Bins of a spurious attribute, fitted on the training set: numeric edges or a list of category tuples."""
+    """Bins of a spurious attribute, fitted on the training set: numeric edges or a list of category
+    tuples."""
 
     rule: BinRule
     edges: list[float] = field(default_factory=list)
@@ -135,7 +138,8 @@ class BinSpec:
         return len(self.categories) if self.rule == "categorical" else len(self.edges) + 1
 
     def assign(self, z: np.ndarray) -> np.ndarray:
-        """Bin id of every sample: z [n] numeric → 0..len(edges); z [n] or [n, a] categorical → index, -1 if unseen."""
+        """Bin id of every sample: z [n] numeric → 0..len(edges); z [n] or [n, a] categorical → index, -1 if
+        unseen."""
         z = np.asarray(z)
         if self.rule != "categorical":
             return np.searchsorted(np.asarray(self.edges, dtype=float), z.astype(float), side="right")
@@ -153,7 +157,8 @@ def fit_bins(z: np.ndarray, rule: BinRule = "quantile", num_bins: int = 10) -> B
 
     quantile: interior edges at the 1/M, ..., (M-1)/M quantiles (duplicates merged, so ties give fewer bins) —
       equal-count bins, so every bin has samples in a batch.  equal_width: M equal intervals of [min, max].
-    categorical: one bin per distinct value, or per distinct row of z [n, a] (a multi-attribute combination, e.g.
+    categorical: one bin per distinct value, or per distinct row of z [n, a] (a multi-attribute combination,
+    e.g.
       4 age × 3 gender × 5 race = up to 60 bins).
     """
     z = np.asarray(z)

@@ -1,16 +1,19 @@
-"""The pairwise objective of the scalar reward models (BT, causal), on reward tensors only — shared by the full-model
-trainer (`train.reward_loss`) and the cached-feature benchmark heads, so both optimise exactly the same formula.
+"""The pairwise objective of the scalar reward models (BT, causal), on reward tensors only — shared by the
+full-model trainer (`train.reward_loss`) and the cached-feature benchmark heads, so both optimise exactly the
+same formula.
 
     L = BT(r_c, r_r) + λ · MMD-penalty(r; bins of Z, groups) + μ · mean_i (r(x_i, y_c,i) - r(x_i, y_cf,i))²
 
 Groups of the conditional penalty (`condition`):
 - "label": the paper's conditional CRM, r ⟂ Z | observed label (within chosen + within rejected).
-- "estimate": r ⟂ Z | estimated quality order. Pairs whose estimated winner (a reference model's Δr < 0) is the
-  rejected response swap sides before grouping. Why: with label noise and Z correlated with *true* quality, the
-  observed-chosen group mixes truly better and truly worse responses whose Z rates differ, so r ⟂ Z | noisy label
-  asks the reward to *penalise* Z (over-correction); a denoised order removes most of that pull.
-The counterfactual-consistency term (μ) uses rows that carry `counterfactual: {attr: text}` (the chosen response
-with only the attribute changed): it asks invariance directly, needs no label, so label noise cannot bias it.
+- "estimate": r ⟂ Z | estimated quality order. Pairs whose estimated winner (a reference model's Δr < 0) is
+  the rejected response swap sides before grouping. Why: with label noise and Z correlated with *true*
+  quality, the observed-chosen group mixes truly better and truly worse responses whose Z rates differ, so r ⟂
+  Z | noisy label asks the reward to *penalise* Z (over-correction); a denoised order removes most of that
+  pull.
+The counterfactual-consistency term (μ) uses rows that carry `counterfactual: {attr: text}` (the chosen
+response with only the attribute changed): it asks invariance directly, needs no label, so label noise cannot
+bias it.
 """
 
 from __future__ import annotations
@@ -38,7 +41,8 @@ def grouped_values(values: torch.Tensor, bins: torch.Tensor, swap: torch.Tensor 
         return vc, bc, vr, br
     s = swap.to(values.device).bool()
     s_v = s.view(-1, *([1] * (values.dim() - 1)))
-    return (torch.where(s_v, vr, vc), torch.where(s, br, bc), torch.where(s_v, vc, vr), torch.where(s, bc, br))
+    return (torch.where(s_v, vr, vc), torch.where(s, br, bc), torch.where(s_v, vc, vr), torch.where(s, bc,
+                                                                                                    br))
 
 
 def invariance_penalty(values: torch.Tensor, bins: torch.Tensor, mode: str, swap: torch.Tensor | None = None,
@@ -59,7 +63,8 @@ def preference_objective(r: torch.Tensor, *, margin: float | None = None, mmd_la
                          cf_weight: float = 0.0, cf_rows: torch.Tensor | None = None,
                          r_cf: torch.Tensor | None = None) -> tuple[torch.Tensor, dict[str, float]]:
     """The loss in the module docstring for rewards r [2B] (chosen rows first). mmd_values defaults to r (the
-    representation may be passed instead); cf_rows [K] index the chosen rows whose counterfactual rewards are r_cf."""
+    representation may be passed instead); cf_rows [K] index the chosen rows whose counterfactual rewards are
+    r_cf."""
     half = r.shape[0] // 2
     loss = bradley_terry_loss(r[:half], r[half:], margin)
     stats = {"bt_loss": float(loss.detach())}

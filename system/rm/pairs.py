@@ -1,4 +1,5 @@
-"""PreferenceData: column-oriented preference pairs, the one in-memory form every loader and generator returns."""
+"""PreferenceData: column-oriented preference pairs, the one in-memory form every loader and generator
+returns."""
 
 from __future__ import annotations
 
@@ -10,7 +11,8 @@ import numpy as np
 
 @dataclass
 class PreferenceData:
-    """Column-oriented preference pairs. attributes[name] and ratings[rule] are arrays [n, 2]: (chosen, rejected)."""
+    """Column-oriented preference pairs. attributes[name] and ratings[rule] are arrays [n, 2]: (chosen,
+    rejected)."""
 
     prompts: list[str]
     chosen: list[str]

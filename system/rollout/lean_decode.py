@@ -1,11 +1,11 @@
 """A lean sampling loop for Llama-architecture models on CPU: the HF engine's fast path.
 
-`transformers.generate` spends most of a step of a small model outside the matrix products (mask building, cache
-bookkeeping, logits processors, per-layer wrappers). This loop runs the same modules of the same model (norms,
-projections, MLP, rotary embedding) with a preallocated KV cache and one boolean key mask: the prompts are
-prefilled once each (not once per sample) and the cache is then repeated for the `n` samples; every step is one
-forward of the newest token, sampling from softmax(logits / T) (top-p as transformers filters it). Models it does
-not know fall back to `generate` (see `supports`).
+`transformers.generate` spends most of a step of a small model outside the matrix products (mask building,
+cache bookkeeping, logits processors, per-layer wrappers). This loop runs the same modules of the same model
+(norms, projections, MLP, rotary embedding) with a preallocated KV cache and one boolean key mask: the prompts
+are prefilled once each (not once per sample) and the cache is then repeated for the `n` samples; every step
+is one forward of the newest token, sampling from softmax(logits / T) (top-p as transformers filters it).
+Models it does not know fall back to `generate` (see `supports`).
 """
 
 from __future__ import annotations
@@ -20,7 +20,8 @@ SUPPORTED = {"llama"}
 
 
 def supports(model) -> bool:
-    """Llama models on CPU (the loop allocates its cache and masks on the CPU; on GPU `generate` or vLLM serves)."""
+    """Llama models on CPU (the loop allocates its cache and masks on the CPU; on GPU `generate` or vLLM
+    serves)."""
     cfg = model.config
     return (model.device.type == "cpu" and getattr(cfg, "model_type", None) in SUPPORTED and not getattr(cfg, "pretraining_tp", 1) > 1
             and hasattr(model, "model") and hasattr(model.model, "rotary_emb"))
@@ -33,10 +34,11 @@ class LeanDecoder:
         self.kv_heads = getattr(self.cfg, "num_key_value_heads", None) or self.heads
         self.head_dim = getattr(self.cfg, "head_dim", None) or self.cfg.hidden_size // self.heads
 
-    def _forward(self, ids: torch.Tensor, positions: torch.Tensor, cache: list[tuple[torch.Tensor, torch.Tensor]],
+    def _forward(self, ids: torch.Tensor, positions: torch.Tensor, cache: list[tuple[torch.Tensor,
+                                                                                     torch.Tensor]],
                  start: int, mask: torch.Tensor) -> torch.Tensor:
-        """Hidden states of the last position for `ids` [B, T] written at cache slots start … start+T−1; `mask`
-        [B, 1, T, start+T] additive (0 = attend, −inf = not)."""
+        """Hidden states of the last position for `ids` [B, T] written at cache slots start … start+T−1;
+        `mask` [B, 1, T, start+T] additive (0 = attend, −inf = not)."""
         m = self.model.model
         h = m.embed_tokens(ids)
         cos, sin = m.rotary_emb(h, positions)
@@ -56,7 +58,8 @@ class LeanDecoder:
                 keys = keys.repeat_interleave(self.heads // self.kv_heads, 1)
                 values = values.repeat_interleave(self.heads // self.kv_heads, 1)
             if t == 1:  # one query: two small matmuls beat sdpa's CPU kernel at this size
-                out = torch.softmax(torch.matmul(q, keys.transpose(2, 3)) * attn.scaling + mask, dim=-1) @ values
+                out = torch.softmax(torch.matmul(q, keys.transpose(2, 3)) * attn.scaling + mask,
+                                    dim=-1) @ values
             else:
                 out = F.scaled_dot_product_attention(q, keys, values, attn_mask=mask, scale=attn.scaling)
             h = h + attn.o_proj(out.transpose(1, 2).reshape(b, t, -1))
@@ -67,19 +70,21 @@ class LeanDecoder:
     def sample(self, ids: torch.Tensor, attention_mask: torch.Tensor, n: int, max_new_tokens: int,
                temperature: float, top_p: float, stop_ids: set[int], pad_id: int
                ) -> tuple[torch.Tensor, torch.Tensor]:
-        """Left-padded prompts [P, L] → (tokens [P·n, T], log-probs [P·n, T] of each token under softmax(z / T));
-        rows p·n … p·n+n−1 are prompt p's samples, finished rows are padded with `pad_id`, T ≤ max_new_tokens (it
-        stops when every row has stopped). A step's log-probs are read from its logits at once, so no [P·n, T, V]
-        tensor is ever held (with a real vocabulary that would be gigabytes)."""
+        """Left-padded prompts [P, L] → (tokens [P·n, T], log-probs [P·n, T] of each token under softmax(z /
+        T)); rows p·n … p·n+n−1 are prompt p's samples, finished rows are padded with `pad_id`, T ≤
+        max_new_tokens (it stops when every row has stopped). A step's log-probs are read from its logits at
+        once, so no [P·n, T, V] tensor is ever held (with a real vocabulary that would be gigabytes)."""
         p, width = ids.shape
         total = width + max_new_tokens
         dtype = self.model.dtype
         cache = [(torch.zeros(p, self.kv_heads, total, self.head_dim, dtype=dtype),
-                  torch.zeros(p, self.kv_heads, total, self.head_dim, dtype=dtype)) for _ in self.model.model.layers]
+                  torch.zeros(p, self.kv_heads, total, self.head_dim,
+                              dtype=dtype)) for _ in self.model.model.layers]
         valid = attention_mask.bool()
         positions = (attention_mask.cumsum(-1) - 1).clamp(min=0)
         causal = torch.ones(width, width, dtype=torch.bool).tril()
-        see = (causal & valid[:, None, :]) | torch.eye(width, dtype=torch.bool)  # pad rows see themselves: no NaN
+        # pad rows see themselves: no NaN
+        see = (causal & valid[:, None, :]) | torch.eye(width, dtype=torch.bool)
         hidden = self._forward(ids, positions, cache, 0, _additive(see, dtype)[:, None])
         # every sample of a prompt shares its prefill: repeat the cache and the last hidden state n times
         cache = [(k.repeat_interleave(n, 0), v.repeat_interleave(n, 0)) for k, v in cache]
@@ -113,7 +118,8 @@ def _additive(see: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
 
 
 def _top_p(scores: torch.Tensor, top_p: float) -> torch.Tensor:
-    """transformers' TopPLogitsWarper: drop the tokens outside the smallest set of probability mass ≥ top_p."""
+    """transformers' TopPLogitsWarper: drop the tokens outside the smallest set of probability mass ≥
+    top_p."""
     if top_p >= 1.0:
         return scores
     sorted_logits, sorted_idx = torch.sort(scores, descending=False)

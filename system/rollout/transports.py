@@ -1,16 +1,19 @@
 """How a weight update's buckets travel from learner rank 0 to the rollout engines.
 
-One interface, three transports. The sender `publish`es a list of packed `Bucket`s and gets back small picklable
-handles (what the driver forwards in a `WeightUpdate`); the receiver turns each handle back into named tensors with
-`receive`. Packing, versioning and loading are shared (`alignray.rollout.weights`, the engines); a transport only moves bytes.
+One interface, three transports. The sender `publish`es a list of packed `Bucket`s and gets back small
+picklable handles (what the driver forwards in a `WeightUpdate`); the receiver turns each handle back into
+named tensors with `receive`. Packing, versioning and loading are shared (`alignray.rollout.weights`, the
+engines); a transport only moves bytes.
 
 - `ObjectStoreTransport`: the default and the CPU path. `put`/`get` are injected (the actors pass `ray.put` /
   `ray.get`), so this module stays pure torch; a handle is an ObjectRef and the bucket is read zero-copy.
-- `CudaIpcTransport` (GPU only): an engine colocated with the learner on the same GPU maps the learner's bucket
-  buffer through a CUDA IPC handle (`torch.multiprocessing.reductions.reduce_tensor`); no bytes are copied.
-- `NcclBroadcastTransport` (GPU only in production): learner rank 0 broadcasts each bucket to every engine worker on
-  its own process group, formed once with `TCPStore` + `ProcessGroupNCCL`, apart from DeepSpeed's and vLLM's groups.
-  The same class runs with backend "gloo" on CPU, which is how its mechanism is tested without a GPU.
+- `CudaIpcTransport` (GPU only): an engine colocated with the learner on the same GPU maps the learner's
+  bucket buffer through a CUDA IPC handle (`torch.multiprocessing.reductions.reduce_tensor`); no bytes are
+  copied.
+- `NcclBroadcastTransport` (GPU only in production): learner rank 0 broadcasts each bucket to every engine
+  worker on its own process group, formed once with `TCPStore` + `ProcessGroupNCCL`, apart from DeepSpeed's
+  and vLLM's groups. The same class runs with backend "gloo" on CPU, which is how its mechanism is tested
+  without a GPU.
 """
 
 from __future__ import annotations
@@ -40,7 +43,8 @@ class Transport(Protocol):
 
 
 class ObjectStoreTransport:
-    """Buckets go into an object store once and every engine reads the same copy (Ray: zero-copy shared memory)."""
+    """Buckets go into an object store once and every engine reads the same copy (Ray: zero-copy shared
+    memory)."""
 
     name = "object_store"
 
@@ -53,7 +57,8 @@ class ObjectStoreTransport:
         return [self.put(b) for b in buckets]
 
     def fetch(self, handle: Any) -> Bucket:
-        """The bucket itself (its buffer stays in shared memory), for engines that unpack buckets themselves."""
+        """The bucket itself (its buffer stays in shared memory), for engines that unpack buckets
+        themselves."""
         if self.get is None:
             raise RuntimeError("ObjectStoreTransport needs a `get` (ray.get) to receive")
         return self.get(handle)
@@ -74,8 +79,8 @@ class IpcHandle:
 class CudaIpcTransport:
     """GPU only. The learner copies each bucket to its GPU once and shares the buffer's memory by IPC handle.
 
-    The sender keeps the buffers alive until the next `publish` (the engines must have loaded by then: the controller
-    waits for every engine before it trains again)."""
+    The sender keeps the buffers alive until the next `publish` (the engines must have loaded by then: the
+    controller waits for every engine before it trains again)."""
 
     name = "cuda_ipc"
 
@@ -119,8 +124,8 @@ class BroadcastHandle:
 
 def _process_group(backend: str, host: str, port: int, world_size: int, group: str, is_master: bool,
                    timeout_s: float):
-    """A process group of its own (not torch's default one, which DeepSpeed or vLLM already own). Ranks are handed
-    out by the store in order of arrival: the sender is rank 0, receivers need no rank assignment."""
+    """A process group of its own (not torch's default one, which DeepSpeed or vLLM already own). Ranks are
+    handed out by the store in order of arrival: the sender is rank 0, receivers need no rank assignment."""
     import torch.distributed as dist
 
     timeout = datetime.timedelta(seconds=timeout_s)
@@ -137,10 +142,11 @@ def _process_group(backend: str, host: str, port: int, world_size: int, group: s
 class NcclBroadcastTransport:
     """Learner rank 0 broadcasts every bucket to all engine workers (on other GPUs) on a dedicated group.
 
-    `world_size` = 1 + the number of receiving engine workers (rollout workers × tensor-parallel size); the group is
-    formed on the first update and kept. `publish` returns at once and broadcasts on a background thread, because the
-    receivers only join when the driver hands them the handles; the next `publish` (or `wait`) joins that thread.
-    Backend "nccl" needs a GPU on every member; "gloo" runs the same protocol on CPU (tests).
+    `world_size` = 1 + the number of receiving engine workers (rollout workers × tensor-parallel size); the
+    group is formed on the first update and kept. `publish` returns at once and broadcasts on a background
+    thread, because the receivers only join when the driver hands them the handles; the next `publish` (or
+    `wait`) joins that thread. Backend "nccl" needs a GPU on every member; "gloo" runs the same protocol on
+    CPU (tests).
     """
 
     name = "nccl"
@@ -154,7 +160,8 @@ class NcclBroadcastTransport:
         self._error: BaseException | None = None
 
     def _device(self) -> torch.device:
-        return torch.device("cuda", torch.cuda.current_device()) if self.backend == "nccl" else torch.device("cpu")
+        return torch.device("cuda",
+                            torch.cuda.current_device()) if self.backend == "nccl" else torch.device("cpu")
 
     def _ensure_group(self, is_master: bool) -> None:
         if self._pg is None:
@@ -178,7 +185,8 @@ class NcclBroadcastTransport:
 
     def publish(self, buckets: list[Bucket]) -> list[BroadcastHandle]:
         self.wait()
-        handles = [BroadcastHandle(self.host, self.port, self.world_size, self.group, i, b.nbytes, list(b.specs))
+        handles = [BroadcastHandle(self.host, self.port, self.world_size, self.group, i, b.nbytes,
+                                   list(b.specs))
                    for i, b in enumerate(buckets)]
         self._thread = threading.Thread(target=self._send, args=(buckets, self._device()),
                                         daemon=True, name="weights-broadcast")
@@ -195,7 +203,8 @@ class NcclBroadcastTransport:
             raise RuntimeError(f"weight broadcast failed: {err}") from err
 
     def receive(self, handle: BroadcastHandle) -> NamedTensors:
-        """Join the group on first use, then receive this bucket (handles must be received in publish order)."""
+        """Join the group on first use, then receive this bucket (handles must be received in publish
+        order)."""
         if self._pg is None:
             self.host, self.port, self.world_size, self.group = handle.host, handle.port, handle.world_size, \
                 handle.group
@@ -205,10 +214,10 @@ class NcclBroadcastTransport:
         return views(handle.specs, flat)
 
 
-def make_transport(name: str, *, put: Callable | None = None, get: Callable | None = None, world_size: int = 0,
-                   host: str = "127.0.0.1", port: int = 29555) -> Transport:
-    """The transport called `name` (config `rollout.vllm.weight_transport`); the sender of an NCCL transport needs
-    the group's size and where its store listens, a receiver reads both from the handles."""
+def make_transport(name: str, *, put: Callable | None = None, get: Callable | None = None,
+                   world_size: int = 0, host: str = "127.0.0.1", port: int = 29555) -> Transport:
+    """The transport called `name` (config `rollout.vllm.weight_transport`); the sender of an NCCL transport
+    needs the group's size and where its store listens, a receiver reads both from the handles."""
     if name == "object_store":
         return ObjectStoreTransport(put=put, get=get)
     if name == "cuda_ipc":

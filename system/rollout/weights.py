@@ -1,8 +1,8 @@
 """Weight updates learner → rollout engines, in buckets: many tensors per message, never one call per tensor.
 
-A bucket is one contiguous byte buffer plus a small manifest (name, dtype, shape, offset) per tensor, so the Ray object
-store moves it as one zero-copy numpy buffer and the engine unpacks views of it. Transports (object store, CUDA IPC,
-NCCL) only decide how a bucket's bytes reach the engine; packing and versioning are shared.
+A bucket is one contiguous byte buffer plus a small manifest (name, dtype, shape, offset) per tensor, so the
+Ray object store moves it as one zero-copy numpy buffer and the engine unpacks views of it. Transports (object
+store, CUDA IPC, NCCL) only decide how a bucket's bytes reach the engine; packing and versioning are shared.
 """
 
 from __future__ import annotations
@@ -40,7 +40,8 @@ class Bucket:
 
 @dataclass
 class WeightUpdate:
-    """What the driver forwards to every engine: the new version and the handles of its buckets (never the bytes)."""
+    """What the driver forwards to every engine: the new version and the handles of its buckets (never the
+    bytes)."""
 
     version: int
     handles: list = field(default_factory=list)
@@ -90,7 +91,8 @@ def views(specs: list[TensorSpec], flat: torch.Tensor) -> Iterator[tuple[str, to
     import torch
 
     for spec in specs:
-        yield spec.name, flat[spec.offset: spec.offset + spec.nbytes].view(getattr(torch, spec.dtype)).reshape(
+        yield spec.name, flat[spec.offset: spec.offset + spec.nbytes].view(getattr(torch,
+                                                                                   spec.dtype)).reshape(
             spec.shape)
 
 

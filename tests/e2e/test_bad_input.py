@@ -1,7 +1,7 @@
 """Every bad input is one `alignray: error:` line naming the field, file, line or role, exit 2, no traceback.
 
-The model, tokenizer, reward-function and prompt-file cases are answered before Ray starts; a run the cluster can
-never hold is answered at once, before any placement group waits.
+The model, tokenizer, reward-function and prompt-file cases are answered before Ray starts; a run the cluster
+can never hold is answered at once, before any placement group waits.
 """
 
 from __future__ import annotations
@@ -36,7 +36,8 @@ def no_ray_started():
 @pytest.mark.parametrize("override, needle", [
     ("model.path=/no/such/model", "model.path: /no/such/model: no such folder"),
     ("model.tokenizer=./no/such/tokenizer", "model.tokenizer: ./no/such/tokenizer: no such folder"),
-    ("model.path=someorg/not-cached", "model.path: someorg/not-cached: not a local folder, and not in the hub cache"),
+    ("model.path=someorg/not-cached",
+     "model.path: someorg/not-cached: not a local folder, and not in the hub cache"),
 ])
 def test_missing_model_or_tokenizer(tmp_path, capsys, override, needle):
     one_line_error(capsys, ["train", "--run-dir", str(tmp_path / "run"), override], needle)
@@ -79,15 +80,18 @@ def test_non_utf8_and_binary_prompt_files(tmp_path, capsys):
 def test_gpu_on_a_cpu_only_cluster_fails_at_once(ray_cluster, tmp_path, capsys):
     """No GPU on any node and no autoscaler: the run stops before any placement group is created."""
     argv = ["train", "--run-dir", str(tmp_path / "run"), *tiny_overrides(**{"rollout.num_gpus": 1})]
-    one_line_error(capsys, argv, "cannot place the run: rollout.num_gpus=1: rollout needs 1 GPU per actor, but the "
+    one_line_error(capsys, argv,
+                   "cannot place the run: rollout.num_gpus=1: rollout needs 1 GPU per actor, but the "
                                  "cluster (no autoscaler) has no GPU")
     assert not [pg for pg in ray.util.placement_group_table().values() if pg["state"] == "PENDING"]
 
 
 def test_rm_train_asking_for_a_gpu_the_cluster_lacks_fails_at_once(ray_cluster, tmp_path, capsys):
-    """`alignray rm train` checks its ranks as `train` checks its roles: no placement group waits for a GPU."""
+    """`alignray rm train` checks its ranks as `train` checks its roles: no placement group waits for a
+    GPU."""
     argv = ["rm", "train", "--run-dir", str(tmp_path / "rm"), "learner.num_gpus=1"]
-    one_line_error(capsys, argv, "cannot place the run: learner.num_gpus=1: learner needs 1 GPU per actor, but the "
+    one_line_error(capsys, argv,
+                   "cannot place the run: learner.num_gpus=1: learner needs 1 GPU per actor, but the "
                                  "cluster (no autoscaler) has no GPU")
     assert not [pg for pg in ray.util.placement_group_table().values() if pg["state"] == "PENDING"]
 
@@ -105,7 +109,8 @@ def test_more_cpus_than_the_cluster_has(ray_cluster):
 
 
 def test_reward_module_only_the_worker_lacks_is_one_line(ray_cluster):
-    """A module the driver cannot find is left to the worker; its failure to start names the scorer's problem."""
+    """A module the driver cannot find is left to the worker; its failure to start names the scorer's
+    problem."""
     from alignray.actors.reward import RewardWorker
     from alignray.config import load_config
 
@@ -118,7 +123,8 @@ def test_reward_module_only_the_worker_lacks_is_one_line(ray_cluster):
            "'nowhere_xyz'" in last
 
 
-def test_with_an_autoscaler_the_wait_is_shown_and_only_its_maximum_is_an_error(ray_cluster, monkeypatch, capsys):
+def test_with_an_autoscaler_the_wait_is_shown_and_only_its_maximum_is_an_error(ray_cluster, monkeypatch,
+                                                                               capsys):
     from alignray.actors import cluster
     from alignray.config import load_config
     from alignray.errors import AlignrayError
@@ -131,7 +137,8 @@ def test_with_an_autoscaler_the_wait_is_shown_and_only_its_maximum_is_an_error(r
     monkeypatch.setattr(cluster, "_autoscaler", lambda: (True, {"CPU": 64.0}))
     with pytest.raises(AlignrayError, match="but the autoscaler's maximum has no GPU"):
         cluster.check_capacity(gpu_run)
-    monkeypatch.setattr(cluster, "_autoscaler", lambda: (True, None))  # grows, maximum unknown: never an error
+    # grows, maximum unknown: never an error
+    monkeypatch.setattr(cluster, "_autoscaler", lambda: (True, None))
     cluster.check_capacity(load_config(None, ["learner.num_ranks=500"]))
 
 
@@ -149,8 +156,11 @@ def test_a_local_run_asking_for_gpus_fails_before_anything_loads(monkeypatch):
 
     monkeypatch.setattr(cluster.ray, "is_initialized", lambda: False)
     monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "")  # whatever this machine has, none is visible
-    with pytest.raises(AlignrayError, match=r"^cannot place the run: learner.num_gpus=1: learner needs 1 GPU per "
+    with pytest.raises(AlignrayError,
+                       match=r"^cannot place the run: learner.num_gpus=1: learner needs 1 GPU per "
                                             r"actor, but this machine \(a local Ray, no cluster address\) has no GPU$"):
         cluster.check_local_capacity(load_config(None, ["learner.num_gpus=1"]), address=None)
-    cluster.check_local_capacity(load_config(None, ["learner.num_ranks=64"]), address=None)  # CPUs: sized to fit
-    cluster.check_local_capacity(load_config(None, ["learner.num_gpus=1"]), address="auto")  # a cluster: later
+    # CPUs: sized to fit
+    cluster.check_local_capacity(load_config(None, ["learner.num_ranks=64"]), address=None)
+    # a cluster: later
+    cluster.check_local_capacity(load_config(None, ["learner.num_gpus=1"]), address="auto")

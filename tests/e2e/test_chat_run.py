@@ -1,5 +1,6 @@
-"""End to end: chat-format Parquet prompts, rendered with the tokenizer's own template, train; the MLflow store the
-run leaves in its directory holds the params, every step's metrics and the run's files (rollouts included)."""
+"""End to end: chat-format Parquet prompts, rendered with the tokenizer's own template, train; the MLflow
+store the run leaves in its directory holds the params, every step's metrics and the run's files (rollouts
+included)."""
 
 from __future__ import annotations
 
@@ -24,9 +25,11 @@ def test_chat_parquet_prompts_train_and_mlflow_keeps_the_run(ray_cluster, tmp_pa
     tok = build_byte_tokenizer()
     tok.chat_template = TEMPLATE
     tok.save_pretrained(tmp_path / "tok")
-    chats = [[{"role": "user", "content": f"Say {word}."}] for word in ("hi", "yes", "more", "aeiou", "sun", "owl")]
+    chats = [[{"role": "user", "content": f"Say {word}."}] for word in ("hi", "yes", "more", "aeiou", "sun",
+                                                                        "owl")]
     pq.write_table(pa.table({"messages": chats}), tmp_path / "chat.parquet")
-    cfg = load_config(None, tiny_overrides(**{"train.steps": 2, "data.prompts": str(tmp_path / "chat.parquet"),
+    cfg = load_config(None, tiny_overrides(**{"train.steps": 2,
+                                              "data.prompts": str(tmp_path / "chat.parquet"),
                                               "model.tokenizer": str(tmp_path / "tok"),
                                               "train.loggers": "[tensorboard, mlflow]"}))
     run_dir = tmp_path / "run"

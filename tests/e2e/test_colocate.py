@@ -1,5 +1,6 @@
-"""`train.colocate`: the learner ranks generate and score their share of each step themselves, with the module they
-train. Real Ray, real DeepSpeed ranks (world size 2, gloo), and a `kill -9` of a rank at a seeded random moment."""
+"""`train.colocate`: the learner ranks generate and score their share of each step themselves, with the module
+they train. Real Ray, real DeepSpeed ranks (world size 2, gloo), and a `kill -9` of a rank at a seeded random
+moment."""
 
 from __future__ import annotations
 
@@ -50,9 +51,9 @@ def check(cfg, controller: Controller) -> list[dict]:
 
 
 def test_colocated_ranks_sample_with_the_weights_they_train(ray_cluster, tmp_path, capsys):
-    """Each step's samples are stamped with the version that trained the step before, and the engine's log-probs
-    equal the learner's recomputed ones: the ranks sample with the live, just-updated module. No worker starts
-    besides the ranks, and a scale request is refused with one line while the run goes on."""
+    """Each step's samples are stamped with the version that trained the step before, and the engine's
+    log-probs equal the learner's recomputed ones: the ranks sample with the live, just-updated module. No
+    worker starts besides the ranks, and a scale request is refused with one line while the run goes on."""
     cfg = load_config(None, tiny_overrides(**{"train.colocate": True, "train.steps": 5}))
     controller = Controller(cfg, tmp_path / "run")
     try:
@@ -75,11 +76,11 @@ def test_colocated_ranks_sample_with_the_weights_they_train(ray_cluster, tmp_pat
 @pytest.mark.slow
 def test_a_rank_killed_at_a_random_moment_is_recovered(ray_cluster, tmp_path, capsys):
     """kill -9 of a random rank a seeded random 0–2 s after the first step: whatever the rank was doing
-    (generating, scoring, training, in a collective), the group is rebuilt from the newest snapshot and the run ends
-    with every invariant intact."""
+    (generating, scoring, training, in a collective), the group is rebuilt from the newest snapshot and the
+    run ends with every invariant intact."""
     rng = random.Random(5)
-    cfg = load_config(None, tiny_overrides(**{"train.colocate": True, "train.steps": 30, "train.snapshot_interval": 2,
-                                              "train.max_restarts": 5}))
+    cfg = load_config(None, tiny_overrides(**{"train.colocate": True, "train.steps": 30,
+                                              "train.snapshot_interval": 2, "train.max_restarts": 5}))
     controller = Controller(cfg, tmp_path / "run")
     victim, delay = rng.choice(["learner-0", "learner-1"]), rng.uniform(0.0, 2.0)
     pid = controller.learners.rank_pids[victim]

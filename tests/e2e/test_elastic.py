@@ -1,6 +1,6 @@
-"""Elastic pools while a run goes on, driven as a user would: `alignray scale` / `alignray status` from another
-process; requests the cluster cannot place wait (pending) instead of failing the run; the autoscaling rule grows the
-pool onto a node that joins mid-run and shrinks an idle one.
+"""Elastic pools while a run goes on, driven as a user would: `alignray scale` / `alignray status` from
+another process; requests the cluster cannot place wait (pending) instead of failing the run; the autoscaling
+rule grows the pool onto a node that joins mid-run and shrinks an idle one.
 """
 
 from __future__ import annotations
@@ -41,8 +41,8 @@ def run(cfg, controller: Controller, on_step) -> list[dict]:
 
 
 def test_scale_beyond_capacity_waits_and_a_smaller_request_cancels(ray_cluster, tmp_path):
-    """8 logical CPUs, 4 taken: `scale --rollout 8` places 4 more members and leaves 3 pending, the run goes on;
-    `status` shows them; `scale --rollout 2` cancels the pending ones and shrinks the pool."""
+    """8 logical CPUs, 4 taken: `scale --rollout 8` places 4 more members and leaves 3 pending, the run goes
+    on; `status` shows them; `scale --rollout 2` cancels the pending ones and shrinks the pool."""
     cfg = load_config(None, tiny_overrides(**{"train.steps": 5, "train.prompts_per_step": 8}))
     controller = Controller(cfg, tmp_path / "run")
     seen: dict[int, str] = {}
@@ -63,7 +63,8 @@ def test_scale_beyond_capacity_waits_and_a_smaller_request_cancels(ray_cluster, 
 
 
 def test_scale_and_status_through_the_control_actor(ray_cluster, tmp_path):
-    """With a Ray address the commands find the run's named control actor (the way in for a run on a cluster)."""
+    """With a Ray address the commands find the run's named control actor (the way in for a run on a
+    cluster)."""
     import ray
 
     cfg = load_config(None, tiny_overrides(**{"train.steps": 4, "rollout.num_cpus": 0.5}))
@@ -85,7 +86,8 @@ def test_scale_and_status_through_the_control_actor(ray_cluster, tmp_path):
 
 
 def test_autoscale_shrinks_an_idle_pool(ray_cluster, tmp_path):
-    """Rule thresholds that always see the pool as idle (share ≤ 0.98, never ≥ 0.99): 3 members shrink to 1."""
+    """Rule thresholds that always see the pool as idle (share ≤ 0.98, never ≥ 0.99): 3 members shrink to
+    1."""
     cfg = load_config(None, tiny_overrides(**{
         "train.steps": 4, "rollout.num_workers": 3, "rollout.num_cpus": 0.5,
         "rollout.autoscale": "{min: 1, max: 3, grow_above: 0.99, shrink_below: 0.98, window: 1}"}))
@@ -111,9 +113,9 @@ def one_node():
 
 
 def test_autoscale_grows_onto_a_node_that_joins_mid_run(one_node, tmp_path):
-    """Generation always weighs on the step (share ≥ 0.01), so the rule asks for 3 rollout members; the first node
-    holds 1 of them (learners 2 + reward 0.5 + rollout 1 of 4 CPUs), the others wait pending until a second node
-    joins after step 2, then start on it."""
+    """Generation always weighs on the step (share ≥ 0.01), so the rule asks for 3 rollout members; the first
+    node holds 1 of them (learners 2 + reward 0.5 + rollout 1 of 4 CPUs), the others wait pending until a
+    second node joins after step 2, then start on it."""
     import ray
 
     cfg = load_config(None, tiny_overrides(**{
@@ -125,8 +127,8 @@ def test_autoscale_grows_onto_a_node_that_joins_mid_run(one_node, tmp_path):
     def add_node(metrics: dict) -> None:
         if metrics["step"] == 2:
             joined.append(one_node.add_node(num_cpus=4, node_ip_address="127.0.0.1").node_id)
-            # Let time pass as it would on a cluster: Ray places the pending groups on the new node, and the pool
-            # (reconciled between steps) starts their members; then they take work like any other.
+            # Let time pass as it would on a cluster: Ray places the pending groups on the new node, and the
+            # pool (reconciled between steps) starts their members; then they take work like any other.
             pending = [m.placed for m in controller.rollout.members.values() if m.state == "pending"]
             ray.wait(pending, num_returns=len(pending), timeout=120, fetch_local=False)
             controller.rollout.wait_ready()

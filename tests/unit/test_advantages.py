@@ -1,4 +1,5 @@
-"""Hand-computed checks for alignray.algorithms: KL estimators and advantage estimators (every expected number is worked out in a comment)."""
+"""Hand-computed checks for alignray.algorithms: KL estimators and advantage estimators (every expected number
+is worked out in a comment)."""
 
 from __future__ import annotations
 
@@ -98,7 +99,8 @@ def test_rloo_leave_one_out():
     close(adv, [[-1.5, -1.5], [0.0, 0.0], [1.5, 1.5], [0.0, 0.0]])
 
 
-# ----------------------------------------------------------------------------------------- token-level returns
+# ----------------------------------------------------------------------------------------- token-level
+# returns
 
 
 def test_token_level_rewards_kl_and_last_token():

@@ -1,4 +1,5 @@
-"""haf-text's data: the shifted test split shares no sentence template with the training split; labels as asked."""
+"""haf-text's data: the shifted test split shares no sentence template with the training split; labels as
+asked."""
 
 from __future__ import annotations
 

@@ -1,4 +1,5 @@
-"""The feasibility rule, by hand-made node lists: a run the cluster can never hold is named, role and numbers."""
+"""The feasibility rule, by hand-made node lists: a run the cluster can never hold is named, role and
+numbers."""
 
 from __future__ import annotations
 
@@ -49,7 +50,8 @@ def test_gpus_summed_over_roles_and_nodes():
 
 def test_an_autoscaler_bounds_by_its_maximum_not_by_the_nodes_now():
     demands = quickstart(**{"rollout.num_gpus": 1})
-    assert infeasible(demands, [CPU_NODE], autoscale_max={"CPU": 64, "GPU": 8}) is None  # a wait, not an error
+    # a wait, not an error
+    assert infeasible(demands, [CPU_NODE], autoscale_max={"CPU": 64, "GPU": 8}) is None
     msg = infeasible(demands, [CPU_NODE], autoscale_max={"CPU": 64})
     assert msg.endswith("but the autoscaler's maximum has no GPU")
     msg = infeasible(quickstart(**{"learner.num_ranks": 100}), [CPU_NODE], autoscale_max={"CPU": 64})

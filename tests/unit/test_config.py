@@ -1,4 +1,5 @@
-"""Config: YAML + dotted overrides, validation errors that name the field, and the CLI failing before any actor."""
+"""Config: YAML + dotted overrides, validation errors that name the field, and the CLI failing before any
+actor."""
 
 from __future__ import annotations
 
@@ -42,7 +43,8 @@ def test_bad_values_name_the_field(override, needle):
 def test_cross_field_rules():
     with pytest.raises(ConfigError, match="samples_per_prompt must be at least 2"):
         load_config(None, ["rollout.samples_per_prompt=1"])
-    assert load_config(None, ["rollout.samples_per_prompt=1", "algo.name=reinforce_pp"]).algo.name == "reinforce_pp"
+    assert load_config(None, ["rollout.samples_per_prompt=1",
+                              "algo.name=reinforce_pp"]).algo.name == "reinforce_pp"
 
 
 def test_bad_yaml_file_names_the_file(tmp_path):

@@ -1,6 +1,6 @@
 """The container images, checked without a Docker daemon: everything the Dockerfiles COPY exists (and is not
-excluded by .dockerignore), the package installs the extras they name, and the KubeRay manifests run the image that
-deploy/images.sh builds, with a config path that exists inside it."""
+excluded by .dockerignore), the package installs the extras they name, and the KubeRay manifests run the image
+that deploy/images.sh builds, with a config path that exists inside it."""
 
 from __future__ import annotations
 
@@ -59,7 +59,8 @@ def test_everything_copied_exists_in_the_build_context(dockerfile):
 def test_the_extras_installed_exist(dockerfile):
     extras = PYPROJECT["project"]["optional-dependencies"]
     installs = [args for op, args in instructions(dockerfile) if op == "RUN" and "pip install" in args]
-    named = {e for args in installs for group in re.findall(r"'\.\[([a-z,]+)\]'", args) for e in group.split(",")}
+    named = {e for args in installs for group in re.findall(r"'\.\[([a-z,]+)\]'",
+                                                            args) for e in group.split(",")}
     assert named and named <= set(extras)
     assert ("gpu" in named) == dockerfile.name.endswith(".gpu")
     base = next(args for op, args in instructions(dockerfile) if op == "FROM")
@@ -87,7 +88,8 @@ def _images(tree) -> list[str]:
     return []
 
 
-@pytest.mark.parametrize("manifest", sorted((ROOT / "deploy" / "kuberay").glob("*.yaml")), ids=lambda p: p.name)
+@pytest.mark.parametrize("manifest", sorted((ROOT / "deploy" / "kuberay").glob("*.yaml")),
+                         ids=lambda p: p.name)
 def test_kuberay_manifests_run_the_gpu_image_we_build(manifest):
     images = _images(yaml.safe_load(manifest.read_text()))
     assert images and set(images) == {built_tags()["deploy/Dockerfile.gpu"]}

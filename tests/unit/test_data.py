@@ -1,4 +1,5 @@
-"""Prompt files are validated at the edge: errors name file and line, or rows are skipped and counted by policy."""
+"""Prompt files are validated at the edge: errors name file and line, or rows are skipped and counted by
+policy."""
 
 from __future__ import annotations
 
@@ -40,7 +41,8 @@ def test_bad_row_error_names_file_and_line(tmp_path, bad_line, needle):
 
 def test_skip_policy_counts_and_keeps_line_ids(tmp_path):
     lines = [GOOD, "{oops", json.dumps({"prompt": ""}), json.dumps({"prompt": "world"}), json.dumps({"q": 1})]
-    prompts = load_prompts(DataConfig(prompts=write_lines(tmp_path / "p.jsonl", lines), on_bad_row="skip"), TOK)
+    prompts = load_prompts(DataConfig(prompts=write_lines(tmp_path / "p.jsonl", lines), on_bad_row="skip"),
+                           TOK)
     assert len(prompts) == 2
     assert prompts.table.column("prompt_id").to_pylist() == [1, 4]  # ids are line numbers
     assert dict(prompts.skipped) == {"bad_json": 1, "empty_prompt": 1, "missing_field": 1}

@@ -35,4 +35,5 @@ def test_kuberay_manifests_keep_token_auth_and_loopback_dashboard():
 def test_rm_configs_validate(path):
     from alignray.rm import load_train_config
 
-    assert load_train_config(path).learner.num_ranks >= 1  # data and backbone resolve: tests/unit/test_rm_config.py
+    # data and backbone resolve: tests/unit/test_rm_config.py
+    assert load_train_config(path).learner.num_ranks >= 1

@@ -41,13 +41,14 @@ def test_weight_zero_scorer_is_logged_not_optimised_and_gold_gap_is_reported():
     assert metrics["reward/proxy_gold_gap/mean"] == pytest.approx(-1.0 - 1.75 / 4)
     # without a gold scorer there is no gap metric
     assert "reward/proxy_gold_gap/mean" not in _metrics([score_batch(rollout(responses),
-                                                                     build_scorers([proxy, logged]), "fail")[1]])
+                                                                     build_scorers([proxy,
+                                                                                    logged]), "fail")[1]])
 
 
 def test_weight_zero_scorer_errors_are_still_reported_not_zeroed():
     scorers = build_scorers([ScorerConfig(name="proxy", function="vowel_ratio"),
-                             ScorerConfig(name="gold", function="tests.unit.test_gold_scorer:nan_reward", weight=0,
-                                          gold=True)])
+                             ScorerConfig(name="gold", function="tests.unit.test_gold_scorer:nan_reward",
+                                          weight=0, gold=True)])
     scored, stats = score_batch(rollout(["aa", "bb", "ab", "cd"]), scorers, "quarantine")
     assert scored.num_rows == 0 and len(stats["quarantined"]) == 4
     assert "reward 'gold' returned nan" in stats["quarantined"][0]
@@ -57,7 +58,8 @@ def test_gold_scorer_config_rules():
     with pytest.raises(ValidationError, match="its weight must be 0"):
         ScorerConfig(name="gold", function="vowel_ratio", gold=True)
     with pytest.raises(ValidationError, match="at most one scorer may be gold"):
-        RewardConfig(scorers=[ScorerConfig(name=n, function="vowel_ratio", weight=0, gold=True) for n in "ab"])
+        RewardConfig(scorers=[ScorerConfig(name=n, function="vowel_ratio", weight=0,
+                                           gold=True) for n in "ab"])
     cfg = Config.model_validate({"reward": {"scorers": [
         {"name": "rm", "function": "vowel_ratio"}, {"name": "gold", "function": "vowel_ratio", "weight": 0,
                                                      "gold": True}]}})

@@ -1,4 +1,5 @@
-"""The transformers engine: n samples per prompt, stop handling, and log-probs that match a plain forward pass."""
+"""The transformers engine: n samples per prompt, stop handling, and log-probs that match a plain forward
+pass."""
 
 from __future__ import annotations
 
@@ -33,7 +34,8 @@ def test_generate_groups_and_logprobs_match_forward(engine):
 def test_stop_tokens_end_generation(engine):
     vocab = np.arange(3, 259, dtype=np.int32)
     out = engine.generate([np.array([60], np.int32)],
-                          SamplingSettings(max_new_tokens=40, n=4, stop_token_ids=tuple(vocab.tolist()), seed=0))
+                          SamplingSettings(max_new_tokens=40, n=4, stop_token_ids=tuple(vocab.tolist()),
+                                           seed=0))
     assert all(len(c.tokens) == 1 and c.finish_reason == "stop" for c in out[0])
 
 

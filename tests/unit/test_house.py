@@ -1,6 +1,6 @@
-"""The house rules that keep the code easy to read, checked on the tree: no import cycles (imports inside functions
-count), Ray only where actors are driven, both pools implement the Pool protocol, the library patches apply whatever
-the import order."""
+"""The house rules that keep the code easy to read, checked on the tree: no import cycles (imports inside
+functions count), Ray only where actors are driven, both pools implement the Pool protocol, the library
+patches apply whatever the import order."""
 
 from __future__ import annotations
 
@@ -100,14 +100,16 @@ def test_both_pools_implement_the_pool_protocol():
     for cls in (WorkerPool, RankPool):
         init = ast.parse(textwrap.dedent(inspect.getsource(cls.__init__)))
         assigned = {node.attr for node in ast.walk(init) if isinstance(node, ast.Attribute)
-                    and isinstance(node.ctx, ast.Store) and isinstance(node.value, ast.Name) and node.value.id == "self"}
+                    and isinstance(node.ctx, ast.Store) and isinstance(node.value,
+                                                                       ast.Name) and node.value.id == "self"}
         provided = {n for n in wanted if hasattr(cls, n) or n in assigned}
         assert provided == wanted, (cls.__name__, sorted(wanted - provided))
 
 
 def test_library_patches_apply_whatever_the_import_order():
-    """deepspeed and transformers imported before alignray's own modules: MLflow stays out of DeepSpeed's import,
-    scikit-learn out of transformers', and DeepSpeed's Muon module does not pull in torch's inductor."""
+    """deepspeed and transformers imported before alignray's own modules: MLflow stays out of DeepSpeed's
+    import, scikit-learn out of transformers', and DeepSpeed's Muon module does not pull in torch's
+    inductor."""
     code = """
 import sys
 import textwrap
@@ -116,7 +118,8 @@ import deepspeed
 from transformers import AutoModelForCausalLM
 inductor = {m for m in sys.modules if m.startswith("torch._inductor")}
 import deepspeed.runtime.zero.muon.muon_optimizer
-print("mlflow" in sys.modules, "sklearn" in sys.modules, {m for m in sys.modules if m.startswith("torch._inductor")} - inductor)
+print("mlflow" in sys.modules, "sklearn" in sys.modules,
+      {m for m in sys.modules if m.startswith("torch._inductor")} - inductor)
 import mlflow  # a later import works as usual (train.loggers: [mlflow])
 """
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=ROOT,

@@ -40,7 +40,8 @@ def test_the_epoch_order_holds():
 
 def test_a_lost_prompt_and_a_duplicate_are_caught():
     broken = check([[0, 1, 2], [3, 4, 4]])  # prompt row 5 lost, row 4 trained twice in one version
-    assert broken == {"rows_per_step": False, "unique_samples": True, "prompts_consumed": True, "staleness": False}
+    assert broken == {"rows_per_step": False, "unique_samples": True, "prompts_consumed": True,
+                      "staleness": False}
 
 
 def test_a_short_step_is_caught():

@@ -1,4 +1,5 @@
-"""The HF engine's lean sampling loop: the same model, the same log-probs, the same distribution as `generate`."""
+"""The HF engine's lean sampling loop: the same model, the same log-probs, the same distribution as
+`generate`."""
 
 from __future__ import annotations
 
@@ -34,10 +35,11 @@ def test_lean_loop_is_used_for_llama(model):
 
 
 def test_logprobs_match_a_plain_forward(model):
-    """Ragged prompts (left padding), several samples each, a stop token: every sampled token's log-prob equals the
-    one a full forward pass of prompt + response gives (the number the learner recomputes)."""
+    """Ragged prompts (left padding), several samples each, a stop token: every sampled token's log-prob
+    equals the one a full forward pass of prompt + response gives (the number the learner recomputes)."""
     engine = HFEngine(model, 0, 2)
-    prompts = [np.array([40, 41, 42, 43, 44], np.int32), np.array([50], np.int32), np.array([60, 61], np.int32)]
+    prompts = [np.array([40, 41, 42, 43, 44], np.int32), np.array([50], np.int32), np.array([60, 61],
+                                                                                            np.int32)]
     out = engine.generate(prompts, SamplingSettings(max_new_tokens=12, temperature=0.8, n=3, seed=4))
     for prompt, group in zip(prompts, out, strict=True):
         assert len(group) == 3
@@ -48,7 +50,8 @@ def test_logprobs_match_a_plain_forward(model):
 
 
 def test_prefill_logprobs_match_the_model(model):
-    """The first token's log-prob (16 samples per prompt, so many different tokens) against the model's own forward."""
+    """The first token's log-prob (16 samples per prompt, so many different tokens) against the model's own
+    forward."""
     ids = torch.tensor([[0, 0, 5, 6, 7], [8, 9, 10, 11, 12]])
     mask = (ids != 0).long()
     reference = model(input_ids=ids, attention_mask=mask).logits[:, -1].repeat_interleave(16, 0)
@@ -62,14 +65,17 @@ def test_prefill_logprobs_match_the_model(model):
 
 
 def test_same_distribution_as_generate(model):
-    """First-token frequencies over many samples agree with `generate`'s (same softmax(z/T), same top-p filter)."""
+    """First-token frequencies over many samples agree with `generate`'s (same softmax(z/T), same top-p
+    filter)."""
     prompt = [np.array([70, 71, 72], np.int32)]
     s = SamplingSettings(max_new_tokens=1, temperature=1.5, top_p=0.9, n=3000, seed=7)
     counts = []
     for lean in (True, False):
         out = HFEngine(model, 0, 2, lean=lean).generate(prompt, s)[0]
-        counts.append(np.bincount([int(c.tokens[0]) for c in out], minlength=model.config.vocab_size) / len(out))
-    assert np.abs(counts[0] - counts[1]).sum() < 0.25  # total variation × 2, sampling noise of 3000 draws each
+        counts.append(np.bincount([int(c.tokens[0]) for c in out],
+                                  minlength=model.config.vocab_size) / len(out))
+    # total variation × 2, sampling noise of 3000 draws each
+    assert np.abs(counts[0] - counts[1]).sum() < 0.25
 
 
 def test_finished_rows_stop_and_pad():

@@ -1,4 +1,5 @@
-"""TensorBoard, MLflow and W&B for real, offline: the run directory holds each store, readable by its own library."""
+"""TensorBoard, MLflow and W&B for real, offline: the run directory holds each store, readable by its own
+library."""
 
 from __future__ import annotations
 
@@ -13,13 +14,15 @@ from alignray.driver.loggers import flatten
 from alignray.driver.runlog import RunLog
 from alignray.errors import ConfigError
 
-STEPS = [{"step": s, "policy_version": s - 1, "reward/mean": 0.1 * s, "kl": float("nan"), "timing/train_s": 0.5}
+STEPS = [{"step": s, "policy_version": s - 1, "reward/mean": 0.1 * s, "kl": float("nan"),
+          "timing/train_s": 0.5}
          for s in (1, 2, 3)]
 
 
 @pytest.fixture
 def offline(monkeypatch):
-    for var in ("MLFLOW_TRACKING_URI", "MLFLOW_EXPERIMENT_NAME", "WANDB_API_KEY", "WANDB_MODE", "WANDB_PROJECT"):
+    for var in ("MLFLOW_TRACKING_URI", "MLFLOW_EXPERIMENT_NAME", "WANDB_API_KEY", "WANDB_MODE",
+                "WANDB_PROJECT"):
         monkeypatch.delenv(var, raising=False)
 
 
@@ -83,8 +86,9 @@ def test_all_three_loggers_write_inside_the_run_directory(tmp_path):
 
 
 def wandb_records(path):
-    """The protobuf records of an offline W&B run file (a LevelDB-style log: 32 KiB blocks of chunks with a 7-byte
-    header — crc32, length, type — after the 7-byte file header). wandb itself no longer ships a reader."""
+    """The protobuf records of an offline W&B run file (a LevelDB-style log: 32 KiB blocks of chunks with a
+    7-byte header — crc32, length, type — after the 7-byte file header). wandb itself no longer ships a
+    reader."""
     from wandb.proto import wandb_internal_pb2
 
     data = path.read_bytes()
@@ -112,5 +116,6 @@ def test_a_missing_extra_is_a_config_error(tmp_path, monkeypatch):
 
 
 def test_unknown_logger_is_rejected_by_the_config():
-    with pytest.raises(ConfigError, match=r"train.loggers.0: Input should be 'tensorboard', 'mlflow' or 'wandb'"):
+    with pytest.raises(ConfigError,
+                       match=r"train.loggers.0: Input should be 'tensorboard', 'mlflow' or 'wandb'"):
         load_config(None, ["train.loggers=[neptune]"])

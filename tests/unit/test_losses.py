@@ -1,4 +1,5 @@
-"""Hand-computed checks for alignray.algorithms: loss aggregation, policy/KL/value losses, logits utilities (every expected number is worked out in a comment)."""
+"""Hand-computed checks for alignray.algorithms: loss aggregation, policy/KL/value losses, logits utilities
+(every expected number is worked out in a comment)."""
 
 from __future__ import annotations
 

@@ -1,5 +1,6 @@
-"""Hand-computed checks of the sharding-invariant objective: global normalisers, global whitening, the step plan,
-which forwards a step needs, and the memory-lean log-probs (every expected number is worked out in a comment)."""
+"""Hand-computed checks of the sharding-invariant objective: global normalisers, global whitening, the step
+plan, which forwards a step needs, and the memory-lean log-probs (every expected number is worked out in a
+comment)."""
 
 from __future__ import annotations
 
@@ -82,7 +83,8 @@ def test_objective_terms_and_forwards():
     assert obj(ppo_epochs=2).needs_old_forward(on_policy=True)
     assert obj(mini_batches=2).needs_old_forward(on_policy=True)
     assert obj(kl_coef=0.1, kl_mode="reward").needs_old_forward(on_policy=True)  # KL enters the advantages
-    assert not obj(old_logprobs="rollout", ppo_epochs=2).needs_old_forward(on_policy=False)  # the engine's π_old
+    # the engine's π_old
+    assert not obj(old_logprobs="rollout", ppo_epochs=2).needs_old_forward(on_policy=False)
     assert obj(name="ppo").uses_critic and not obj().uses_critic
 
 
@@ -127,7 +129,8 @@ def test_forward_logprobs_match_the_full_log_softmax():
     ids = torch.tensor([[1, 2, 3, 4], [5, 2, 1, 0]])
     seq = SequenceBatch(input_ids=ids, attention_mask=(ids > 0).long(), response_tokens=torch.tensor([[3, 4], [1, 0]]),
                         response_mask=t([[1, 1], [1, 0]]), logit_index=torch.tensor([[1, 2], [1, 2]]),
-                        rollout_logprobs=torch.zeros(2, 2), rewards=torch.zeros(2), group_ids=torch.zeros(2).long())
+                        rollout_logprobs=torch.zeros(2,
+                                                     2), rewards=torch.zeros(2), group_ids=torch.zeros(2).long())
     logp, ent = forward_logprobs(model, seq, temperature=0.7, entropy=True)
     assert model.kept == [3]  # positions 1…3: the shared prompt position 0 never reaches the LM head
     z = model(ids, None).logits.gather(1, seq.logit_index.unsqueeze(-1).expand(-1, -1, 6)) / 0.7

@@ -1,7 +1,8 @@
-"""Prompt files in every format: JSONL, Parquet, saved `datasets` folders; chat rows rendered with a chat template.
+"""Prompt files in every format: JSONL, Parquet, saved `datasets` folders; chat rows rendered with a chat
+template.
 
-The tokenizer with a template is built here (the byte-level tokenizer plus a small Jinja template) and saved, so it
-loads through `model.tokenizer` the way a user's model folder does.
+The tokenizer with a template is built here (the byte-level tokenizer plus a small Jinja template) and saved,
+so it loads through `model.tokenizer` the way a user's model folder does.
 """
 
 from __future__ import annotations
@@ -86,7 +87,8 @@ def test_bad_messages_and_a_template_that_raises_name_the_row(tmp_path, template
     strict.write_text("{% if messages[0]['role'] != 'user' %}{{ raise_exception('must start with user') }}"
                       "{% endif %}{{ messages[0]['content'] }}")
     path.write_text(json.dumps({"messages": CHAT}) + "\n")
-    with pytest.raises(DataError, match=rf"{path}:1: the chat template failed on field 'messages': .*must start"):
+    with pytest.raises(DataError,
+                       match=rf"{path}:1: the chat template failed on field 'messages': .*must start"):
         load_prompts(DataConfig(prompts=str(path), chat_template=str(strict)), templated)
     blank = tmp_path / "blank.jinja"
     blank.write_text("{% for m in messages %} {% endfor %}")

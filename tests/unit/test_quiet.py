@@ -1,5 +1,5 @@
-"""Quiet by default: known warnings filtered, Ray's default-auth note dropped (its 'disabled' warning kept), the step
-counter readable on a pipe, `alignray --version`."""
+"""Quiet by default: known warnings filtered, Ray's default-auth note dropped (its 'disabled' warning kept),
+the step counter readable on a pipe, `alignray --version`."""
 
 from __future__ import annotations
 
@@ -23,8 +23,8 @@ def test_known_warnings_are_filtered_and_others_are_not():
     with warnings.catch_warnings(record=True) as seen:
         warnings.simplefilter("always")
         quiet()
-        warnings.warn("`torch.distributed.all_gather_into_tensor` is deprecated. Please use ...", FutureWarning,
-                      stacklevel=1)
+        warnings.warn("`torch.distributed.all_gather_into_tensor` is deprecated. Please use ...",
+                      FutureWarning, stacklevel=1)
         warnings.warn("something new and worth reading", FutureWarning, stacklevel=1)
     assert [str(w.message) for w in seen] == ["something new and worth reading"]
     assert all(issubclass(category, Warning) for category, _ in KNOWN_WARNINGS)
@@ -46,7 +46,8 @@ def test_driver_drops_only_the_default_token_auth_note(caplog, monkeypatch):
 def test_progress_on_a_pipe_is_a_plain_line_every_five_percent(capsys):
     progress = Progress(total=40, initial=0, enabled=True)  # pytest's stderr is not a terminal
     for step in range(1, 41):
-        progress.show({"step": step, "reward/mean": 0.5, "throughput/samples_per_s": 10.0, "policy_version": step - 1})
+        progress.show({"step": step, "reward/mean": 0.5, "throughput/samples_per_s": 10.0,
+                       "policy_version": step - 1})
     progress.close()
     lines = capsys.readouterr().err.splitlines()
     assert len(lines) == 20 and lines[0] == "step 2/40 reward=0.500 samples/s=10.0 v=1"

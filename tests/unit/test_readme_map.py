@@ -1,5 +1,6 @@
-"""The README is the door: its map names every module where it lives, its links lead somewhere, its commands parse
-and its config keys exist; docs/benchmarks.md lists every benchmark script. So none of it can go stale unnoticed."""
+"""The README is the door: its map names every module where it lives, its links lead somewhere, its commands
+parse and its config keys exist; docs/benchmarks.md lists every benchmark script. So none of it can go stale
+unnoticed."""
 
 from __future__ import annotations
 
@@ -12,7 +13,8 @@ import pytest
 ROOT = Path(__file__).resolve().parents[2]
 README = (ROOT / "README.md").read_text()
 FOLDERS = {"system/": ROOT / "system", "actors/": ROOT / "actors",
-           **{f"system/{d}/": ROOT / "system" / d for d in ("driver", "learner", "algorithms", "rollout", "rewards", "rm")}}
+           **{f"system/{d}/": ROOT / "system" / d for d in ("driver", "learner", "algorithms", "rollout",
+                                                            "rewards", "rm")}}
 
 
 def map_rows() -> dict[str, str]:
@@ -58,7 +60,8 @@ def test_every_benchmark_script_is_described():
 
 
 def readme_commands() -> list[list[str]]:
-    """Each `alignray ...` line of the README's code blocks, as argv (comments and `[optional]` parts dropped)."""
+    """Each `alignray ...` line of the README's code blocks, as argv (comments and `[optional]` parts
+    dropped)."""
     commands = []
     for block in re.findall(r"```bash\n(.*?)```", README, re.S):
         for line in block.splitlines():

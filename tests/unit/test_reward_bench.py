@@ -1,4 +1,5 @@
-"""The benchmark generators produce the ground truth they document (the full runs are `alignray rm bench NAME`)."""
+"""The benchmark generators produce the ground truth they document (the full runs are `alignray rm bench
+NAME`)."""
 
 from math import comb
 
@@ -9,8 +10,8 @@ from scipy.stats import spearmanr
 
 
 def test_registry_names():
-    assert set(BENCHMARKS) == {"length-bias", "noisy-raters", "overoptimisation", "sycophancy", "haf-small-data",
-                               "concept-text", "sycophancy-text", "haf-text"}
+    assert set(BENCHMARKS) == {"length-bias", "noisy-raters", "overoptimisation", "sycophancy",
+                               "haf-small-data", "concept-text", "sycophancy-text", "haf-text"}
 
 
 def test_concept_text_generator_rates_flips_and_exact_counterfactuals():

@@ -27,7 +27,8 @@ def write_lines(path, lines):
 def test_jsonl_round_trip_with_attributes_ratings_and_counterfactuals(tmp_path):
     write_jsonl(tmp_path / "d.jsonl", ROWS)
     tokenizer = build_word_tokenizer(["a b c x y z"])
-    data = load_preferences(tmp_path / "d.jsonl", computed=["length_words", "length_tokens"], tokenizer=tokenizer)
+    data = load_preferences(tmp_path / "d.jsonl", computed=["length_words", "length_tokens"],
+                            tokenizer=tokenizer)
     assert len(data) == 2 and data.prompts == ["p1", "p2"]
     assert data.attributes["polite"].tolist() == [[1, 0], [0, 1]]
     assert data.attributes["length_words"].tolist() == [[3.0, 1.0], [1.0, 2.0]]
@@ -47,7 +48,8 @@ def test_parquet_loads_like_jsonl(tmp_path):
 
 
 def test_missing_field_names_file_line_and_field(tmp_path):
-    path = write_lines(tmp_path / "bad.jsonl", [json.dumps(ROWS[0]), "", json.dumps({"prompt": "p", "chosen": "c"})])
+    path = write_lines(tmp_path / "bad.jsonl", [json.dumps(ROWS[0]), "", json.dumps({"prompt": "p",
+                                                                                     "chosen": "c"})])
     with pytest.raises(DataError, match=r"bad\.jsonl:3: missing field 'rejected'"):
         load_preferences(path)
 
@@ -56,7 +58,8 @@ def test_wrong_type_and_bad_json_name_the_line(tmp_path):
     path = write_lines(tmp_path / "t.jsonl", [json.dumps({"prompt": "p", "chosen": 3, "rejected": "r"})])
     with pytest.raises(DataError, match=r"t\.jsonl:1: field 'chosen' must be a string, got int"):
         load_preferences(path)
-    path = write_lines(tmp_path / "j.jsonl", [json.dumps({"prompt": "p", "chosen": "c", "rejected": "r"}), "{oops"])
+    path = write_lines(tmp_path / "j.jsonl", [json.dumps({"prompt": "p", "chosen": "c", "rejected": "r"}),
+                                              "{oops"])
     with pytest.raises(DataError, match=r"j\.jsonl:2: not valid JSON"):
         load_preferences(path)
 
@@ -73,12 +76,14 @@ def test_attribute_and_rating_errors(tmp_path):
         load_preferences(path)
     second = dict(ROWS[1], rejected_ratings={"safe": "high", "helpful": 0.1})
     path = write_lines(tmp_path / "n.jsonl", [json.dumps(ROWS[0]), json.dumps(second)])
-    with pytest.raises(DataError, match=r"n\.jsonl:2: field 'rejected_ratings\.safe' must be a finite number"):
+    with pytest.raises(DataError,
+                       match=r"n\.jsonl:2: field 'rejected_ratings\.safe' must be a finite number"):
         load_preferences(path)
 
 
 def test_parquet_errors_name_the_row(tmp_path):
-    pq.write_table(pa.Table.from_pylist([{"prompt": "p", "chosen": "c", "rejected": None}]), tmp_path / "x.parquet")
+    pq.write_table(pa.Table.from_pylist([{"prompt": "p", "chosen": "c", "rejected": None}]),
+                   tmp_path / "x.parquet")
     with pytest.raises(DataError, match=r"x\.parquet row 0: field 'rejected' must be a string"):
         load_preferences(tmp_path / "x.parquet")
 

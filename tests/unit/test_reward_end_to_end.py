@@ -15,7 +15,8 @@ from alignray.rm.evaluate import evaluate_reward_model, format_table
 from alignray.rm.loop import collate, reward_loss, train_reward_model
 from alignray.rm.preference_data import PreferenceData
 
-TINY = TinyModelSpec(arch="bert", hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=4)
+TINY = TinyModelSpec(arch="bert", hidden_size=32, intermediate_size=64, num_hidden_layers=1,
+                     num_attention_heads=4)
 
 
 def toy_data(n: int, seed: int) -> PreferenceData:
@@ -30,7 +31,8 @@ def toy_data(n: int, seed: int) -> PreferenceData:
         rejected.append(good[1])
         length.append(lengths)
     cf = [c + " good" for c in chosen]  # the same answer, one word longer
-    return PreferenceData(prompts, chosen, rejected, {"length": np.array(length)}, counterfactuals={"length": cf})
+    return PreferenceData(prompts, chosen, rejected, {"length": np.array(length)},
+                          counterfactuals={"length": cf})
 
 
 def test_bt_train_save_load_eval(tmp_path):
@@ -44,7 +46,8 @@ def test_bt_train_save_load_eval(tmp_path):
     table = format_table(results)
     assert "accuracy" in table and "spearman(reward, length)" in table
     write_jsonl(tmp_path / "test.jsonl", records_of(toy_data(20, 2)))
-    cli_results = rm_eval_main(str(tmp_path / "bt"), str(tmp_path / "test.jsonl"), str(tmp_path / "eval.json"))
+    cli_results = rm_eval_main(str(tmp_path / "bt"), str(tmp_path / "test.jsonl"),
+                               str(tmp_path / "eval.json"))
     saved = json.loads((tmp_path / "eval.json").read_text())
     assert saved["accuracy"] == cli_results["accuracy"] >= 0.9
     assert {"length", "length_tokens", "length_chars"} <= set(saved["spearman"])
@@ -76,7 +79,8 @@ def test_multihead_encore_and_linear_head_ensemble(tmp_path):
     model.save(tmp_path / "mh")
     results = evaluate_reward_model(load_reward_model(tmp_path / "mh"), toy_data(16, 1))
     heads = results["heads"]
-    assert heads["quality"]["weight"] > heads["noise"]["weight"]  # the peaked 'quality' ratings have lower entropy
+    # the peaked 'quality' ratings have lower entropy
+    assert heads["quality"]["weight"] > heads["noise"]["weight"]
     assert heads["quality"]["entropy"] == pytest.approx(1.0)
     ens = RewardTrainConfig(kind="ensemble", ensemble_type="linear_heads", ensemble_size=2, tiny_model=TINY,
                             aggregation="worst_case", max_length=32, lr=3e-3)
@@ -87,7 +91,8 @@ def test_multihead_encore_and_linear_head_ensemble(tmp_path):
 def test_haf_and_warm_train(tmp_path):
     data = toy_data(32, 0)
     tiny_llama = TINY.model_copy(update={"arch": "llama"})
-    haf = train_reward_model(RewardTrainConfig(kind="haf", tiny_model=tiny_llama, max_length=32, lr=3e-3), data)
+    haf = train_reward_model(RewardTrainConfig(kind="haf", tiny_model=tiny_llama, max_length=32, lr=3e-3),
+                             data)
     assert np.any(haf.score(data.prompts[:4], data.chosen[:4])["reward"] != 0.0)  # the zero-init head moved
     warm = train_reward_model(RewardTrainConfig(kind="ensemble", ensemble_type="warm", ensemble_size=2,
                                                 tiny_model=TINY, max_length=32, lr=3e-3), data)

@@ -8,7 +8,8 @@ import torch
 from alignray.rewards.encore import Discretisation, EncoreWeights, encore_weights, fit_encore, rating_entropy
 from alignray.rewards.ensemble import aggregate, member_std, warm_average
 
-# k = 3 members, n = 2 samples. Column 0: {1, 3, 2}, mean 2, var0 = 2/3. Column 1: {2, 2, 8}, mean 4, var0 = 8.
+# k = 3 members, n = 2 samples. Column 0: {1, 3, 2}, mean 2, var0 = 2/3. Column 1: {2, 2, 8}, mean 4, var0 =
+# 8.
 REWARDS = np.array([[1.0, 2.0], [3.0, 2.0], [2.0, 8.0]])
 
 
@@ -19,7 +20,8 @@ def test_aggregations_hand_computed():
     np.testing.assert_allclose(aggregate(REWARDS, "lcb", 1.0), [2 - math.sqrt(2 / 3), 4 - math.sqrt(8)])
     np.testing.assert_allclose(aggregate(REWARDS, "uncertainty_weighted", 0.5), [2 - 1 / 3, 0.0], atol=1e-12)
     # ddof = 1: var = 1 and 12
-    np.testing.assert_allclose(aggregate(REWARDS, "uncertainty_weighted", 0.5, ddof=1), [1.5, -2.0], atol=1e-12)
+    np.testing.assert_allclose(aggregate(REWARDS, "uncertainty_weighted", 0.5, ddof=1), [1.5, -2.0],
+                               atol=1e-12)
 
 
 def test_aggregations_accept_torch_and_single_member():
@@ -53,7 +55,8 @@ def test_warm_average_rejects_mismatched_members():
 
 def test_rating_entropy_hand_computed():
     disc2 = Discretisation(levels=2)
-    assert rating_entropy(np.array([0.0, 0.1, 0.9, 1.0]), disc2) == pytest.approx(1.0)  # two equal halves: 1 bit
+    # two equal halves: 1 bit
+    assert rating_entropy(np.array([0.0, 0.1, 0.9, 1.0]), disc2) == pytest.approx(1.0)
     assert rating_entropy(np.array([0.9, 1.0, 0.8]), disc2) == 0.0
     uniform = np.arange(10) / 10 + 0.05
     assert rating_entropy(uniform) == pytest.approx(math.log2(10))
@@ -62,7 +65,8 @@ def test_rating_entropy_hand_computed():
 
 def test_encore_weights_for_known_entropies():
     # softmax([0, -1]) = [1 / (1 + e^-1), e^-1 / (1 + e^-1)]
-    np.testing.assert_allclose(encore_weights(np.array([0.0, 2.0]), tau=2.0), [0.7310586, 0.2689414], atol=1e-7)
+    np.testing.assert_allclose(encore_weights(np.array([0.0, 2.0]), tau=2.0), [0.7310586, 0.2689414],
+                               atol=1e-7)
     np.testing.assert_allclose(encore_weights(np.array([1.0, 1.0, 1.0])), [1 / 3] * 3)
     np.testing.assert_allclose(encore_weights(np.array([0.0, 3.0]), tau=1e9), [0.5, 0.5])
     with pytest.raises(ValueError, match="tau"):

@@ -33,7 +33,8 @@ def test_bradley_terry_is_stable_for_large_gaps_and_checks_shapes():
 
 def test_dpo_hand_computed():
     # log-ratios: chosen -10 - (-11) = 1, rejected -12 - (-11) = -1 → -log σ(0.1 · 2) = log(1 + e^-0.2)
-    loss = dpo_loss(torch.tensor([-10.0]), torch.tensor([-12.0]), torch.tensor([-11.0]), torch.tensor([-11.0]), 0.1)
+    loss = dpo_loss(torch.tensor([-10.0]), torch.tensor([-12.0]), torch.tensor([-11.0]),
+                    torch.tensor([-11.0]), 0.1)
     assert loss.item() == pytest.approx(0.5981389, abs=1e-6)
     assert dpo_implicit_reward(torch.tensor(-10.0), torch.tensor(-11.0), 0.1).item() == pytest.approx(0.1)
 
@@ -54,8 +55,10 @@ def test_summed_response_logprobs_reads_shifted_positions():
     logits = torch.zeros(1, 5, 4)
     input_ids = torch.tensor([[0, 1, 2, 3, 0]])
     response_mask = torch.tensor([[0, 0, 1, 1, 0]])
-    assert summed_response_logprobs(logits, input_ids, response_mask).item() == pytest.approx(-2 * math.log(4))
+    assert summed_response_logprobs(logits, input_ids,
+                                    response_mask).item() == pytest.approx(-2 * math.log(4))
     # a peaked logit on the right target raises exactly that token's log-prob
     logits[0, 1, 2] = 10.0  # position 1 predicts token 2 (at position 2, a response token)
     expected = -math.log(4) + (10.0 - math.log(math.exp(10.0) + 3))
-    assert summed_response_logprobs(logits, input_ids, response_mask).item() == pytest.approx(expected, abs=1e-5)
+    assert summed_response_logprobs(logits, input_ids, response_mask).item() == pytest.approx(expected,
+                                                                                              abs=1e-5)

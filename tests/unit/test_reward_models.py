@@ -35,7 +35,8 @@ def test_encode_pairs_layout_and_truncation(tokenizer):
     ids = tokenizer.convert_ids_to_tokens(batch["input_ids"][0].tolist())
     assert ids == ["[BOS]", "the", "cat", "[SEP]", "sat", "on", "[EOS]"]
     assert batch["response_mask"][0].tolist() == [0, 0, 0, 0, 1, 1, 1]
-    long = encode_pairs(tokenizer, ["the " * 20], ["cat " * 20], max_length=11)  # budget 8: 4 prompt + 4 response
+    # budget 8: 4 prompt + 4 response
+    long = encode_pairs(tokenizer, ["the " * 20], ["cat " * 20], max_length=11)
     assert long["input_ids"].shape[1] == 11 and long["response_mask"].sum().item() == 5
 
 
@@ -87,8 +88,8 @@ def test_linear_head_ensemble_worst_case(tokenizer, tmp_path):
     np.testing.assert_allclose(scores["reward"], members.min(0), atol=1e-6)
     np.testing.assert_allclose(scores["std"], members.std(0), atol=1e-5)
     model.save(tmp_path / "lh")
-    np.testing.assert_allclose(load_reward_model(tmp_path / "lh").score(PROMPTS, RESPONSES)["min"], scores["min"],
-                               atol=1e-5)
+    np.testing.assert_allclose(load_reward_model(tmp_path / "lh").score(PROMPTS, RESPONSES)["min"],
+                               scores["min"], atol=1e-5)
 
 
 def test_independent_ensemble_lcb_and_round_trip(tokenizer, tmp_path):
@@ -131,8 +132,8 @@ def test_haf_reward_head_starts_at_zero_and_reference_matches(tokenizer, tmp_pat
     torch.nn.init.normal_(model.reward_head.weight)
     scores = model.score(PROMPTS, RESPONSES)["reward"]
     model.save(tmp_path / "haf")
-    np.testing.assert_allclose(load_reward_model(tmp_path / "haf").score(PROMPTS, RESPONSES)["reward"], scores,
-                               atol=1e-5)
+    np.testing.assert_allclose(load_reward_model(tmp_path / "haf").score(PROMPTS, RESPONSES)["reward"],
+                               scores, atol=1e-5)
 
 
 def test_load_errors_name_the_problem(tmp_path):

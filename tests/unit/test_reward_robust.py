@@ -1,5 +1,5 @@
-"""Beyond-the-paper causal RM pieces: the shared objective (counterfactual consistency, estimate-conditioned MMD),
-the `mmd_lambda: auto` rule, bias gaps and the over-correction flag of `rm eval --baseline`."""
+"""Beyond-the-paper causal RM pieces: the shared objective (counterfactual consistency, estimate-conditioned
+MMD), the `mmd_lambda: auto` rule, bias gaps and the over-correction flag of `rm eval --baseline`."""
 
 from __future__ import annotations
 
@@ -20,7 +20,8 @@ from alignray.rm.loop import train_reward_model
 from alignray.rm.objectives import grouped_values, invariance_penalty, preference_objective
 from alignray.rm.preference_data import PreferenceData
 
-TINY = TinyModelSpec(arch="bert", hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=4)
+TINY = TinyModelSpec(arch="bert", hidden_size=32, intermediate_size=64, num_hidden_layers=1,
+                     num_attention_heads=4)
 
 
 def test_objective_adds_counterfactual_consistency_by_hand():
@@ -40,9 +41,9 @@ def test_swap_moves_the_estimated_winner_into_the_better_group():
 
 
 def test_estimate_conditioning_removes_the_noise_induced_pull():
-    """r = true quality (better 1, worse 0), Z on the truly better response of pairs 0-1 and the worse of pair 2-3,
-    pair 3 flipped: within the noisy 'chosen' group Z marks quality, so the label-conditional penalty is > 0 although
-    r does not read Z; conditioning on the true order (swap pair 3) gives 0."""
+    """r = true quality (better 1, worse 0), Z on the truly better response of pairs 0-1 and the worse of pair
+    2-3, pair 3 flipped: within the noisy 'chosen' group Z marks quality, so the label-conditional penalty is
+    > 0 although r does not read Z; conditioning on the true order (swap pair 3) gives 0."""
     chosen_q, rejected_q = [1, 1, 1, 0], [0, 0, 0, 1]  # pair 3's label is flipped
     chosen_z, rejected_z = [1, 1, 0, 0], [0, 0, 1, 1]
     r = torch.tensor(chosen_q + rejected_q, dtype=torch.float32)
@@ -74,7 +75,8 @@ def test_bias_gaps_and_over_correction_by_hand():
     z = np.array([["a", "none"], ["a", "none"], ["none", "a"], ["none", "a"]])
     gaps = bias_gaps(rc, rr, z)
     assert gaps["a"]["gap"] == pytest.approx(1.0 - 0.5) and gaps["none"]["gap"] == pytest.approx(0.5 - 1.0)
-    assert bias_gaps(rc, rr, np.array([[3.0, 1.0], [2.0, 1.0], [1.0, 2.0], [0.0, 1.0]]))["higher"]["gap"] == 0.5
+    assert bias_gaps(rc, rr, np.array([[3.0, 1.0], [2.0, 1.0], [1.0, 2.0], [0.0,
+                                                                            1.0]]))["higher"]["gap"] == 0.5
     base = {"z": {"a": {"gap": 0.05}, "none": {"gap": -0.05}}}
     model = {"z": {"a": {"gap": -0.10}, "none": {"gap": 0.10}}}
     assert [f["value"] for f in over_correction(model, base)] == ["a", "none"]
@@ -99,7 +101,8 @@ def tagged_data(n: int, seed: int) -> PreferenceData:
 def test_auto_lambda_sweep_is_saved_and_rm_eval_compares_to_a_baseline(tmp_path):
     data = tagged_data(64, 0)
     common = {"tiny_model": TINY, "epochs": 2, "batch_size": 16, "lr": 3e-3, "max_length": 16}
-    cfg = RewardTrainConfig(kind="causal", mmd_attribute="tag", mmd_bins="categorical", mmd_auto_grid=[0.1, 1.0],
+    cfg = RewardTrainConfig(kind="causal", mmd_attribute="tag", mmd_bins="categorical", mmd_auto_grid=[0.1,
+                                                                                                       1.0],
                             mmd_condition="estimate", **common)
     model = train_reward_model(cfg, data)
     sweep = model.metadata["mmd_auto"]

@@ -1,5 +1,6 @@
-"""`alignray rm train` config: one type for the recipe and the run, the built-in example and its data, the shipped
-configs resolving offline, and bad input as one clean line before Ray starts (fast: nothing trains here)."""
+"""`alignray rm train` config: one type for the recipe and the run, the built-in example and its data, the
+shipped configs resolving offline, and bad input as one clean line before Ray starts (fast: nothing trains
+here)."""
 
 from __future__ import annotations
 
@@ -17,7 +18,8 @@ from alignray.rm.preference_data import load_preferences
 from alignray.rm.sources import MINILM_ALIAS, MINILM_HUB, resolve_base_model, resolve_sources
 
 DEPLOY_RM = Path(__file__).resolve().parents[2] / "deploy" / "configs" / "rm"
-TINY = {"arch": "bert", "hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 1, "num_attention_heads": 4}
+TINY = {"arch": "bert", "hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 1,
+        "num_attention_heads": 4}
 
 
 def test_the_built_in_example_is_the_shipped_quickstart():
@@ -71,13 +73,15 @@ def test_minilm_names_resolve_to_the_package_offline(monkeypatch):
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     resolve_base_model.cache_clear()
     assert resolve_base_model(MINILM_ALIAS) == str(minilm.get_model_path())
-    assert resolve_base_model(MINILM_HUB) in (str(minilm.get_model_path()), MINILM_HUB)  # hub cache, if any, wins
+    # hub cache, if any, wins
+    assert resolve_base_model(MINILM_HUB) in (str(minilm.get_model_path()), MINILM_HUB)
 
 
 @pytest.mark.parametrize("overrides, needle", [
     (["data=/no/such/pairs.jsonl"], "data: /no/such/pairs.jsonl: file not found"),
     (["eval_data=missing.jsonl"], "eval_data: missing.jsonl: file not found"),
-    (["data=builtin:nope"], "data: builtin:nope: no such built-in preference set; available: builtin:restaurants"),
+    (["data=builtin:nope"],
+     "data: builtin:nope: no such built-in preference set; available: builtin:restaurants"),
     (["tiny_model=null", "base_model=/no/such/model"], "base_model: /no/such/model: no such folder"),
     (["kind=bogus"], "kind: Input should be 'bt', 'causal', 'haf', 'multihead' or 'ensemble'"),
     (["learner.zero_stag=1"], "learner.zero_stag: unknown field; allowed: num_ranks, zero_stage"),

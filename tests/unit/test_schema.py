@@ -64,8 +64,8 @@ def test_list_column_to_torch_is_zero_copy():
 
 
 def test_zero_copy_after_the_object_store(ray_cluster):
-    """A batch fetched from Ray's object store is mapped from shared memory: two reads see the same bytes, and the
-    torch tensor aliases them (a copy anywhere would give a new address)."""
+    """A batch fetched from Ray's object store is mapped from shared memory: two reads see the same bytes, and
+    the torch tensor aliases them (a copy anywhere would give a new address)."""
     rows = 2048
     tokens = list_array([np.arange(128, dtype=np.int32)] * rows, pa.int32())
     batch = pa.record_batch({"prompt_id": pa.array(np.arange(rows), pa.int64()), "prompt": ["p"] * rows,

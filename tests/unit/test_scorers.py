@@ -1,4 +1,5 @@
-"""Rewards: components and weighted total as columns; a reward that raises or is NaN is reported by sample id."""
+"""Rewards: components and weighted total as columns; a reward that raises or is NaN is reported by sample
+id."""
 
 from __future__ import annotations
 

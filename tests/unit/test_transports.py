@@ -1,5 +1,5 @@
-"""Weight transports: the object-store path for real through Ray, the broadcast protocol on CPU (gloo), and the GPU
-transports (CUDA IPC, NCCL) on a GPU only."""
+"""Weight transports: the object-store path for real through Ray, the broadcast protocol on CPU (gloo), and
+the GPU transports (CUDA IPC, NCCL) on a GPU only."""
 
 from __future__ import annotations
 
@@ -17,7 +17,8 @@ from alignray.rollout.transports import (
 )
 from alignray.rollout.weights import pack_state
 
-needs_gpu = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU (none on this CPU machine)")
+needs_gpu = pytest.mark.skipif(not torch.cuda.is_available(),
+                               reason="needs a CUDA GPU (none on this CPU machine)")
 needs_two_gpus = pytest.mark.skipif(torch.cuda.device_count() < 2,
                                     reason="needs 2 CUDA GPUs (none on this CPU machine)")
 
@@ -48,7 +49,8 @@ def free_port() -> int:
 
 
 def test_object_store_round_trip_through_ray(ray_cluster):
-    """Learner side ray.put's each bucket once; the receiver gets ObjectRefs and reads the tensors back exactly."""
+    """Learner side ray.put's each bucket once; the receiver gets ObjectRefs and reads the tensors back
+    exactly."""
     state = sample_state()
     buckets = pack_state(state.items(), bucket_mb=0.02)  # small buckets: several of them
     assert len(buckets) > 1
@@ -73,8 +75,8 @@ def test_unknown_transport_is_named():
 
 
 def broadcast_round_trip(backend: str, state: dict[str, torch.Tensor], receivers: int = 1) -> list[list]:
-    """Sender publishes (its broadcast runs on a thread); each receiver joins the group from the handles alone.
-    Two rounds: the group is formed once and reused."""
+    """Sender publishes (its broadcast runs on a thread); each receiver joins the group from the handles
+    alone. Two rounds: the group is formed once and reused."""
     buckets = pack_state(state.items(), bucket_mb=0.02)
     sender = NcclBroadcastTransport(world_size=1 + receivers, port=free_port(), backend=backend, timeout_s=60)
     clients = [NcclBroadcastTransport(world_size=0, backend=backend, timeout_s=60) for _ in range(receivers)]
@@ -97,7 +99,8 @@ def broadcast_round_trip(backend: str, state: dict[str, torch.Tensor], receivers
 
 
 def test_broadcast_protocol_on_cpu_with_gloo():
-    """The NCCL transport's protocol (own store, ranks by arrival, background send) run with the gloo backend."""
+    """The NCCL transport's protocol (own store, ranks by arrival, background send) run with the gloo
+    backend."""
     state = sample_state()
     for received in broadcast_round_trip("gloo", state, receivers=2):
         assert_same(received, state)

@@ -1,4 +1,5 @@
-"""Weight buckets: many tensors per message, exact round trip, aligned views, and in-place loading into an engine."""
+"""Weight buckets: many tensors per message, exact round trip, aligned views, and in-place loading into an
+engine."""
 
 from __future__ import annotations
 
