@@ -1,6 +1,6 @@
 """Package discovery for the product's folder layout: `system/` installs as `alignray`, `actors/` as
-`alignray.actors` (nothing under a generic top-level name). setuptools finds the subpackages; all other metadata is
-in pyproject.toml."""
+`alignray.actors` (nothing under a generic top-level name). setuptools finds the subpackages; all other
+metadata is in pyproject.toml."""
 
 from setuptools import find_packages, setup
 

@@ -53,7 +53,8 @@ class ChaosMonkey:
     def _victims(self, role: str) -> dict[str, int]:
         c = self.controller
         try:
-            pids = c.learners.rank_pids if role == "learner" else (c.rollout if role == "rollout" else c.reward).pids()
+            pids = (c.learners.rank_pids if role == "learner"
+                    else (c.rollout if role == "rollout" else c.reward).pids())
         except Exception:  # noqa: BLE001 - the group is being replaced right now: nobody to kill this time
             return {}
         return {name: pid for name, pid in dict(pids).items() if pid not in self._killed}

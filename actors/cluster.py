@@ -5,12 +5,13 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import sys
 
 import ray
 
 from alignray.config import Config
-from alignray.driver.capacity import Demand, demands_of, infeasible
+from alignray.driver.capacity import Demand, demands_of, infeasible, oversubscribed
 from alignray.errors import AlignrayError
 from alignray.quiet import SETUP_HOOK, verbose
 
@@ -55,10 +56,20 @@ def check_local_capacity(cfg: Config, address: str | None) -> None:
     if visible is not None:
         gpus = min(gpus, len(visible))
     demands = demands_of(cfg)
+    check_local_processes(demands, cfg.train.oversubscribe, "train.oversubscribe")
     machine = {"CPU": sum(d.count * d.cpus for d in demands), "GPU": float(gpus)}
     problem = infeasible(demands, [machine], where="this machine (a local Ray, no cluster address)")
     if problem:
         raise AlignrayError(f"cannot place the run: {problem}")
+
+
+def check_local_processes(demands: list[Demand], allowed: bool, field: str) -> None:
+    """A local run with more actor processes than the machine's cores can carry (`capacity.oversubscribed`)
+    is one clean error before anything starts, unless `field` (set true) insists."""
+    crowded = None if allowed else oversubscribed(demands, os.cpu_count() or 1)
+    if crowded:
+        crowded = crowded.replace("train.oversubscribe", field)
+        raise AlignrayError(f"too many processes for this machine: {crowded}")
 
 
 def check_capacity(cfg: Config) -> None:
@@ -95,13 +106,19 @@ def connect_ray(address: str | None, num_cpus: float) -> None:
         env_vars["DS_ACCELERATOR"] = os.environ["DS_ACCELERATOR"]
     # known warnings filtered in workers
     env = {"env_vars": env_vars, "worker_process_setup_hook": SETUP_HOOK}
+    handlers = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM)}
     if address:
         ray.init(address=address, runtime_env=env, log_to_driver=verbose())
-        return
-    # No prestarted idle workers: every process of a run is an actor with its own placement, so the raylet's
-    # default of one idle Python worker per CPU only adds processes competing for the CPU while the actors
-    # boot.
-    ray.init(address="local", num_cpus=max(os.cpu_count() or 1, int(num_cpus + 0.999)),
-             include_dashboard=False,
-             _node_ip_address="127.0.0.1", runtime_env=env, configure_logging=True, logging_level="WARNING",
-             log_to_driver=verbose(), _system_config={"enable_worker_prestart": False})
+    else:
+        # No prestarted idle workers: every process of a run is an actor with its own placement, so the
+        # raylet's default of one idle Python worker per CPU only adds processes competing for the CPU while
+        # the actors boot.
+        ray.init(address="local", num_cpus=max(os.cpu_count() or 1, int(num_cpus + 0.999)),
+                 include_dashboard=False, _node_ip_address="127.0.0.1", runtime_env=env,
+                 configure_logging=True, logging_level="WARNING", log_to_driver=verbose(),
+                 _system_config={"enable_worker_prestart": False})
+    # Ray's core installs its own SIGINT/SIGTERM handlers (a stack dump, then exit): the driver's own come
+    # back (alignray.driver.stop: one line, actors closed, exit 130/143)
+    for sig, handler in handlers.items():
+        if callable(handler):
+            signal.signal(sig, handler)

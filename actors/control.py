@@ -22,6 +22,7 @@ def control_name(run_dir: str | Path) -> str:
 class RunControl:
     def __init__(self) -> None:
         self.status: dict = {}
+        self.calls: list[dict] = []
         self.requests: list[dict] = []
 
     def request(self, wanted: dict[str, int]) -> dict:
@@ -36,8 +37,13 @@ class RunControl:
     def publish(self, status: dict) -> None:
         self.status = status
 
+    def publish_calls(self, calls: list[dict]) -> None:
+        """The driver's calls in flight (its watchdog publishes them every second while any runs)."""
+        self.calls = calls
+
     def get_status(self) -> dict:
-        return {**self.status, "queued_requests": list(self.requests)}
+        return {**self.status, "calls": self.calls,
+                "queued_requests": list(self.requests)}
 
 
 def connect(address: str) -> None:
@@ -60,6 +66,6 @@ def start_control(run_dir: str | Path):
         ray.get_actor(name, namespace=NAMESPACE)
     except ValueError:
         return RunControl.options(name=name, namespace=NAMESPACE).remote()
-    print(f"alignray: warning: another live run is named {Path(run_dir).resolve().name!r}; this run takes scale "
-          f"requests through {Path(run_dir) / 'control.yaml'} only", flush=True)
+    print(f"alignray: warning: another live run is named {Path(run_dir).resolve().name!r}; this run takes "
+          f"scale requests through {Path(run_dir) / 'control.yaml'} only", flush=True)
     return RunControl.remote()

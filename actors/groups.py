@@ -121,8 +121,8 @@ class RankPool:
         return dict(zip(self.group().names(), results, strict=True)), []
 
     def scale(self, target: int) -> None:
-        raise ValueError(f"the {self.role} work runs inside the learner ranks (train.colocate): it scales with "
-                         "learner.num_ranks, not with a scale request")
+        raise ValueError(f"the {self.role} work runs inside the learner ranks (train.colocate): it "
+                         "scales with learner.num_ranks, not with a scale request")
 
     def close(self) -> None:
         """The group is closed by its owner (the controller)."""

@@ -24,7 +24,9 @@ from alignray.actors.ranks import (
     prepare_rank,
     rank_address,
 )
+from alignray.actors.watch import WATCHED, Watched
 from alignray.config import Config
+from alignray.devices import actor_device
 
 if TYPE_CHECKING:
     import torch
@@ -32,13 +34,19 @@ if TYPE_CHECKING:
     from alignray.rollout.weights import WeightUpdate
 
 
+STAGES = {"import_deepspeed_s": "imported DeepSpeed", "process_group_s": "process group joined",
+          "models_s": "models built", "deepspeed_initialize_s": "DeepSpeed ready",
+          "colocated_rollout_s": "colocated engine and scorers built"}
+"""setup's timed laps → the start-up lines the driver prints."""
+
+
 def ds_config(cfg: Config, world_size: int) -> dict:
     lc = cfg.learner
     return deepspeed_config(lc.micro_batch_size, world_size, lc.grad_clip, lc.zero_stage, cfg.model.dtype)
 
 
-@ray.remote
-class LearnerWorker:
+@ray.remote(**WATCHED)
+class LearnerWorker(Watched):
     def __init__(self, cfg_dict: dict, rank: int, world_size: int):
         import psutil
 
@@ -53,6 +61,10 @@ class LearnerWorker:
     def pid(self) -> int:
         return os.getpid()
 
+    def device(self) -> str:
+        """Where this rank trains: "cpu", or "cuda:0" (the GPU `learner.num_gpus` reserved)."""
+        return actor_device(self.cfg.learner.num_gpus, "learner.num_gpus")
+
     def address(self) -> tuple[str, int]:
         return rank_address()
 
@@ -66,6 +78,10 @@ class LearnerWorker:
             now = time.perf_counter()
             timing[name] = now - clock
             clock = now
+            if name != "colocated_rollout_s" or self.cfg.train.colocate:
+                self.stage(STAGES[name])
+
+        self.begin_stages()
 
         import deepspeed
         import torch
@@ -75,6 +91,7 @@ class LearnerWorker:
         from alignray.models import load_critic, load_policy, load_tokenizer
 
         lap("import_deepspeed_s")
+        actor_device(self.cfg.learner.num_gpus, "learner.num_gpus")  # a GPU rank without CUDA: one clean line
         init_process_group(self.rank, self.world, master_addr, master_port, self.cfg.learner.backend,
                            self.use_gpu)
         lap("process_group_s")
@@ -116,7 +133,7 @@ class LearnerWorker:
 
         self.engine = HFEngine(self.policy.module, tok.pad_token_id, tok.eos_token_id)
         self.scorers = build_reward_scorers(self.cfg.reward, self.cfg.model.trust_remote_code,
-                                            own_process=False)
+                                            own_process=False, device=str(self.device))
 
     def startup_timing(self) -> dict[str, float]:
         """Seconds of each part of `setup` on this rank; wall-clock times (epoch s) at which the worker

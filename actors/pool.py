@@ -20,6 +20,7 @@ from ray.util.placement_group import PlacementGroup, placement_group, remove_pla
 from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
 
 from alignray.actors.calls import HUNG, OBJECT_LOST, ActorFault, classify, kill, wait_calls
+from alignray.actors.watchdog import WATCHDOG
 from alignray.driver.events import FaultEvent, FaultLog
 
 PENDING, STARTING, READY = "pending", "starting", "ready"
@@ -120,7 +121,8 @@ class WorkerPool:
             if len(nodes) < 2:
                 return None
             hosting = [m.node_hint if m.state == PENDING else
-                       ray.util.placement_group_table(m.pg)["bundles_to_node_id"].get(0) for m in self.members.values()]
+                       ray.util.placement_group_table(m.pg)["bundles_to_node_id"].get(0)
+                       for m in self.members.values()]
             return min(nodes, key=hosting.count)
         except Exception:  # noqa: BLE001 - a hint only; without it Ray places the member where it fits
             return None
@@ -169,7 +171,8 @@ class WorkerPool:
                    "scheduling_strategy": PlacementGroupSchedulingStrategy(placement_group=member.pg,
                                                                            placement_group_bundle_index=0)}
         member.actor = self.make_actor(options, member.name)
-        member.start_ref = self.start_call(member.actor)
+        member.start_ref = WATCHDOG.track(self.role, member.name, member.actor, "start",
+                                          self.start_call(member.actor), startup=True)
         member.pid_ref = member.actor.pid.remote()  # asked once, read without an actor call later
         member.state, member.since = STARTING, time.monotonic()
 
@@ -192,7 +195,8 @@ class WorkerPool:
         for member in self.members.values():
             if member.actor is None:
                 continue
-            ref = getattr(member.actor, method).remote(*args)
+            ref = WATCHDOG.launch(self.role, member.name, member.actor, method, *args,
+                                  startup=member.state == STARTING)
             if member.state == READY:
                 calls[member.name] = ref
             elif member.state == STARTING:

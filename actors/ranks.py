@@ -22,9 +22,12 @@ from ray.util.placement_group import PlacementGroup, placement_group, remove_pla
 from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
 
 from alignray.actors.calls import DIED, ActorFault, classify, first_line, kill, wait_calls
+from alignray.actors.watchdog import WATCHDOG
 from alignray.errors import AlignrayError
 
 PLACEMENT_TIMEOUT_S = 120
+STARTUP_CALLS = ("address", "setup", "load")
+"""Calls that build or load a model: watched with the start-up report delay (actors.watchdog)."""
 PROBE_TIMEOUT_S = 10.0
 """How long a rank may take to answer a liveness probe once a peer's call has failed."""
 
@@ -90,8 +93,8 @@ def reserve(role: str, bundles: int, cpus: float, gpus: float, strategy: str = "
                          name=f"alignray-{role}")
     if not pg.wait(PLACEMENT_TIMEOUT_S):
         remove_placement_group(pg)
-        raise AlignrayError(f"cannot place {role}: {bundles} × {resources} did not fit in {PLACEMENT_TIMEOUT_S}s; "
-                            f"cluster has {ray.available_resources()} available")
+        raise AlignrayError(f"cannot place {role}: {bundles} × {resources} did not fit in "
+                            f"{PLACEMENT_TIMEOUT_S}s; cluster has {ray.available_resources()} available")
     return pg
 
 
@@ -124,8 +127,8 @@ class RankGroup:
 
     def call_all(self, method: str, timeout: float, *args) -> list:
         """`method(*args)` on every rank; the ranks' results in rank order, or `ActorFault(role, ...)`."""
-        calls = {name: getattr(w, method).remote(*args) for name, w in zip(self.names(), self.ranks,
-                                                                           strict=True)}
+        calls = {name: WATCHDOG.launch(self.role, name, w, method, *args, startup=method in STARTUP_CALLS)
+                 for name, w in zip(self.names(), self.ranks, strict=True)}
         try:
             results, faults = wait_calls(calls, timeout, stop_on_fault=True)
         except AlignrayError:
@@ -136,7 +139,7 @@ class RankGroup:
                 raise
             raise ActorFault(self.role, dead.cause,
                              f"{dead.actor} during {method}: {dead.detail} (then a surviving "
-                                                    f"rank failed: {first_line(getattr(exc, 'cause', None) or exc)})") from None
+                             f"rank failed: {first_line(getattr(exc, 'cause', None) or exc)})") from None
         if faults:
             name, fault = next(iter(faults.items()))
             raise ActorFault(self.role, fault.cause, f"{name} during {method}: {fault.detail}")
@@ -155,7 +158,8 @@ class RankGroup:
             if dead is None:
                 raise
             return ActorFault(dead.actor, dead.cause,
-                              f"{dead.detail} (then {name} failed: {first_line(getattr(exc, 'cause', None) or exc)})")
+                              f"{dead.detail} (then {name} failed: "
+                              f"{first_line(getattr(exc, 'cause', None) or exc)})")
 
     def dead_peer(self) -> ActorFault | None:
         """The first rank that does not answer a liveness probe: died, its node died, or hung."""
@@ -171,7 +175,8 @@ class RankGroup:
 
     def call_rank0(self, method: str, timeout: float, *args):
         name = self.names()[0]
-        results, faults = wait_calls({name: getattr(self.ranks[0], method).remote(*args)}, timeout)
+        ref = WATCHDOG.launch(self.role, name, self.ranks[0], method, *args, startup=method in STARTUP_CALLS)
+        results, faults = wait_calls({name: ref}, timeout)
         if faults:
             raise ActorFault(self.role, faults[name].cause, f"{name} during {method}")
         return results[name]

@@ -12,18 +12,21 @@ import sys
 import pyarrow as pa
 import ray
 
+from alignray.actors.watch import WATCHED, Watched
 from alignray.config import Config, RewardConfig
+from alignray.devices import actor_device
 from alignray.errors import RewardError
 
 
-def build_reward_scorers(rc: RewardConfig, trust_remote_code: bool, own_process: bool = True) -> list:
-    """The scorers of `reward.scorers` in this process (reward models load here). In a process of its own,
-    torch (where they use it) runs `reward.torch_threads` threads; a learner rank that scores (train.colocate)
-    keeps its own."""
+def build_reward_scorers(rc: RewardConfig, trust_remote_code: bool, own_process: bool = True,
+                         device: str = "cpu") -> list:
+    """The scorers of `reward.scorers` in this process (reward models load here, on `device`). In a process
+    of its own, torch (where they use it) runs `reward.torch_threads` threads; a learner rank that scores
+    (train.colocate) keeps its own."""
     from alignray.rewards.scorers import build_scorers
 
     try:
-        scorers = build_scorers(rc.scorers, trust_remote_code)
+        scorers = build_scorers(rc.scorers, trust_remote_code, device)
     except Exception as e:  # noqa: BLE001 - e.g. a reward module only the workers have, failing to import
         raise RewardError(f"reward.scorers: cannot build the scorers on this worker: {type(e).__name__}: "
                           f"{str(e).strip().splitlines()[0] if str(e).strip() else ''}") from None
@@ -33,14 +36,29 @@ def build_reward_scorers(rc: RewardConfig, trust_remote_code: bool, own_process:
     return scorers
 
 
-@ray.remote
-class RewardWorker:
+@ray.remote(**WATCHED)
+class RewardWorker(Watched):
     def __init__(self, cfg_dict: dict):
         self.cfg = Config.model_validate(cfg_dict)
-        self.scorers = build_reward_scorers(self.cfg.reward, self.cfg.model.trust_remote_code)
+        self.scorers: list | None = None  # built by the start call, where the watchdog sees it
+        self._device = "cpu"
+
+    def _build(self) -> None:
+        if self.scorers is None:
+            self.begin_stages()
+            self._device = actor_device(self.cfg.reward.num_gpus, "reward.num_gpus")
+            self.scorers = build_reward_scorers(self.cfg.reward, self.cfg.model.trust_remote_code,
+                                                device=self._device)
+            self.stage(f"scorers built ({', '.join(s.name for s in self.scorers)})")
 
     def ready(self) -> bool:
+        self._build()
         return True
+
+    def device(self) -> str:
+        """Where this worker's reward models run: "cpu", or "cuda:0" (the GPU `reward.num_gpus` reserved)."""
+        self._build()
+        return self._device
 
     def pid(self) -> int:
         """This worker's process id (chaos tests kill -9 it; `alignray status` shows it)."""
@@ -50,4 +68,5 @@ class RewardWorker:
     def score(self, rollout: pa.RecordBatch) -> tuple[pa.RecordBatch, dict]:
         from alignray.rewards.scorers import score_batch
 
+        self._build()
         return score_batch(rollout, self.scorers, self.cfg.reward.on_error)

@@ -17,14 +17,15 @@ from alignray.actors.ranks import (
     prepare_rank,
     rank_address,
 )
+from alignray.actors.watch import WATCHED, Watched
 from alignray.rm.config import RewardTrainConfig
 
 SMOOTH_STEPS = 20
 """The progress shows loss and accuracy averaged over this many recent steps of rank 0's slice."""
 
 
-@ray.remote
-class RewardLearner:
+@ray.remote(**WATCHED)
+class RewardLearner(Watched):
     def __init__(self, cfg_dict: dict, rank: int, world: int):
         self.cfg = RewardTrainConfig.model_validate(cfg_dict)
         self.rank, self.world = rank, world
@@ -37,6 +38,9 @@ class RewardLearner:
         return rank_address()
 
     def setup(self, master_addr: str, master_port: int) -> None:
+        from alignray.devices import actor_device
+
+        actor_device(self.cfg.learner.num_gpus, "learner.num_gpus")  # a GPU rank without CUDA: one clean line
         init_process_group(self.rank, self.world, master_addr, master_port, self.cfg.learner.backend,
                            self.use_gpu)
 

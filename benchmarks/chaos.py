@@ -3,8 +3,8 @@ moments (victims drawn over rollout, reward and learner processes), optionally l
 rollout worker — then the run invariants (alignray.driver.invariants), a table and JSON. Exits non-zero if any
 invariant fails.
 
-  python benchmarks/chaos.py --steps 60 --kills 20 --out chaos.json        # 2 rollout + 2 reward workers
-  python benchmarks/chaos.py --steps 30 --kills 6 --remove-node-at 10      # also lose a node (multi-node local)
+  python benchmarks/chaos.py --steps 60 --kills 20 --out chaos.json    # 2 rollout + 2 reward workers
+  python benchmarks/chaos.py --steps 30 --kills 6 --remove-node-at 10  # also lose a node (multi-node local)
 """
 
 from __future__ import annotations
@@ -36,8 +36,8 @@ ENV = {"env_vars": {"DS_ACCELERATOR": os.environ.get("DS_ACCELERATOR", "cpu"),
 def overrides(args) -> list[str]:
     return [f"train.steps={args.steps}", "rollout.num_workers=2", "reward.num_workers=2",
             "rollout.num_cpus=0.5",
-            "reward.num_cpus=0.5", f"train.snapshot_interval={args.snapshot_interval}", "train.max_restarts=100",
-            "train.progress=false", f"train.seed={args.seed}", *args.overrides]
+            "reward.num_cpus=0.5", f"train.snapshot_interval={args.snapshot_interval}",
+            "train.max_restarts=100", "train.progress=false", f"train.seed={args.seed}", *args.overrides]
 
 
 def one_run(args, run_dir: Path, kills: int, node_step: int | None, cluster=None, nodes=()) -> dict:

@@ -90,7 +90,8 @@ def main() -> None:
     variants = {"needed": (cfg, 0), "all_forwards": (load_config(None, ["learner.micro_batch_size=64",
                                                                           "algo.log_kl=true"]), 1)}
     steps = {name: (LearnerStep(c, engine, reference, None, 0, 1, tok.pad_token_id, torch.device("cpu")),
-                    batch(16, 4, c.rollout.max_new_tokens, version, len(tok))) for name, (c, version) in variants.items()}
+                    batch(16, 4, c.rollout.max_new_tokens, version, len(tok)))
+             for name, (c, version) in variants.items()}
     times: dict[str, list[float]] = {name: [] for name in steps}
     for rep in range(args.reps + 1):  # alternating, so load from other jobs hits both alike; rep 0 warms up
         for name, (step, b) in steps.items():

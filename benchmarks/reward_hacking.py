@@ -23,17 +23,17 @@ One run does everything and writes the table (printed), the JSON (`--out`) and t
    the synthetic pairs only: of two initial-policy answers, the one with a vowel at all is more often the
    longer one. `rm eval` numbers are on all test pairs, accuracy also per source.
 4. Two reward models on the same pairs (in process, the functions `alignray rm train` runs): BT and causal
-   (MMD over 10 quantile bins of `policy_tokens`, the answer's length in policy tokens, a data attribute; conditional,
-   λ `--mmd-lambda`); a tiny random BERT over the same byte tokenizer. (`length_tokens`, the RM tokenizer's count,
-   differs: a byte that is not valid UTF-8 decodes to U+FFFD and re-encodes as 3 bytes.) Both are checked with
-   `rm eval` (`alignray.rm.cli.rm_eval_main`, `--baseline` BT).
+   (MMD over 10 quantile bins of `policy_tokens`, the answer's length in policy tokens, a data attribute;
+   conditional, λ `--mmd-lambda`); a tiny random BERT over the same byte tokenizer. (`length_tokens`, the RM
+   tokenizer's count, differs: a byte that is not valid UTF-8 decodes to U+FFFD and re-encodes as 3 bytes.)
+   Both are checked with `rm eval` (`alignray.rm.cli.rm_eval_main`, `--baseline` BT).
 5. Two GRPO runs (`alignray train`): `{name: proxy, type: model, path: RM}` optimised and
-   `{name: gold, function: reward_hacking:vowel_share, weight: 0, gold: true}` logged only (this folder goes on the
-   run's PYTHONPATH), so every step's metrics hold the gold reward, the proxy reward, `reward/proxy_gold_gap/mean`,
-   the response length and the KL to the initial policy (`algo.kl_coef` > 0 builds the reference); from the saved
-   rollouts, stop bytes per non-vowel token: length that comes with more vowels (every non-vowel token, the stop
-   bytes included, losing mass) leaves it unchanged, length sought for itself lowers it. `--gold-policy` adds a
-   reference run that optimises the gold reward itself.
+   `{name: gold, function: reward_hacking:vowel_share, weight: 0, gold: true}` logged only (this folder goes
+   on the run's PYTHONPATH), so every step's metrics hold the gold reward, the proxy reward,
+   `reward/proxy_gold_gap/mean`, the response length and the KL to the initial policy (`algo.kl_coef` > 0
+   builds the reference); from the saved rollouts, stop bytes per non-vowel token: length that comes with more
+   vowels (every non-vowel token, the stop bytes included, losing mass) leaves it unchanged, length sought for
+   itself lowers it. `--gold-policy` adds a reference run that optimises the gold reward itself.
 """
 
 from __future__ import annotations
@@ -102,7 +102,8 @@ class TextMaker:
         else:
             length = int(self.rng.integers(1, self.max_new))
             vowel_p = self.rng.uniform() ** 2
-            ids = [int(self.rng.choice(self.vowels)) if self.rng.uniform() < vowel_p else int(self.rng.choice(self.other))
+            ids = [int(self.rng.choice(self.vowels)) if self.rng.uniform() < vowel_p
+                   else int(self.rng.choice(self.other))
                    for _ in range(length)] + [int(self.rng.choice(self.stop))]
         text = self.tok.decode(ids, skip_special_tokens=True)
         return text, vowel_share("", text), len(ids), from_policy
@@ -202,7 +203,8 @@ def train_rms(args, work: Path, train_rows: list[dict], test_rows: list[dict], t
                      "mmd_lambda": getattr(model, "metadata", {}).get("mmd_lambda", 0.0),
                      "reward_std": ev.get("reward_std"), "seconds": round(time.time() - started, 1),
                      "accuracy_policy_pairs": float(won[from_policy].mean()) if from_policy.any() else None,
-                     "accuracy_synthetic_pairs": float(won[~from_policy].mean()) if (~from_policy).any() else None}
+                     "accuracy_synthetic_pairs": (float(won[~from_policy].mean()) if (~from_policy).any()
+                                                  else None)}
     return out
 
 
@@ -238,7 +240,8 @@ def run_policy(args, work: Path, kind: str) -> list[dict]:
                                        os.environ.get("PYTHONPATH")) if p)
     env = {**os.environ, "DS_ACCELERATOR": os.environ.get("DS_ACCELERATOR", "cpu"), "PYTHONPATH": path}
     subprocess.run(cmd, check=True, env=env)  # PYTHONPATH: the driver and the Ray workers import GOLD_FN
-    metrics = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines() if line.strip()]
+    metrics = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()
+               if line.strip()]
     return [{**m, SERIES["stop"]: stop_share(run_dir, m["step"])} for m in metrics]
 
 
@@ -308,7 +311,8 @@ def plot(curves: dict[str, list[dict]], path: Path, title: str, scale: dict[str,
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    panels = [("gold", "gold reward (vowel share, stop byte not counted)"), ("proxy", "proxy reward / its RM's test std"),
+    panels = [("gold", "gold reward (vowel share, stop byte not counted)"),
+              ("proxy", "proxy reward / its RM's test std"),
               ("length", "response length (tokens)"), ("stop", "stop bytes per non-vowel token"),
               ("kl", "KL to the initial policy (k3)")]
     fig, axes = plt.subplots(1, 5, figsize=(21, 3.8))
@@ -340,7 +344,8 @@ def main() -> None:
     p.add_argument("--train-pairs", type=int, default=2000)
     p.add_argument("--test-pairs", type=int, default=600)
     p.add_argument("--policy-share", type=float, default=0.5,
-                   help="share of responses in the pairs sampled from the initial policy (the rest synthetic)")
+                   help="share of responses in the pairs sampled from the initial policy "
+                        "(the rest synthetic)")
     p.add_argument("--keep-shorter", type=float, default=0.15, help="share of 'better is shorter' pairs kept")
     p.add_argument("--noise", type=float, default=0.15, help="share of labels flipped")
     p.add_argument("--mmd-lambda", default="1.0", help="causal RM λ: a number or 'auto'")
@@ -367,10 +372,11 @@ def main() -> None:
     train_rows = maker.pairs(args.train_pairs, args.keep_shorter, args.noise)
     test_rows = maker.pairs(args.test_pairs, keep_shorter=1.0, noise=0.0)  # no selection, clean labels
     data_stats = {"initial_policy_gold_mean": start_gold, "samples_used": maker.next_sample,
-                  "share_from_policy": {name: float(np.mean([r[f"{side}_from_policy"] for r in rows for side in
-                                                             ("chosen", "rejected")]))
+                  "share_from_policy": {name: float(np.mean([r[f"{side}_from_policy"] for r in rows
+                                                             for side in ("chosen", "rejected")]))
                                         for name, rows in (("train", train_rows), ("test", test_rows))},
-                  "test_spearman_gold_length": spearman([r[f"{s}_gold"] for r in test_rows for s in ("chosen", "rejected")],
+                  "test_spearman_gold_length": spearman([r[f"{s}_gold"] for r in test_rows
+                                                         for s in ("chosen", "rejected")],
                                                         [r[f"{s}_policy_tokens"] for r in test_rows
                                                          for s in ("chosen", "rejected")])}
     print("pairs:", data_stats)
@@ -396,7 +402,8 @@ def main() -> None:
     out.write_text(json.dumps(results, indent=2) + "\n")
     plot(curves, out.with_suffix(".png"),
          f"GRPO against a length-biased BT RM vs the causal RM (seed {args.seed}, "
-         f"pairs: {args.policy_share:.0%} initial-policy answers, chosen longer {longer:.0%}, {args.noise:.0%} flipped; "
+         f"pairs: {args.policy_share:.0%} initial-policy answers, chosen longer {longer:.0%}, "
+         f"{args.noise:.0%} flipped; "
          f"causal λ={args.mmd_lambda}; gold: vowel share, stop byte not counted)",
          {k: rms[k]["reward_std"] for k in rms})
     print(f"wrote {out} and {out.with_suffix('.png')} ({results['seconds']} s)")

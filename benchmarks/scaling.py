@@ -63,8 +63,8 @@ def main() -> int:
             runs[f"{n}x{m}"].append(one_run(n, m, args, root))
     ray.shutdown()
     base = statistics.mean(x["samples_per_s"] for x in runs[f"{shapes[0][0]}x{shapes[0][1]}"])
-    print(f"| rollout × reward workers | samples/s (mean of {args.rounds}) | × vs first | generate-wait share | "
-          "score-wait share |\n|---|---|---|---|---|")
+    print(f"| rollout × reward workers | samples/s (mean of {args.rounds}) | × vs first | "
+          "generate-wait share | score-wait share |\n|---|---|---|---|---|")
     table = {}
     for key, results in runs.items():
         row = {k: statistics.mean(x[k] for x in results) for k in results[0]}

@@ -85,11 +85,14 @@ def main(argv: list[str] | None = None) -> dict:
         ranks = ray.get([r.startup_timing.remote() for r in controller.learners.ranks])
         for r in ranks:  # on the driver's clock: placement + worker spawn, then the worker's own imports
             r["spawn_s"] = r.pop("process_created") - marks["learner_group_start"]
-            r["worker_boot_and_imports_s"] = r.pop("init_called") - marks["learner_group_start"] - r["spawn_s"]
+            r["worker_boot_and_imports_s"] = (r.pop("init_called") - marks["learner_group_start"]
+                                              - r["spawn_s"])
     finally:
         controller.close()
-    result = {"stages": stages, "first_step": first, "to_first_step_s": stages["import_s"] + stages[
-        "controller_total_s"] + first["first_step_wall_s"], "learner_ranks": ranks, "overrides": args.overrides}
+    result = {"stages": stages, "first_step": first,
+              "to_first_step_s": (stages["import_s"] + stages["controller_total_s"]
+                                  + first["first_step_wall_s"]),
+              "learner_ranks": ranks, "overrides": args.overrides}
     print(json.dumps(result, indent=1))
     if args.out:
         Path(args.out).write_text(json.dumps(result, indent=1))

@@ -105,8 +105,8 @@ def main() -> None:
     parser.add_argument("--shape", choices=sorted(SHAPES), default="quickstart")
     parser.add_argument("--out", default=None)
     parser.add_argument("--trl-threads", type=int, default=1,
-                        help="torch threads of the TRL process (1: alignray's actors use 1 each; on the loaded 2-core "
-                             "machine 2 threads made TRL 9x slower)")
+                        help="torch threads of the TRL process (1: alignray's actors use 1 each; on the "
+                             "loaded 2-core machine 2 threads made TRL 9x slower)")
     parser.add_argument("--alignray-override", action="append", default=[],
                         help="an extra alignray override for every alignray side, e.g. train.max_staleness=1 "
                              "(repeatable)")
@@ -126,7 +126,8 @@ def main() -> None:
     export_model(work / "model")
     from alignray.data import builtin_prompts
 
-    (work / "prompts.jsonl").write_text("".join(json.dumps({"prompt": p}) + "\n" for p in builtin_prompts("vowels")))
+    (work / "prompts.jsonl").write_text("".join(json.dumps({"prompt": p}) + "\n"
+                                                for p in builtin_prompts("vowels")))
     prompts, samples, new_tokens = SHAPES[args.shape]
     completions = prompts * samples
     variants = {"alignray": list(args.alignray_override)}
@@ -142,13 +143,14 @@ def main() -> None:
             if side in variants:
                 cmd = [sys.executable, __file__, "--side", "alignray", "--shape", args.shape, "--steps",
                        str(args.steps), "--model", str(work / "model"), "--run-dir",
-                       str(work / f"run-{side.replace(':', '-')}-{r}"), "--result", str(result), "--seed", str(r),
-                       *[f"--alignray-override={o}" for o in variants[side]]]
+                       str(work / f"run-{side.replace(':', '-')}-{r}"), "--result", str(result),
+                       "--seed", str(r), *[f"--alignray-override={o}" for o in variants[side]]]
             else:
-                cmd = [str(trl_python), str(Path(__file__).with_name("vs_trl_side.py")), "--model",
-                       str(work / "model"), "--steps", str(args.steps), "--prompts", str(prompts), "--samples",
-                       str(samples), "--new-tokens", str(new_tokens), "--out-dir", str(work / f"trl-{r}"),
-                       "--result", str(result), "--functions", str(ROOT / "system" / "rewards" / "functions.py"),
+                cmd = [str(trl_python), str(Path(__file__).with_name("vs_trl_side.py")),
+                       "--model", str(work / "model"), "--steps", str(args.steps), "--prompts", str(prompts),
+                       "--samples", str(samples), "--new-tokens", str(new_tokens),
+                       "--out-dir", str(work / f"trl-{r}"), "--result", str(result),
+                       "--functions", str(ROOT / "system" / "rewards" / "functions.py"),
                        "--prompts-file", str(work / "prompts.jsonl"), "--threads", str(args.trl_threads),
                        "--seed", str(r)]
             load = os.getloadavg()[0]
@@ -158,7 +160,8 @@ def main() -> None:
             runs[side].append(out)
             print(f"round {r} {side}: {out['steady_completions_per_s']:.1f} completions/s steady, "
                   f"wall {out['wall_s']:.1f} s (first step at {out['step_ends'][0]:.1f} s), reward "
-                  f"{out['rewards'][0]:.3f} → {out['rewards'][-1]:.3f}, load {load:.1f} → {out['load_after']:.1f}",
+                  f"{out['rewards'][0]:.3f} → {out['rewards'][-1]:.3f}, load {load:.1f} → "
+                  f"{out['load_after']:.1f}",
                   flush=True)
     summary: dict = {"sides": {}}
     for side, outs in runs.items():
@@ -187,11 +190,13 @@ def main() -> None:
     summary["load_average"] = os.getloadavg()
     summary["shape"] = {"name": args.shape, "prompts_per_step": prompts, "completions_per_prompt": samples,
                         "new_tokens": new_tokens, "steps": args.steps, "rounds": args.rounds}
-    print("| side | steady completions/s (rounds) | × TRL | wall s (rounds) | × TRL | reward first 8 → last 8 "
-          "| last 8 (rounds) |\n|---|---|---|---|---|---|---|")
+    print("| side | steady completions/s (rounds) | × TRL | wall s (rounds) | × TRL | "
+          "reward first 8 → last 8 | last 8 (rounds) |\n|---|---|---|---|---|---|---|")
     for side, s in summary["sides"].items():
-        print(f"| {side} | {s['steady_completions_per_s']:.1f} ({', '.join(map(str, s['per_round_completions_per_s']))})"
-              f" | {s.get('speed_ratio', 1.0):.2f} | {s['wall_s']:.1f} ({', '.join(map(str, s['per_round_wall_s']))})"
+        print(f"| {side} | {s['steady_completions_per_s']:.1f} "
+              f"({', '.join(map(str, s['per_round_completions_per_s']))})"
+              f" | {s.get('speed_ratio', 1.0):.2f} | {s['wall_s']:.1f} "
+              f"({', '.join(map(str, s['per_round_wall_s']))})"
               f" | {s.get('wall_ratio', 1.0):.2f} | {s['reward_first8']:.3f} → {s['reward_last8']:.3f}"
               f" | {', '.join(f'{x:.3f}' for x in s['per_round_reward_last8'])} |")
     if args.out:

@@ -68,8 +68,8 @@ def alignray_batch(model_dir: Path, prompts_file: Path, shape: str, seed: int, o
     adv, _ = advantages_for(seq, None, None, None, cfg.algo)
     logp, entropy = forward_logprobs(model, seq, 1.0, entropy=True)
     loss = Objective(cfg.algo, 1.0, new_tokens).policy_loss(
-        logp, entropy, None, None, seq.rollout_logprobs, adv, seq.response_mask, batch_counts(seq.response_mask),
-        Tally())
+        logp, entropy, None, None, seq.rollout_logprobs, adv, seq.response_mask,
+        batch_counts(seq.response_mask), Tally())
     loss.backward()
     finish = scored.column("finish_reason").to_pylist()
     torch.save({"prompts": prompts, "prompt_ids": [p.tolist() for p in ptoks], "samples": samples,
@@ -151,9 +151,9 @@ def trl_side(model_dir: str, batch_file: str, functions: str, result: str) -> No
 
     cfg = GRPOConfig(output_dir=str(Path(result).parent / "trl-grad"), per_device_train_batch_size=rows,
                      num_generations=g, max_completion_length=width, temperature=1.0, top_p=1.0, top_k=0,
-                     learning_rate=1e-3, lr_scheduler_type="constant", weight_decay=0.0, max_grad_norm=1.0, beta=0.0,
-                     loss_type="dapo", scale_rewards="group", reward_weights=WEIGHTS, max_steps=1, report_to=[],
-                     use_cpu=True, bf16=False, gradient_checkpointing=False, save_strategy="no")
+                     learning_rate=1e-3, lr_scheduler_type="constant", weight_decay=0.0, max_grad_norm=1.0,
+                     beta=0.0, loss_type="dapo", scale_rewards="group", reward_weights=WEIGHTS, max_steps=1,
+                     report_to=[], use_cpu=True, bf16=False, gradient_checkpointing=False, save_strategy="no")
     trainer = GRPOTrainer(model=AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32),
                           reward_funcs=[vowels, length], args=cfg, processing_class=tok,
                           train_dataset=Dataset.from_dict({"prompt": b["prompts"]}))
@@ -161,7 +161,8 @@ def trl_side(model_dir: str, batch_file: str, functions: str, result: str) -> No
     p_width = max(map(len, prompt_lists))
     pad = tok.pad_token_id
     prompt_ids = torch.tensor([[pad] * (p_width - len(p)) + p for p in prompt_lists])
-    prompt_mask = (torch.arange(p_width)[None] >= torch.tensor([p_width - len(p) for p in prompt_lists])[:, None]).long()
+    prompt_mask = (torch.arange(p_width)[None]
+                   >= torch.tensor([p_width - len(p) for p in prompt_lists])[:, None]).long()
     completion_ids = torch.tensor([c + [pad] * (width - len(c)) for c in b["completion_ids"]])
     # GRPOTrainer._generate_single_turn: mask everything after the first EOS
     is_eos = torch.isin(completion_ids, torch.tensor(trainer.eos_token_ids))
@@ -234,7 +235,8 @@ def main() -> None:
     summary = {"shape": args.shape, "seed": args.seed,
                **alignray_batch(work / "model", prompts_file, args.shape, args.seed, work / "batch.pt")}
     subprocess.run([str(trl_python), __file__, "--side", "trl", "--model", str(work / "model"), "--batch",
-                    str(work / "batch.pt"), "--functions", str(ROOT.parent / "system" / "rewards" / "functions.py"),
+                    str(work / "batch.pt"),
+                    "--functions", str(ROOT.parent / "system" / "rewards" / "functions.py"),
                     "--result", str(work / "trl.json")], check=True, capture_output=True, text=True)
     summary.update(json.loads((work / "trl.json").read_text()))
     summary["optimizer"] = optimizer_check(work / "model")

@@ -47,14 +47,16 @@ def main() -> None:
     def length(prompts, completions, **_):
         return [fns.length_target(p, c, target=24) for p, c in zip(prompts, completions, strict=True)]
 
-    prompts = [json.loads(line)["prompt"] for line in Path(args.prompts_file).read_text().splitlines() if line]
+    prompts = [json.loads(line)["prompt"] for line in Path(args.prompts_file).read_text().splitlines()
+               if line]
     dataset = Dataset.from_dict({"prompt": prompts})
     tok = AutoTokenizer.from_pretrained(args.model)
     model = AutoModelForCausalLM.from_pretrained(args.model, dtype=torch.float32)
     completions = args.prompts * args.samples
     cfg = GRPOConfig(
         output_dir=args.out_dir, per_device_train_batch_size=completions, gradient_accumulation_steps=1,
-        num_generations=args.samples, max_completion_length=args.new_tokens, temperature=1.0, top_p=1.0, top_k=0,
+        num_generations=args.samples, max_completion_length=args.new_tokens,
+        temperature=1.0, top_p=1.0, top_k=0,
         learning_rate=1e-3, lr_scheduler_type="constant", warmup_steps=0, weight_decay=0.0, max_grad_norm=1.0,
         beta=0.0, loss_type="dapo", scale_rewards="group", num_iterations=1, reward_weights=[1.0, 0.2],
         max_steps=args.steps, logging_steps=1, save_strategy="no", report_to=[], use_cpu=True, bf16=False,

@@ -45,7 +45,8 @@ class ChatRenderer:
         else:
             path = Path(setting).expanduser()
             if not path.is_file():
-                raise DataError(f"data.chat_template: {setting}: no such file (give auto, none or a Jinja file)")
+                raise DataError(f"data.chat_template: {setting}: no such file "
+                                "(give auto, none or a Jinja file)")
             try:
                 self.template = path.read_text(encoding="utf-8")
             except UnicodeDecodeError:

@@ -22,6 +22,7 @@ from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 
 from alignray.config import dump_config, load_config
+from alignray.driver.stop import shutdown_ray, stop_on_signals, stopped_by
 from alignray.errors import AlignrayError
 from alignray.quiet import VERBOSE_ENV, quiet_driver
 
@@ -67,6 +68,7 @@ class Progress:
 def _train(args: argparse.Namespace) -> int:
     from alignray.driver.preflight import preflight
     from alignray.driver.runlog import latest_checkpoint, new_run_dir
+    from alignray.driver.stop import stopped_by, where_stopped
 
     if args.resume:
         run_dir = Path(args.resume)
@@ -84,14 +86,25 @@ def _train(args: argparse.Namespace) -> int:
         Controller,  # imports Ray: after the checks, so they answer in a second
     )
 
-    controller = Controller(cfg, run_dir, resume=bool(args.resume))
-    progress = Progress(cfg.train.steps, controller.step, cfg.train.progress)
+    controller = progress = None
     try:
+        controller = Controller(cfg, run_dir, resume=bool(args.resume))
+        progress = Progress(cfg.train.steps, controller.step, cfg.train.progress)
         with progress.own_line():
             history = controller.run(on_step=progress.show)
-    finally:
-        progress.close()
+    except BaseException as exc:
+        stop = stopped_by(exc)
+        if stop is None:
+            raise
+        stop.where = where_stopped(run_dir, controller.step if controller else 0, cfg.train.steps)
+        if controller is not None:
+            controller.close(stopping=True)
+        raise stop from None
+    else:
         controller.close()
+    finally:
+        if progress is not None:
+            progress.close()
     if history:
         k = max(1, len(history) // 5)
         first = sum(m["reward/mean"] for m in history[:k]) / k
@@ -110,7 +123,7 @@ def _rm(args: argparse.Namespace) -> int:
     import alignray.rm.cli as rm_cli
 
     if args.rm_command == "eval":
-        rm_cli.rm_eval_main(args.model, args.data, args.out, baseline=args.baseline)
+        rm_cli.rm_eval_main(args.model, args.data, args.out, baseline=args.baseline, device=args.device)
     elif args.rm_command == "bench":
         rm_cli.rm_bench_main(args.name, args.out, args.quick)
     else:
@@ -192,6 +205,8 @@ def build_parser() -> argparse.ArgumentParser:
     rm_eval.add_argument("--data", required=True)
     rm_eval.add_argument("--out", help="also write the results as JSON here")
     rm_eval.add_argument("--baseline", help="a BT reward model: warn where the bias gap flips sign and grows")
+    rm_eval.add_argument("--device", default="auto",
+                         help="auto (the GPU when CUDA is available, else the CPU), cpu, cuda or cuda:N")
     rm_bench = rm_sub.add_parser("bench", help="synthetic benchmark with known ground truth")
     rm_bench.add_argument("name")
     rm_bench.add_argument("--out", help="write the results as JSON here")
@@ -220,15 +235,20 @@ def main(argv: list[str] | None = None) -> int:
     if args.verbose:
         os.environ[VERBOSE_ENV] = "1"
     quiet_driver()
+    stop_on_signals()
     try:
         return args.func(args)
-    except Exception as exc:  # noqa: BLE001 - user errors get one clean line, everything else its traceback
-        err = _user_error(exc)
+    except BaseException as exc:  # noqa: BLE001 - a stop and user errors are one line, anything else a traceback
+        stop = stopped_by(exc)
+        if stop is not None:  # SIGINT / SIGTERM (inside a Ray wait it arrives wrapped in Ray's SystemError)
+            print(stop.line(), file=sys.stderr, flush=True)
+            shutdown_ray(stop.exit_code)
+            return stop.exit_code
+        err = _user_error(exc) if isinstance(exc, Exception) else None
         if err is None:
             raise
         print(f"alignray: error: {err}", file=sys.stderr)
         return 2
-
 
 if __name__ == "__main__":
     sys.exit(main())

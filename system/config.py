@@ -9,7 +9,7 @@ from __future__ import annotations
 import copy
 from importlib import resources
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
@@ -35,6 +35,23 @@ class TinyModelConfig(Section):
     max_position_embeddings: int = Field(256, gt=0)
 
 
+class LoraConfig(Section):
+    """LoRA adapters (peft) on the policy: only they are trained and held by the optimizer; the base weights
+    stay frozen (alignray.lora)."""
+
+    r: int = Field(8, ge=1)
+    """Rank of each adapter (A: r × in, B: out × r)."""
+    alpha: float = Field(16.0, gt=0)
+    """The update is W + alpha / r · B A."""
+    dropout: float = Field(0.0, ge=0, lt=1)
+    """Dropout on the adapters' input while training; above 0 the training forward is random, so π_old
+    (the detached training forward) and π are no longer one function: 0 for RL."""
+    target_modules: Literal["all-linear"] | Annotated[list[Annotated[str, Field(min_length=1)]],
+                                                       Field(min_length=1)] = "all-linear"
+    """Module names (suffixes, e.g. [q_proj, v_proj]) that get adapters; `all-linear`: every linear layer
+    but the LM head."""
+
+
 class ModelConfig(Section):
     path: str | None = None
     """A local directory or hub name of a causal LM; empty builds `tiny` with random weights."""
@@ -43,9 +60,16 @@ class ModelConfig(Section):
     models."""
     tiny: TinyModelConfig = TinyModelConfig()
     dtype: Literal["float32", "bfloat16", "float16"] = "float32"
+    attn_implementation: Literal["sdpa", "eager", "flash_attention_2"] = "sdpa"
+    """The attention kernels of the policy, reference and critic (transformers' `attn_implementation`);
+    `flash_attention_2` needs the flash-attn package and a GPU."""
     trust_remote_code: bool = False
     seed: int = 0
     """Seed of the random initialisation of tiny models (policy, reference and critic start identical)."""
+    lora: LoraConfig | None = None
+    """LoRA fine-tuning of the policy (`model.lora.r=8`); empty: full fine-tuning. The reference is the
+    base with the adapters off (no second copy); engines receive merged weights; the critic (PPO) trains
+    in full."""
 
 
 class DataConfig(Section):
@@ -155,8 +179,8 @@ class ScorerConfig(Section):
     @model_validator(mode="after")
     def _source_matches_type(self) -> ScorerConfig:
         if self.gold and self.weight != 0:
-            raise ValueError(f"scorer '{self.name}' is gold (logged, never optimised), so its weight must be 0, "
-                             f"got {self.weight}")
+            raise ValueError(f"scorer '{self.name}' is gold (logged, never optimised), so its weight must "
+                             f"be 0, got {self.weight}")
         if self.type == "function" and not self.function:
             raise ValueError(f"scorer '{self.name}' has type 'function' but no 'function'")
         if self.type == "model" and not self.path:
@@ -243,6 +267,20 @@ class LearnerConfig(RanksConfig):
     grad_clip: float = Field(1.0, gt=0)
     micro_batch_size: int = Field(32, gt=0)
     weight_bucket_mb: float = Field(64.0, gt=0)
+    packing: bool = True
+    """Each micro-batch's sequences packed into one row without padding (positions restart per sequence, a
+    block-diagonal causal mask; flash_attention_2: its varlen path); `false` pads every row to the longest."""
+    pack_row_tokens: Annotated[int, Field(gt=0)] | Literal["auto"] | None = "auto"
+    """Packed rows hold at most this many tokens (a longer sequence gets a row of its own); empty: one row per
+    micro-batch; `auto`: max(256, the model's hidden size). sdpa and eager attend through a dense
+    block-diagonal mask, W² per row of W tokens: the bound keeps that small next to the padding it saves.
+    flash_attention_2 always packs one row (varlen)."""
+    micro_batch_tokens: int | None = Field(None, gt=0)
+    """Micro-batches chosen by tokens (prompt + response) instead of `micro_batch_size` rows: a rank's rows,
+    in order, fill micro-batches of at most this many tokens (a longer row gets one of its own)."""
+    peak_flops: float | None = Field(None, gt=0)
+    """Peak FLOP/s of one learner device, for `learner/mfu`; empty: from a table of known GPUs by name and
+    `model.dtype` (alignray.devices.PEAK_FLOPS); unknown devices and CPUs log no MFU."""
 
 
 class CallTimeouts(Section):
@@ -291,6 +329,16 @@ class TrainConfig(Section):
     """Faults recovered per role (rollout, reward, learner) before the run stops naming the role and the
     cause."""
     call_timeout_s: CallTimeouts = CallTimeouts()
+    hang_report_s: float = Field(60.0, gt=0)
+    """An actor call with no answer after this many seconds is reported once — a warning line, the stack of
+    the actor's busy thread, an event — and the run goes on waiting (`call_timeout_s` decides when to replace
+    it)."""
+    hang_report_startup_s: float = Field(300.0, gt=0)
+    """The same for the calls that start actors, load checkpoints and run the first step (model downloads,
+    op builds, compilation are slow the first time)."""
+    oversubscribe: bool = False
+    """On a local Ray (no cluster address), a run with more actor processes than 4 per CPU core is an error
+    before anything starts; `true` runs it anyway."""
 
 
 class Config(Section):
@@ -311,6 +359,8 @@ class Config(Section):
             raise ValueError("train.max_staleness > 0 (async) needs train.sync_interval = 1")
         if self.train.colocate:
             self._check_colocate()
+        if self.model.lora is not None and self.learner.zero_stage > 2:
+            raise ValueError(f"model.lora needs learner.zero_stage at most 2 (got {self.learner.zero_stage})")
         return self
 
     def _check_colocate(self) -> None:
@@ -351,7 +401,9 @@ def apply_overrides(data: dict, overrides: list[str]) -> dict:
         path, value = parse_override(text)
         node = data
         for part in path[:-1]:
-            child = node.setdefault(part, {})
+            child = node.get(part)
+            if child is None:  # absent, or an empty section (`lora: null`): `model.lora.r=8` opens it
+                child = node[part] = {}
             if not isinstance(child, dict):
                 raise ConfigError(f"override {text!r}: '{part}' is a value, not a section")
             node = child

@@ -23,11 +23,11 @@ import pyarrow as pa
 from alignray.chat import ChatRenderer, check_messages
 from alignray.config import DataConfig
 from alignray.errors import DataError
+from alignray.schema import TOKENS, check_batch, list_array
 
 _SUBJECTS = ["the sea", "a cat", "my garden", "winter", "an old town", "the moon", "a train", "coffee",
-             "music",
-             "the forest", "a storm", "bread", "a river", "the city", "snow", "a friend", "the desert", "rain",
-             "a library", "the mountains"]
+             "music", "the forest", "a storm", "bread", "a river", "the city", "snow", "a friend",
+             "the desert", "rain", "a library", "the mountains"]
 _ASKS = ["Say something about {}.", "Describe {}.", "Write a line on {}.", "Tell me of {}.", "Sing about {}."]
 PARQUET_MAGIC = b"PAR1"
 NUL = b"\x00"
@@ -35,7 +35,8 @@ NUL = b"\x00"
 
 def builtin_prompts(name: str) -> list[str]:
     if name != "vowels":
-        raise DataError(f"data.prompts: unknown built-in prompt set 'builtin:{name}'; available: builtin:vowels")
+        raise DataError(f"data.prompts: unknown built-in prompt set 'builtin:{name}'; "
+                        "available: builtin:vowels")
     return [ask.format(s) for s in _SUBJECTS for ask in _ASKS]
 
 
@@ -59,7 +60,6 @@ class PromptSet:
 
     def batch(self, indices: list[int]) -> pa.RecordBatch:
         """The prompt batch for these row indices (a compact copy, so Ray ships only these rows)."""
-        from alignray.schema import check_batch  # imports torch: kept out of the driver's pre-Ray checks
         taken = self.table.take(pa.array(indices, type=pa.int64())).combine_chunks()
         batch = taken.to_batches()[0] if taken.num_rows else pa.RecordBatch.from_pylist([],
                                                                                         schema=taken.schema)
@@ -74,7 +74,8 @@ def jsonl_records(path: Path) -> Iterator[tuple[int, object]]:
         for lineno, raw in enumerate(f, start=1):
             if NUL in raw:
                 raise DataError(f"{path}:{lineno}: binary data (a NUL byte at column {raw.index(NUL) + 1}); "
-                                "expected JSONL text (Parquet and `datasets` folders are read by their format)")
+                                "expected JSONL text (Parquet and `datasets` folders are read by their "
+                                "format)")
             try:
                 line = raw.decode("utf-8")
             except UnicodeDecodeError as e:
@@ -222,8 +223,6 @@ def load_prompts(cfg: DataConfig, tokenizer) -> PromptSet:
         tokens.append(toks)
     if not ids:
         raise DataError(f"{source}: no usable prompts (skipped: {dict(skipped) or 'none'})")
-    from alignray.schema import TOKENS, list_array
-
     table = pa.table({
         "prompt_id": pa.array(ids, type=pa.int64()),
         "prompt": pa.array(texts, type=pa.string()),

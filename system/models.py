@@ -7,6 +7,8 @@ load it). Real model paths and hub names work the same way for users who have th
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import torch
@@ -18,6 +20,7 @@ from transformers import (
 )
 
 from alignray.config import ModelConfig
+from alignray.errors import AlignrayError
 from alignray.tokenizer import build_byte_tokenizer, load_tokenizer
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
@@ -36,30 +39,48 @@ def tiny_config(cfg: ModelConfig, vocab_size: int) -> LlamaConfig:
 def load_policy(cfg: ModelConfig, vocab_size: int | None = None) -> PreTrainedModel:
     """The causal LM that is trained (also the frozen reference: call it twice, both start from the same
     weights)."""
-    dtype = DTYPES[cfg.dtype]
-    if cfg.path:
-        return AutoModelForCausalLM.from_pretrained(cfg.path, dtype=dtype,
-                                                    trust_remote_code=cfg.trust_remote_code)
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(cfg.seed)
-        model = AutoModelForCausalLM.from_config(tiny_config(cfg, vocab_size or len(build_byte_tokenizer())))
+    dtype, attn = DTYPES[cfg.dtype], {"attn_implementation": cfg.attn_implementation}
+    with _attention_errors(cfg):
+        if cfg.path:
+            return AutoModelForCausalLM.from_pretrained(cfg.path, dtype=dtype,
+                                                        trust_remote_code=cfg.trust_remote_code, **attn)
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(cfg.seed)
+            model = AutoModelForCausalLM.from_config(
+                tiny_config(cfg, vocab_size or len(build_byte_tokenizer())), **attn)
     return model.to(dtype)
 
 
 def load_critic(cfg: ModelConfig, vocab_size: int | None = None) -> PreTrainedModel:
     """A per-token value model (PPO): the policy's trunk with a one-output token-classification head."""
-    dtype = DTYPES[cfg.dtype]
-    if cfg.path:
-        # no dropout: V_old and V must be one function
-        return AutoModelForTokenClassification.from_pretrained(
-            cfg.path, num_labels=1, dtype=dtype, trust_remote_code=cfg.trust_remote_code, classifier_dropout=0.0)
-    config = tiny_config(cfg, vocab_size or len(build_byte_tokenizer()))
-    config.num_labels = 1
-    config.classifier_dropout = 0.0  # transformers' token-classification head defaults to dropout 0.1
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(cfg.seed + 1)
-        model = AutoModelForTokenClassification.from_config(config)
+    dtype, attn = DTYPES[cfg.dtype], {"attn_implementation": cfg.attn_implementation}
+    with _attention_errors(cfg):
+        if cfg.path:
+            # no dropout: V_old and V must be one function
+            return AutoModelForTokenClassification.from_pretrained(
+                cfg.path, num_labels=1, dtype=dtype, trust_remote_code=cfg.trust_remote_code,
+                classifier_dropout=0.0, **attn)
+        config = tiny_config(cfg, vocab_size or len(build_byte_tokenizer()))
+        config.num_labels = 1
+        config.classifier_dropout = 0.0  # transformers' token-classification head defaults to dropout 0.1
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(cfg.seed + 1)
+            model = AutoModelForTokenClassification.from_config(config, **attn)
     return model.to(dtype)
+
+
+@contextmanager
+def _attention_errors(cfg: ModelConfig) -> Iterator[None]:
+    """transformers refusing the attention implementation (flash-attn not installed, a model without SDPA)
+    becomes one line naming `model.attn_implementation`."""
+    try:
+        yield
+    except (ImportError, ValueError) as e:
+        text = str(e).strip()
+        if "attention" not in text.lower() and "attn" not in text.lower():
+            raise
+        raise AlignrayError(f"model.attn_implementation={cfg.attn_implementation}: {text.splitlines()[0]} "
+                            "(try sdpa or eager)") from None
 
 
 def save_hf(model: PreTrainedModel, tokenizer, out_dir: str | Path, state_dict: dict | None = None) -> Path:

@@ -57,9 +57,11 @@ def check_batch(batch: pa.RecordBatch, kind: str, where: str = "") -> pa.RecordB
             raise SchemaError(f"{kind} batch{at}: missing column '{field.name}' ({field.type})")
         actual = batch.schema.field(idx).type
         if actual != field.type:
-            raise SchemaError(f"{kind} batch{at}: column '{field.name}' has type {actual}, expected {field.type}")
+            raise SchemaError(f"{kind} batch{at}: column '{field.name}' has type {actual}, "
+                              f"expected {field.type}")
         if not field.nullable and batch.column(idx).null_count:
-            raise SchemaError(f"{kind} batch{at}: column '{field.name}' has {batch.column(idx).null_count} nulls")
+            raise SchemaError(f"{kind} batch{at}: column '{field.name}' has "
+                              f"{batch.column(idx).null_count} nulls")
     for name in batch.schema.names:
         if name in schema.names:
             continue

@@ -65,5 +65,5 @@ def _generic_fast_tokenizer(source: str) -> bool:
         config = json.loads((folder / "tokenizer_config.json").read_text())
     except (OSError, ValueError):
         return False
-    return (folder / "tokenizer.json").is_file() and config.get("tokenizer_class") == "PreTrainedTokenizerFast" \
-        and "auto_map" not in config
+    return ((folder / "tokenizer.json").is_file()
+            and config.get("tokenizer_class") == "PreTrainedTokenizerFast" and "auto_map" not in config)

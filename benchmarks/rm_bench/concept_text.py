@@ -103,7 +103,8 @@ def run_task(concept: str, n_train: int, n_test: int, noises: list[float], seeds
                              **{f"gap_{v}": gaps[ATTR][v]["gap"] for v in g.CONCEPTS[concept]},
                              "cf_rel": m["counterfactual"][ATTR]["relative"],
                              "cf_abs": m["counterfactual"][ATTR]["mean_abs_delta"],
-                             "lambda": float(cfg.mmd_lambda) if cfg.kind == "causal" else 0.0, "sweep": sweep})
+                             "lambda": float(cfg.mmd_lambda) if cfg.kind == "causal" else 0.0,
+                             "sweep": sweep})
             per_seed += runs
             keys = [k for k in runs[0] if k not in ("noise", "recipe", "seed", "sweep")]
             rows.append({"noise": noise, "recipe": name,
@@ -120,8 +121,8 @@ def run(out: str | None = None, quick: bool = False, concept: str = "concept") -
         results = run_task(concept, 1500, 1500, [0.0, 0.1, 0.25], [0, 1, 2])
     columns = ["noise", "recipe", "accuracy", "gap_present",
                *[f"gap_{v}" for v in g.CONCEPTS[concept]], "cf_rel", "cf_abs", "lambdas"]
-    table = format_rows(f"{concept}-text (MiniLM features; train: attribute on 80% better / 20% worse, labels "
-                        "flipped; test: attribute ⟂ quality)", results["rows"], columns)
+    table = format_rows(f"{concept}-text (MiniLM features; train: attribute on 80% better / 20% worse, "
+                        "labels flipped; test: attribute ⟂ quality)", results["rows"], columns)
     return finish(f"{concept}-text", results, table, out, started)
 
 

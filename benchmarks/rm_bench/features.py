@@ -90,7 +90,8 @@ class FeatureRewardModel:
         self.head, self.bank = head, bank
 
     @torch.no_grad()
-    def score(self, prompts: Sequence[str], responses: Sequence[str], batch_size: int = 0) -> dict[str, np.ndarray]:
+    def score(self, prompts: Sequence[str], responses: Sequence[str],
+              batch_size: int = 0) -> dict[str, np.ndarray]:
         return {"reward": self.head(self.bank.lookup(prompts, responses))[:, 0].numpy()}
 
 
@@ -127,7 +128,8 @@ def fit_head(cfg: RewardTrainConfig, data: PreferenceData, bank: FeatureBank, bi
             loss, _ = preference_objective(
                 r, margin=cfg.margin, mmd_lambda=lam,
                 bins=None if bins_t is None else torch.cat([bins_t[idx, 0], bins_t[idx, 1]]),
-                mmd_mode=cfg.mmd_mode, swap=None if swap_t is None else swap_t[idx], bandwidth=cfg.mmd_bandwidth,
+                mmd_mode=cfg.mmd_mode, swap=None if swap_t is None else swap_t[idx],
+                bandwidth=cfg.mmd_bandwidth,
                 min_bin_size=cfg.mmd_min_bin_size, reduction=cfg.mmd_reduction, cf_weight=mu, cf_rows=cf_rows,
                 r_cf=head(f_cf[idx[cf_rows]])[:, 0] if len(cf_rows) else None)
             optimizer.zero_grad(set_to_none=True)

@@ -30,7 +30,8 @@ from alignray.rm.preference_data import PreferenceData
 from rm_bench.common import finish, format_rows, quiet_transformers
 from rm_bench.features import cache_dir, minilm_path
 
-SPLITS = {"train": (range(0, 5), range(0, 5), range(0, 6)), "shifted": (range(5, 10), range(5, 10), range(6, 12))}
+SPLITS = {"train": (range(0, 5), range(0, 5), range(0, 6)),
+          "shifted": (range(5, 10), range(5, 10), range(6, 12))}
 
 
 def _answer(rng: np.random.Generator, split: str, city: str, quality: int) -> str:
@@ -128,8 +129,8 @@ def run(out: str | None = None, quick: bool = False) -> dict[str, Any]:
         results = run_task([32], [0], [0.0, 0.2], n_test=100, epochs=6)
     else:
         results = run_task([32, 128], [0, 1], [0.0, 0.2])
-    table = format_rows(f"haf-text (MiniLM trunk fine-tuned as a causal LM; {results['noise']:.0%} train labels "
-                        "flipped; shifted = unseen sentence templates and cities)", results["rows"],
+    table = format_rows(f"haf-text (MiniLM trunk fine-tuned as a causal LM; {results['noise']:.0%} train "
+                        "labels flipped; shifted = unseen sentence templates and cities)", results["rows"],
                         ["train_pairs", "model", "in_distribution_acc", "shifted_acc",
                          "in_distribution_per_seed", "shifted_per_seed"])
     return finish("haf-text", results, table, out, started)

@@ -84,12 +84,13 @@ def run(out: str | None = None, quick: bool = False) -> dict[str, Any]:
     for row in rows:
         row["abs_rho_ratio"] = abs(row["spearman_length"]) / max(abs(bt["spearman_length"]), 1e-12)
         row["acc_drop_pts"] = 100 * (bt["accuracy"] - row["accuracy"])
-        row["meets_goal"] = row["model"] == "causal" and row["abs_rho_ratio"] <= 0.5 and row["acc_drop_pts"] <= 3
+        row["meets_goal"] = (row["model"] == "causal" and row["abs_rho_ratio"] <= 0.5
+                             and row["acc_drop_pts"] <= 3)
     results = {"rows": rows, "train_share_chosen_longer": train_chosen_longer,
                "goal": "|rho(reward, length)| <= 0.5 x BT's with accuracy within 3 points of BT's",
                "met_by": [f"{r['mmd_mode']} lambda={r['lambda']}" for r in rows if r["meets_goal"]]}
-    table = format_rows(f"length-bias (train: chosen longer in {train_chosen_longer:.0%} of pairs; test: length ⟂ "
-                        "quality)", rows, ["model", "mmd_mode", "lambda", "accuracy", "spearman_length",
-                                            "abs_rho_ratio", "acc_drop_pts", "spearman_quality", "ece",
-                                            "meets_goal"])
+    table = format_rows(f"length-bias (train: chosen longer in {train_chosen_longer:.0%} of pairs; "
+                        "test: length ⟂ quality)", rows,
+                        ["model", "mmd_mode", "lambda", "accuracy", "spearman_length", "abs_rho_ratio",
+                         "acc_drop_pts", "spearman_quality", "ece", "meets_goal"])
     return finish("length-bias", results, table, out, started)

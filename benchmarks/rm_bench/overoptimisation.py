@@ -34,7 +34,8 @@ def response(rng: np.random.Generator, max_len: int) -> tuple[str, float]:
     length = int(rng.integers(4, max_len + 1))
     good = rng.uniform(size=length) < rng.uniform()
     text = " ".join(f"g{rng.integers(10)}" if g else f"b{rng.integers(10)}" for g in good)
-    gold = good.mean() + LENGTH_BONUS * min(length, TRAIN_MAX_LEN) - LENGTH_PENALTY * max(0, length - TRAIN_MAX_LEN)
+    gold = (good.mean() + LENGTH_BONUS * min(length, TRAIN_MAX_LEN)
+            - LENGTH_PENALTY * max(0, length - TRAIN_MAX_LEN))
     return text, float(gold)
 
 
@@ -116,12 +117,14 @@ def run(out: str | None = None, quick: bool = False) -> dict[str, Any]:
     single = last["single (mean of k curves)"]
     results = {"n_values": list(N_VALUES), "curves": curves, "seeds": seeds, "pool_size": len(pool_text),
                "train_pairs": len(train), "flip_rate": FLIP_RATE,
-               "pool_share_out_of_distribution": float(np.mean([len(t.split()) > TRAIN_MAX_LEN for t in pool_text])),
+               "pool_share_out_of_distribution": float(np.mean([len(t.split()) > TRAIN_MAX_LEN
+                                                                for t in pool_text])),
                "at_max_n": last,
                "at_max_n_per_seed": [{name: c[name][-1] for name in c} for c in per_seed],
                "worst_case_beats_single": last["worst-case (min)"] > single,
                "uwo_beats_single": last["uncertainty-weighted (λ=0.5)"] > single,
-               "warm_vs_prediction_ensemble": last["WARM (weight average)"] - last["prediction ensemble (same init)"]}
+               "warm_vs_prediction_ensemble": (last["WARM (weight average)"]
+                                               - last["prediction ensemble (same init)"])}
     table = format_rows(f"overoptimisation: gold reward of best-of-n (k={k}, {len(train)} train pairs, "
                         f"{FLIP_RATE:.0%} flipped, mean of {len(seeds)} training seeds)", rows, ["n", "kl",
                                                                                                  *curves])

@@ -5,7 +5,8 @@ log_ratio = log pi(x) - log pi_ref(x), three Monte-Carlo estimators of KL(pi || 
 
     k1 = log_ratio                               unbiased, high variance, can be negative
     k2 = 0.5 * log_ratio**2                      biased, low variance, >= 0
-    k3 = exp(-log_ratio) - 1 + log_ratio         unbiased, low variance, >= 0  (= r - 1 - log r, r = pi_ref/pi)
+    k3 = exp(-log_ratio) - 1 + log_ratio         unbiased, low variance, >= 0
+                                                 (= r - 1 - log r, r = pi_ref/pi)
 """
 
 from __future__ import annotations

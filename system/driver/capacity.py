@@ -63,16 +63,34 @@ def infeasible(demands: list[Demand], nodes: list[dict[str, float]],
             if need > largest[key]:
                 option = f"{d.role}.num_{key.lower()}s"
                 if key == "GPU" and largest[key] == 0:
-                    return f"{option}={_fmt(need)}: {d.role} needs {_fmt(need)} GPU per actor, but {where} has no GPU"
-                return (f"{option}={_fmt(need)}: {d.role} needs {_fmt(need)} {key} per actor, but {where} offers at "
-                        f"most {_fmt(largest[key])} per node")
+                    return (f"{option}={_fmt(need)}: {d.role} needs {_fmt(need)} GPU per actor, but {where} "
+                            "has no GPU")
+                return (f"{option}={_fmt(need)}: {d.role} needs {_fmt(need)} {key} per actor, but {where} "
+                        f"offers at most {_fmt(largest[key])} per node")
     for key in ("GPU", "CPU"):
         needed = sum(d.count * (d.gpus if key == "GPU" else d.cpus) for d in demands)
         if needed > total[key] + 1e-9:
             parts = " + ".join(f"{d.role} {d.count} × {_fmt(d.gpus if key == 'GPU' else d.cpus)}"
                                for d in demands if (d.gpus if key == "GPU" else d.cpus) > 0)
             biggest = max(demands, key=lambda d: d.count * (d.gpus if key == "GPU" else d.cpus))
-            return (f"the run needs {_fmt(needed)} {key}s ({parts}), but {where} has {_fmt(total[key])} in total; "
-                    f"lower {_field(biggest.role)} ({biggest.count}) or the per-actor "
+            return (f"the run needs {_fmt(needed)} {key}s ({parts}), but {where} has {_fmt(total[key])} "
+                    f"in total; lower {_field(biggest.role)} ({biggest.count}) or the per-actor "
                     f"{biggest.role}.num_{key.lower()}s")
     return None
+
+
+PROCESSES_PER_CORE = 4
+"""More actor processes than this per CPU core on one machine: each spends its time waiting for a core (every
+rank and worker imports torch and builds its model at once), and a run looks hung for minutes."""
+
+
+def oversubscribed(demands: list[Demand], cores: int, per_core: int = PROCESSES_PER_CORE) -> str | None:
+    """Why a local run has too many processes for `cores` (naming the largest role's field), or None."""
+    total = sum(d.count for d in demands)
+    if total <= per_core * cores:
+        return None
+    largest = max(demands, key=lambda d: d.count)
+    return (f"{_field(largest.role)}={largest.count}: the run starts {total} actor processes "
+            f"({', '.join(f'{d.role} {d.count}' for d in demands if d.count)}) on a machine with {cores} CPU "
+            f"cores, more than {per_core} per core; lower it, or set train.oversubscribe=true to run anyway")
+

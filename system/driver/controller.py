@@ -27,6 +27,7 @@ from alignray.actors.calls import ActorFault, kill, wait_calls
 from alignray.actors.cluster import check_capacity, connect_ray
 from alignray.actors.groups import LearnerGroup, RankPool, reward_pool, rollout_pool
 from alignray.actors.recorder import RolloutRecorder
+from alignray.actors.watchdog import WATCHDOG
 from alignray.config import Config
 from alignray.data import PromptSampler, PromptSet, load_prompts
 from alignray.driver.capacity import demands_of
@@ -56,6 +57,8 @@ class Controller:
         check_capacity(cfg)  # a run the cluster can never hold fails now, naming role and numbers
         self.step = 0  # the last completed step: owned here; the fault log stamps events with it
         self.faults = FaultLog(self.run_dir, cfg.train.max_restarts, lambda: self.step)
+        # no silent hang: every actor call is watched
+        WATCHDOG.start(cfg.train.hang_report_s, cfg.train.hang_report_startup_s, self.faults, self.run_dir)
         self.current_update = None  # the latest published weights: what a new rollout member loads first
         if cfg.train.colocate:  # the learner ranks generate and score: no worker pools of their own
             group = lambda: self.learners  # noqa: E731 - read at each call: a recovered group serves at once
@@ -66,10 +69,11 @@ class Controller:
         self.rollout.reconcile()  # start the placed members now: they boot while the learner ranks do
         self.reward.reconcile()
         self.learners = self._start_learners()
-        self.recorder = RolloutRecorder.options(scheduling_strategy=ray.util.scheduling_strategies.
-                                                NodeAffinitySchedulingStrategy(ray.get_runtime_context()
-                                                                               .get_node_id(), soft=False)
-                                                ).remote(str(self.run_dir)) if cfg.train.save_rollouts else None
+        self.recorder = (RolloutRecorder.options(scheduling_strategy=ray.util.scheduling_strategies.
+                                                 NodeAffinitySchedulingStrategy(ray.get_runtime_context()
+                                                                                .get_node_id(), soft=False)
+                                                 ).remote(str(self.run_dir))
+                         if cfg.train.save_rollouts else None)
         self.ledger = PromptLedger(PromptSampler(len(self.prompts), cfg.train.seed, cfg.data.shuffle))
         if checkpoint is not None:
             self._restore(checkpoint)
@@ -89,6 +93,7 @@ class Controller:
             if metrics is None:  # the learner group was lost and rolled back: go on from the restored step
                 continue
             self.scaler.after_step(metrics, self.step)  # autoscaling rule; RUN_DIR/status.json
+            WATCHDOG.first_step = False  # later calls are reported after train.hang_report_s
             self.log.log(metrics)
             history.append(metrics)
             if on_step:
@@ -166,7 +171,8 @@ class Controller:
             back_to = _step_of(state_dir) or 0
             self.faults.record(FaultEvent("learner", "learner", fault.cause,
                                           f"new rank group from step {back_to}; "
-                                          f"{self.step - back_to} step(s) to re-train", self.step, fault.detail))
+                                          f"{self.step - back_to} step(s) to re-train", self.step,
+                                          fault.detail))
             try:
                 self._roll_back_to(state_dir, back_to)
                 return
@@ -202,8 +208,14 @@ class Controller:
                              lost[0].detail if lost else "read by a starting member")
         return results
 
-    def close(self) -> None:
-        """Stop every actor of this run and free its placement groups (the Ray cluster itself stays up)."""
+    def close(self, stopping: bool = False) -> None:
+        """Stop every actor of this run and free its placement groups (the Ray cluster itself stays up).
+        `stopping` (a signal ends the run): no Ray call that could wait on a cluster going down — the local
+        Ray's shutdown, or the driver's exit on a cluster, ends the run's actors; only the logs are closed."""
+        WATCHDOG.stop()
+        if stopping:
+            self.log.close()
+            return
         try:
             for part in (self.scaler, self.rollout, self.reward, self.learners):
                 part.close()

@@ -37,7 +37,8 @@ class FaultEvent:
 class FaultLog:
     """Counts restarts per role against `max_restarts`; past it, `record` raises one clean error."""
 
-    def __init__(self, run_dir: str | Path | None, max_restarts: int, current_step: Callable[[], int] = lambda: 0):
+    def __init__(self, run_dir: str | Path | None, max_restarts: int,
+                 current_step: Callable[[], int] = lambda: 0):
         """`current_step()`: the run's last completed step (the controller owns it), stamped on events without
         one."""
         self.current_step = current_step
@@ -61,7 +62,8 @@ class FaultLog:
             self.restarts[event.role] += 1
             if self.restarts[event.role] > self.max_restarts:
                 raise AlignrayError(
-                    f"{event.role} failed {self.restarts[event.role]} times (train.max_restarts={self.max_restarts}); "
+                    f"{event.role} failed {self.restarts[event.role]} times "
+                    f"(train.max_restarts={self.max_restarts}); "
                     f"last: {event.actor} {event.cause}; last good step {event.step} — continue with "
                     f"`alignray train --resume RUN_DIR` once the cause is fixed")
 

@@ -26,11 +26,13 @@ def check_invariants(cfg: Config, metrics: list[dict], rollouts: pa.Table, promp
 
     steps = [m["step"] for m in metrics]
     wrong = [(m["step"], m["samples"]) for m in metrics if m["samples"] != rows_per_step]
-    out["rows_per_step"] = (f"steps logged {steps[:5]}… expected 1..{t.steps}" if steps != list(range(1, t.steps + 1))
+    out["rows_per_step"] = (f"steps logged {steps[:5]}… expected 1..{t.steps}"
+                            if steps != list(range(1, t.steps + 1))
                             else f"(step, rows) {wrong[:5]} ≠ {rows_per_step}" if wrong else "")
 
     sampler = PromptSampler(len(prompt_id_of_row), t.seed, cfg.data.shuffle)
-    drawn = [Counter(prompt_id_of_row[row] for row in sampler.take(t.prompts_per_step)) for _ in range(t.steps)]
+    drawn = [Counter(prompt_id_of_row[row] for row in sampler.take(t.prompts_per_step))
+             for _ in range(t.steps)]
     expected = sum(drawn, Counter())
 
     # A prompt may legitimately be drawn twice in one step across an epoch boundary; in sync mode (version v
@@ -40,9 +42,11 @@ def check_invariants(cfg: Config, metrics: list[dict], rollouts: pa.Table, promp
                        rollouts.column("prompt_id").to_pylist(),
                        rollouts.column("sample_index").to_pylist(), strict=True))
     sync = t.max_staleness == 0 and t.sync_interval == 1
-    allowed = {key: drawn[key[0]][key[1]] if sync and 0 <= key[0] < len(drawn) else expected[key[1]] for key in keys}
+    allowed = {key: drawn[key[0]][key[1]] if sync and 0 <= key[0] < len(drawn) else expected[key[1]]
+               for key in keys}
     twice = [k for k, n in keys.items() if n > allowed[k]]
-    out["unique_samples"] = f"{len(twice)} (version, prompt, sample) keys repeat, e.g. {twice[:3]}" if twice else ""
+    out["unique_samples"] = (f"{len(twice)} (version, prompt, sample) keys repeat, e.g. {twice[:3]}"
+                             if twice else "")
 
     seen = Counter(rollouts.column("prompt_id").to_pylist())
     got = Counter({pid: n // r.samples_per_prompt for pid, n in seen.items()})

@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from alignray.errors import ConfigError
+from alignray.quiet import quiet, verbose
 
 EXTRAS = {"mlflow": "mlflow", "wandb": "wandb"}
 SKIP_ARTIFACTS = {"mlflow.db", "mlartifacts", "mlflow_run_id", "wandb", "checkpoints", "snapshots", "tb"}
@@ -85,8 +86,6 @@ class MLflowLogger:
     def _open(self) -> None:
         from mlflow.entities import Param
         from mlflow.tracking import MlflowClient
-
-        from alignray.quiet import quiet, verbose
 
         quiet()
         if not verbose():  # "Creating initial MLflow database tables..." and the like

@@ -44,7 +44,8 @@ def check_model_source(field: str, source: str | None) -> None:
                                                                              "tokenizer_config.json")):
         return  # in the local hub cache
     if os.environ.get("HF_HUB_OFFLINE", "") not in ("", "0"):
-        raise ConfigError(f"{field}: {source}: not a local folder, and not in the hub cache (HF_HUB_OFFLINE is set)")
+        raise ConfigError(f"{field}: {source}: not a local folder, and not in the hub cache "
+                          "(HF_HUB_OFFLINE is set)")
     try:
         huggingface_hub.model_info(source, timeout=10)
     except Exception as e:  # noqa: BLE001 - any failure means the workers could not load it either
@@ -57,7 +58,8 @@ def check_model(cfg: Config) -> None:
     """`model.path` and `model.tokenizer` name a local folder or a hub model the workers can load."""
     m = cfg.model
     check_model_source("model.path", m.path)
-    if m.path and Path(m.path).expanduser().is_dir() and not (Path(m.path).expanduser() / "config.json").is_file():
+    if (m.path and Path(m.path).expanduser().is_dir()
+            and not (Path(m.path).expanduser() / "config.json").is_file()):
         raise ConfigError(f"model.path: {m.path} has no config.json (not a Hugging Face model folder)")
     if m.tokenizer and m.tokenizer != m.path:
         check_model_source("model.tokenizer", m.tokenizer)

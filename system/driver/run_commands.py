@@ -15,6 +15,7 @@ from pathlib import Path
 import yaml
 
 from alignray.driver.control_file import CONTROL_FILE, write_request
+from alignray.driver.runlog import CALLS_FILE
 from alignray.errors import AlignrayError
 
 
@@ -27,8 +28,9 @@ def _control(run_dir: str, address: str):
     try:
         return ray.get_actor(control_name(run_dir), namespace=NAMESPACE)
     except ValueError:
-        raise AlignrayError(f"no running alignray run named {Path(run_dir).name!r} on the cluster at {address} "
-                            f"(its control actor {control_name(run_dir)!r} was not found)") from None
+        raise AlignrayError(f"no running alignray run named {Path(run_dir).name!r} on the cluster at "
+                            f"{address} (its control actor {control_name(run_dir)!r} "
+                            "was not found)") from None
 
 
 def scale_main(run_dir: str, rollout: int | None, reward: int | None, address: str | None) -> dict:
@@ -55,10 +57,13 @@ def status_main(run_dir: str, address: str | None) -> dict:
         import ray
 
         return ray.get(_control(run_dir, address).get_status.remote(), timeout=30)
-    path = Path(run_dir) / "status.json"
-    if not path.is_file():
-        raise AlignrayError(f"{run_dir}: no status.json yet (not a run directory, or its first step has not ended)")
-    status = json.loads(path.read_text())
+    path, calls = Path(run_dir) / "status.json", Path(run_dir) / CALLS_FILE
+    if not path.is_file() and not calls.is_file():
+        raise AlignrayError(f"{run_dir}: no status.json yet (not a run directory, or its first step "
+                            "has not ended)")
+    status = json.loads(path.read_text()) if path.is_file() else {"run_dir": run_dir, "updated": 0.0}
+    if calls.is_file():  # the watchdog's: fresher than status.json while a step (or the start) hangs
+        status["calls"] = json.loads(calls.read_text())["calls"]
     control = Path(run_dir) / CONTROL_FILE
     if control.is_file() and control.stat().st_mtime > status["updated"]:
         status["queued_requests"] = [yaml.safe_load(control.read_text())]

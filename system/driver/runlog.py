@@ -1,10 +1,11 @@
 """The run directory, a contract users and tools read:
 
-DIR/config.yaml        resolved config            DIR/metrics.jsonl      one JSON object per step
-DIR/rollouts/*.parquet one row per sample         DIR/checkpoints/step_N DeepSpeed state + hf/ +
-controller.json DIR/tb/                TensorBoard events         DIR/quarantine.jsonl   samples whose reward
-failed (by policy) DIR/mlflow.db, DIR/mlartifacts/, DIR/wandb/       with train.loggers [mlflow, wandb]
-(alignray.driver.loggers)
+DIR/config.yaml         resolved config         DIR/metrics.jsonl       one JSON object per step
+DIR/rollouts/*.parquet  one row per sample      DIR/checkpoints/step_N  DeepSpeed, hf/, controller.json
+DIR/tb/                 TensorBoard events      DIR/quarantine.jsonl    samples whose reward failed (on_error)
+DIR/status.json         `alignray status`       DIR/calls.json          calls in flight (the watchdog)
+DIR/events.jsonl        faults, hang reports    DIR/control.yaml        scale requests (`alignray scale`)
+DIR/mlflow.db, DIR/mlartifacts/, DIR/wandb/     with train.loggers [mlflow, wandb] (alignray.driver.loggers)
 """
 
 from __future__ import annotations
@@ -17,6 +18,9 @@ from pathlib import Path
 
 from alignray.config import Config, dump_config
 from alignray.driver.loggers import make_loggers, scalars
+
+CALLS_FILE = "calls.json"
+"""Actor calls in flight and their ages, rewritten each second by the run's watchdog while any runs."""
 
 
 def new_run_dir(root: str | Path = "runs") -> Path:

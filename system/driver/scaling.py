@@ -20,6 +20,7 @@ import yaml
 
 from alignray.actors.control import start_control
 from alignray.actors.pool import Pool
+from alignray.actors.watchdog import WATCHDOG
 from alignray.config import Config
 from alignray.driver.autoscale import decide, wait_share
 from alignray.driver.control_file import CONTROL_FILE, read_request
@@ -35,6 +36,7 @@ class Scaler:
         self.waits: dict[str, list[float]] = {"rollout": [], "reward": [], "step": []}
         self._file_seen: int | None = None
         self.control = start_control(run_dir)
+        WATCHDOG.publish = lambda calls: self.control.publish_calls.remote(calls)
         self._take = self._ask()
         self.last: dict = {}
         for role, auto in self.autoscale.items():  # the rule works inside [min, max]
@@ -93,7 +95,8 @@ class Scaler:
         self._request_resources()
         pending = pool.count("pending")
         print(f"alignray: {role} pool {before} → {target} ({why})"
-              + (f"; {pending} pending until the cluster has room" if pending else ""), file=sys.stderr, flush=True)
+              + (f"; {pending} pending until the cluster has room" if pending else ""),
+              file=sys.stderr, flush=True)
         pool.wait_ready()  # members that could be placed take work from the next step; pending ones wait
 
     def _request_resources(self) -> None:
@@ -132,9 +135,11 @@ class Scaler:
             "generate_wait_share": wait_share(self.waits["rollout"][-3:], window),
             "score_wait_share": wait_share(self.waits["reward"][-3:], window),
             "pools": {role: {"target": pool.target, "members": pool.states(),
-                             "autoscale": self.autoscale[role].model_dump() if self.autoscale[role].enabled else None}
+                             "autoscale": (self.autoscale[role].model_dump() if self.autoscale[role].enabled
+                                           else None)}
                       for role, pool in self.pools.items()},
             "recent_faults": [e.line() for e in self.faults.recent],
+            "calls": WATCHDOG.in_flight(),
         }
         tmp = self.run_dir / "status.json.tmp"
         tmp.write_text(json.dumps(self.last, indent=1) + "\n")
@@ -152,6 +157,11 @@ def format_status(status: dict) -> str:
     """`alignray status` as a person reads it."""
     if not status:
         return "no status yet (the run has not finished its first step)"
+    calls = status.get("calls") or []
+    in_flight = "  calls in flight: " + (", ".join(f"{c['member']} {c['call']} {c['age_s']:.0f}s"
+                                                   for c in calls) if calls else "none over 1s")
+    if "step" not in status:
+        return f"run {status['run_dir']}: starting (no step has ended yet)\n{in_flight}"
     lines = [f"run {status['run_dir']}: step {status['step']}/{status['steps']}, policy version "
              f"{status['policy_version']}, {status['samples_per_s']:.1f} samples/s, generate-wait share "
              f"{status['generate_wait_share']:.2f}, score-wait share {status['score_wait_share']:.2f}"
@@ -159,10 +169,11 @@ def format_status(status: dict) -> str:
     for role, pool in status["pools"].items():
         members = ", ".join(f"{name} {state}" for name, state in pool["members"].items())
         auto = pool["autoscale"]
-        lines.append(f"  {role}: target {pool['target']}" + (f" (autoscale {auto['min']}–{auto['max']})" if auto
-                                                              else "") + f": {members}")
+        lines.append(f"  {role}: target {pool['target']}"
+                     + (f" (autoscale {auto['min']}–{auto['max']})" if auto else "") + f": {members}")
     if status.get("queued_requests"):
         lines.append(f"  queued scale requests: {status['queued_requests']}")
+    lines.append(in_flight)
     lines += ["  recent faults:"] + [f"    {line}" for line in status["recent_faults"][-5:]] \
         if status["recent_faults"] else ["  recent faults: none"]
     return "\n".join(lines)

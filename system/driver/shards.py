@@ -19,6 +19,7 @@ import ray
 
 from alignray.actors.calls import HUNG, OBJECT_LOST, ActorFault, classify
 from alignray.actors.pool import Pool
+from alignray.actors.watchdog import WATCHDOG
 from alignray.config import Config
 from alignray.data import PromptSet
 from alignray.driver.events import FaultEvent, FaultLog
@@ -72,7 +73,8 @@ class ShardPipeline:
         seed = zlib.crc32(f"{self.cfg.train.seed}/{shard.step}/{shard.part}".encode())
         prompts = ray.put(self.prompts.batch(shard.rows))
         shard.worker, shard.started, shard.meta = name, time.monotonic(), None
-        shard.ref, shard.meta_ref = self.rollout.actor(name).generate.remote(prompts, seed)
+        shard.ref, shard.meta_ref = WATCHDOG.launch("rollout", name, self.rollout.actor(name), "generate",
+                                                    prompts, seed)
 
     def gather(self, shards: list[Shard]) -> list[Shard]:
         """Wait until every shard is generated and scored, recovering from faults on the way; in part
@@ -125,7 +127,9 @@ class ShardPipeline:
             return  # every reward member is starting or pending: scored once one is ready
         # the member that generated it when it also scores (train.colocate: a learner rank), else round robin
         shard.scorer = shard.worker if shard.worker in names else names[next(self._turn) % len(names)]
-        shard.scored_ref, shard.stats_ref = self.reward.actor(shard.scorer).score.remote(shard.ref)
+        shard.scored_ref, shard.stats_ref = WATCHDOG.launch("reward", shard.scorer,
+                                                            self.reward.actor(shard.scorer),
+                                                            "score", shard.ref)
         shard.score_started = time.monotonic()
 
     def _relaunch(self, shard: Shard) -> None:
@@ -158,7 +162,8 @@ class ShardPipeline:
     def _check_hung(self, todo: list[Shard]) -> None:
         now = time.monotonic()
         for shard in todo:
-            if shard.meta_ref is not None and shard.meta is None and now - shard.started > self.timeouts.generate:
+            if (shard.meta_ref is not None and shard.meta is None
+                    and now - shard.started > self.timeouts.generate):
                 self._rollout_lost(shard, ActorFault(shard.worker, HUNG,
                                                      f"generate took > {self.timeouts.generate:g}s"))
             elif shard.stats_ref is not None and now - shard.score_started > self.timeouts.score:

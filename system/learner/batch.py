@@ -19,6 +19,7 @@ from alignray.algorithms.kl import kl_estimate
 from alignray.algorithms.logprobs import entropy_from_logits, logprobs_from_logits
 from alignray.config import AlgoConfig
 from alignray.errors import SchemaError
+from alignray.learner.packing import PackedRows, Packing, pack_rows, packed_logits, packed_outputs, unpack
 
 
 @dataclass
@@ -31,6 +32,8 @@ class SequenceBatch:
     rollout_logprobs: torch.Tensor  # [B, T] what the engine reported
     rewards: torch.Tensor  # [B]
     group_ids: torch.Tensor  # [B] samples of one prompt share a group
+    prompt_lengths: torch.Tensor  # [B]
+    response_lengths: torch.Tensor  # [B] (response_mask may be zeroed: a masked dummy row keeps its length)
 
     def __len__(self) -> int:
         return self.input_ids.shape[0]
@@ -93,8 +96,38 @@ def sequences_from_batch(batch: pa.RecordBatch, pad_token_id: int) -> SequenceBa
         input_ids=input_ids, attention_mask=(prompt_part | resp_part).long(), response_tokens=response_tokens,
         response_mask=mask.float(), logit_index=logit_index, rollout_logprobs=logprobs,
         rewards=torch.from_numpy(batch.column("reward").to_numpy().astype(np.float32)),
-        group_ids=torch.unique(prompt_ids, return_inverse=True)[1],
+        group_ids=torch.unique(prompt_ids, return_inverse=True)[1], prompt_lengths=p_len,
+        response_lengths=r_len,
     )
+
+
+POSITIONS_PER_CHUNK = 1024
+"""Packed log-probs upcast half-precision logits this many positions at a time."""
+
+
+def packed_rows(model, seq: SequenceBatch, packing: Packing) -> PackedRows:
+    """`seq` as packed rows (alignray.learner.packing), the mask in the model's dtype."""
+    dtype = next(getattr(model, "module", model).parameters()).dtype
+    return pack_rows(seq.input_ids, seq.attention_mask, seq.prompt_lengths, seq.response_lengths,
+                     seq.response_tokens.shape[1], packing, dtype)
+
+
+def _packed_logprobs(model, seq: SequenceBatch, temperature: float, entropy: bool, entropy_grad: bool,
+                     packing: Packing) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """`forward_logprobs` on packed rows: logits [K, V] of the K response tokens only, read in chunks of
+    POSITIONS_PER_CHUNK (half-precision logits are upcast a block at a time), scattered back into [B, T]."""
+    rows = packed_rows(model, seq, packing)
+    logits = packed_logits(model, rows)
+    targets = seq.response_tokens[rows.token_mask]
+    logp = torch.cat([logprobs_from_logits(z[None], y[None], temperature)[0]
+                      for z, y in zip(logits.split(POSITIONS_PER_CHUNK), targets.split(POSITIONS_PER_CHUNK),
+                                      strict=True)]) if len(targets) else logits.new_zeros(0)
+    logp = unpack(logp.float(), rows.token_mask) * seq.response_mask
+    if not entropy:
+        return logp, None
+    with torch.set_grad_enabled(entropy_grad and torch.is_grad_enabled()):
+        ent = unpack(entropy_from_logits(logits.float() / temperature), rows.token_mask) * seq.response_mask
+    return logp, ent
 
 
 def response_window_logits(model, seq: SequenceBatch) -> tuple[torch.Tensor, int]:
@@ -116,7 +149,8 @@ def response_window_logits(model, seq: SequenceBatch) -> tuple[torch.Tensor, int
 
 
 def forward_logprobs(model, seq: SequenceBatch, temperature: float, entropy: bool = False,
-                     entropy_grad: bool = False) -> tuple[torch.Tensor, torch.Tensor | None]:
+                     entropy_grad: bool = False, packing: Packing | None = None
+                     ) -> tuple[torch.Tensor, torch.Tensor | None]:
     """log π(y_t | x, y_<t) [B, T] from one forward, and optionally the entropy H_t [B, T] of the same
     positions.
 
@@ -125,7 +159,12 @@ def forward_logprobs(model, seq: SequenceBatch, temperature: float, entropy: boo
     the backward is the window's logits, no log-softmax beside it and no [B, T, V] copy. The entropy, which
     needs the full softmax, is computed only if asked, and off the graph unless `entropy_grad` (an entropy
     bonus in the loss).
+
+    `packing` (the model's attention implementation and the packed rows' bound): the same values from packed
+    rows without padding (alignray.learner.packing); None: the right-padded rows.
     """
+    if packing is not None:
+        return _packed_logprobs(model, seq, temperature, entropy, entropy_grad, packing)
     logits, start = response_window_logits(model, seq)
     targets = torch.roll(seq.input_ids, -1, dims=1)[:, start:]  # position p predicts token p + 1
     index = seq.logit_index - start
@@ -138,8 +177,13 @@ def forward_logprobs(model, seq: SequenceBatch, temperature: float, entropy: boo
     return logp, ent
 
 
-def response_values(critic, seq: SequenceBatch) -> torch.Tensor:
-    """V(s_t) for each response token: the critic's output at the position that predicts token t."""
+def response_values(critic, seq: SequenceBatch, packing: Packing | None = None) -> torch.Tensor:
+    """V(s_t) for each response token: the critic's output at the position that predicts token t (`packing`:
+    from packed rows, as in `forward_logprobs`)."""
+    if packing is not None:
+        rows = packed_rows(critic, seq, packing)
+        values = packed_outputs(critic(**rows.model_inputs()).logits[..., 0], rows)
+        return unpack(values.float(), rows.token_mask) * seq.response_mask
     out = critic(input_ids=seq.input_ids, attention_mask=seq.attention_mask).logits.squeeze(-1)
     return out.gather(1, seq.logit_index).float() * seq.response_mask
 

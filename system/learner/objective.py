@@ -6,7 +6,8 @@ one micro-batch is written as a partial sum over its tokens divided by a denomin
 
     L = Σ_{ranks, micro-batches}  Σ_{tokens t of the micro-batch}  w_t · ℓ_t  /  D
 
-    token_mean:               w_t = 1,          D = N_tokens            (every token of the batch weighs the same)
+    token_mean:               w_t = 1,          D = N_tokens            (every token of the batch weighs
+                                                                         the same)
     seq_mean_token_mean:      w_t = 1 / |y_i|,  D = N_sequences (rows with ≥ 1 token)
     seq_mean_token_sum_norm:  w_t = 1,          D = N_rows · norm_len   (Dr. GRPO's constant normaliser)
 

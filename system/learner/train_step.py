@@ -5,9 +5,11 @@ initialised process group. Every rank reads the whole scored batch, so the plan 
 mini-batch and micro-batch) is computed identically everywhere; prompt groups are never split. The work of a
 step:
 
-    forwards (no grad)   π_old only if `Objective.needs_old_forward`, π_ref only if `uses_reference`, V for PPO
+    forwards (no grad)   π_old only if `Objective.needs_old_forward`, π_ref only if `uses_reference`,
+                         V for PPO
     one all-reduce       counts of every mini-batch + whitening statistics → advantages of the whole batch
-    per mini-batch       M micro-batch backwards (loss × world: DeepSpeed averages gradients over ranks), one step
+    per mini-batch       M micro-batch backwards (loss × world: DeepSpeed averages gradients over ranks),
+                         one step
     one all-reduce       the logged statistics
 """
 
@@ -23,6 +25,7 @@ import torch
 import torch.distributed as dist
 
 from alignray.config import Config
+from alignray.devices import mfu, peak_flops
 from alignray.learner.batch import (
     SequenceBatch,
     advantages_for,
@@ -31,6 +34,7 @@ from alignray.learner.batch import (
     sequences_from_batch,
 )
 from alignray.learner.objective import Objective, Tally, batch_counts
+from alignray.learner.packing import Packing, auto_row_tokens, token_chunks
 
 
 def all_reduce_sum(x: torch.Tensor) -> torch.Tensor:
@@ -49,14 +53,19 @@ def group_order(prompt_ids: np.ndarray) -> tuple[np.ndarray, int]:
     return order[inverse], len(first)
 
 
-def plan_step(prompt_ids: np.ndarray, rank: int, world: int, mini_batches: int, micro_batch_size: int
+def plan_step(prompt_ids: np.ndarray, rank: int, world: int, mini_batches: int, micro_batch_size: int,
+              lengths: np.ndarray | None = None, micro_batch_tokens: int | None = None
               ) -> list[list[np.ndarray]]:
     """For each mini-batch, this rank's micro-batches as row indices of the step's batch.
 
     Groups split into `mini_batches` contiguous chunks; inside a chunk they are dealt to ranks round-robin;
     every rank gets the same number of micro-batches per mini-batch (ZeRO collectives need equal call counts),
-    some empty.
+    some empty. Micro-batches hold `micro_batch_size` rows, or with `micro_batch_tokens` (and every row's
+    token count in `lengths`) consecutive rows of at most that many tokens (`token_chunks`). Every rank
+    computes every rank's shard, so the plan is the same everywhere.
     """
+    if micro_batch_tokens is not None and lengths is None:
+        raise ValueError("plan_step: micro_batch_tokens needs the rows' lengths")
     group, n_groups = group_order(prompt_ids)
     plan = []
     for chunk in np.array_split(np.arange(n_groups), min(mini_batches, max(n_groups, 1))):
@@ -64,6 +73,12 @@ def plan_step(prompt_ids: np.ndarray, rank: int, world: int, mini_batches: int, 
         pos[chunk] = np.arange(len(chunk))
         in_chunk = pos[group]
         shards = [np.flatnonzero((in_chunk >= 0) & (in_chunk % world == r)) for r in range(world)]
+        if micro_batch_tokens is not None:
+            split = [[s[c] for c in token_chunks(lengths[s], micro_batch_tokens)] for s in shards]
+            count = max(1, max(len(parts) for parts in split))
+            mine = split[rank]
+            plan.append(mine + [np.array([], dtype=np.int64)] * (count - len(mine)))
+            continue
         count = max(1, max(math.ceil(len(s) / micro_batch_size) for s in shards))
         plan.append(list(np.array_split(shards[rank], count)))
     return plan
@@ -77,6 +92,14 @@ class LearnerStep:
                  device: torch.device):
         self.cfg, self.policy, self.reference, self.critic = cfg, policy, reference, critic
         self.rank, self.world, self.pad_id, self.device = rank, world, pad_id, device
+        module = getattr(policy, "module", policy)
+        row_tokens = cfg.learner.pack_row_tokens
+        if row_tokens == "auto":
+            row_tokens = auto_row_tokens(getattr(getattr(module, "config", None), "hidden_size", 1024))
+        self.packing = Packing(cfg.model.attn_implementation, row_tokens) if cfg.learner.packing else None
+        self.params = sum(getattr(p, "ds_numel", 0) or p.numel() for p in module.parameters())
+        name = torch.cuda.get_device_name(device) if device.type == "cuda" else None
+        self.peak_flops = cfg.learner.peak_flops or peak_flops(name, cfg.model.dtype)
 
     def _to_device(self, seq: SequenceBatch) -> SequenceBatch:
         if self.device.type == "cpu":
@@ -106,7 +129,8 @@ class LearnerStep:
 
     def _micro_step(self, obj: Objective, local: SequenceBatch, idx: np.ndarray, boundary: bool,
                     old_logp: torch.Tensor | None, ref_logp: torch.Tensor | None, values: torch.Tensor | None,
-                    advantages: torch.Tensor, returns: torch.Tensor | None, counts: torch.Tensor, tally: Tally) -> None:
+                    advantages: torch.Tensor, returns: torch.Tensor | None, counts: torch.Tensor,
+                    tally: Tally) -> None:
         """Forward and backward of one micro-batch: its share of the (mini-)batch loss whose counts are
         `counts`."""
         mb, rows, empty = self._select(local, idx)
@@ -116,7 +140,7 @@ class LearnerStep:
 
         self.policy.set_gradient_accumulation_boundary(boundary)
         logp, entropy = forward_logprobs(self.policy, mb, obj.temperature, entropy=True,
-                                         entropy_grad=bool(obj.algo.entropy_coef))
+                                         entropy_grad=bool(obj.algo.entropy_coef), packing=self.packing)
         loss = obj.policy_loss(logp, entropy, part(old_logp), part(ref_logp), mb.rollout_logprobs,
                                part(advantages), mb.response_mask, counts, tally)
         loss = loss * 0.0 if empty else loss
@@ -125,11 +149,20 @@ class LearnerStep:
         self.policy.backward(loss * self.world)
         if self.critic is not None:
             self.critic.set_gradient_accumulation_boundary(boundary)
-            v_loss = obj.value_loss(response_values(self.critic, mb), part(values), part(returns),
-                                    mb.response_mask, counts)
+            v_loss = obj.value_loss(response_values(self.critic, mb, self.packing), part(values),
+                                    part(returns), mb.response_mask, counts)
             v_loss = v_loss * 0.0 if empty else v_loss
             tally.add("loss/value", float(v_loss.detach()), 0.0)
             self.critic.backward(v_loss * self.world)
+
+    def _throughput(self, seconds: float, tokens: float, epochs: int) -> dict[str, float]:
+        """`learner/tokens_per_s` = the step's tokens (prompt + response, all ranks) / the step's seconds (the
+        mean over ranks); `learner/mfu` = mfu(policy params, tokens × ppo_epochs, seconds, peak, ranks), only
+        where the peak is known (`learner.peak_flops` or a known GPU; never on CPU)."""
+        out = {"learner/tokens_per_s": tokens / seconds if seconds > 0 else 0.0}
+        if self.peak_flops:
+            out["learner/mfu"] = mfu(self.params, tokens * epochs, seconds, self.peak_flops, self.world)
+        return out
 
     def run(self, batch: pa.RecordBatch, version: int,
             before_optimizer_step: Callable[[int], None] | None = None) -> dict[str, float]:
@@ -140,7 +173,10 @@ class LearnerStep:
         cfg, algo = self.cfg, self.cfg.algo
         obj = Objective(algo, cfg.rollout.temperature, cfg.rollout.max_new_tokens)
         prompt_ids = batch.column("prompt_id").to_numpy()
-        plan = plan_step(prompt_ids, self.rank, self.world, algo.mini_batches, cfg.learner.micro_batch_size)
+        lengths = sum(np.diff(np.asarray(batch.column(c).offsets))
+                      for c in ("prompt_tokens", "response_tokens"))  # tokens per row
+        plan = plan_step(prompt_ids, self.rank, self.world, algo.mini_batches, cfg.learner.micro_batch_size,
+                         lengths, cfg.learner.micro_batch_tokens)
         mine = np.concatenate([idx for micro in plan for idx in micro])
         # This rank's rows in plan order; micro-batches become index ranges into them.
         local = sequences_from_batch(batch.take(pa.array(mine if len(mine) else [0], type=pa.int64())),
@@ -158,19 +194,19 @@ class LearnerStep:
         temp = cfg.rollout.temperature
 
         def logp_of(model) -> Callable[[SequenceBatch], torch.Tensor]:
-            return lambda s: forward_logprobs(model, s, temp)[0]
+            return lambda s: forward_logprobs(model, s, temp, packing=self.packing)[0]
 
         old_forward = obj.needs_old_forward(on_policy)
         old_logp = self._forward_all(logp_of(self.policy), local, flat) if old_forward else None
         if algo.old_logprobs == "rollout":
             old_logp = local.rollout_logprobs * local.response_mask
         ref_logp = self._forward_all(logp_of(self.reference), local, flat) if obj.uses_reference else None
-        values = self._forward_all(lambda s: response_values(self.critic, s), local, flat) \
+        values = self._forward_all(lambda s: response_values(self.critic, s, self.packing), local, flat) \
             if self.critic is not None else None
         t_forward = time.perf_counter()
 
-        counts = all_reduce_sum(torch.stack([batch_counts(local.response_mask[np.concatenate(m).astype(np.int64)])
-                                             for m in plan_local]))
+        counts = all_reduce_sum(torch.stack(
+            [batch_counts(local.response_mask[np.concatenate(m).astype(np.int64)]) for m in plan_local]))
         advantages, returns = advantages_for(local, old_logp, ref_logp, values, algo, reduce=all_reduce_sum)
         tally = Tally()
         optimizer_steps = 0
@@ -190,7 +226,10 @@ class LearnerStep:
                 if self.critic is not None:
                     self.critic.step()
                 optimizer_steps += 1
+        tally.add("learner/tokens", float(lengths[mine].sum()) if len(mine) else 0.0, 1.0 / self.world)
+        tally.add("learner/busy_s", time.perf_counter() - t0, 1.0)  # → the mean over ranks
         stats = tally.ratios(all_reduce_sum)
+        stats.update(self._throughput(stats.pop("learner/busy_s"), stats["learner/tokens"], algo.ppo_epochs))
         grad_norm = self.policy.get_global_grad_norm()
         stats["grad_norm"] = float(grad_norm) if grad_norm is not None else math.nan
         stats["learner/optimizer_steps"] = float(optimizer_steps)

@@ -102,7 +102,8 @@ def fit_encore(
     0."""
     ratings = np.asarray(ratings, dtype=float)
     if ratings.ndim != 2 or ratings.shape[1] != len(head_names):
-        raise ValueError(f"ratings must be [n, {len(head_names)}] for heads {head_names}, got {ratings.shape}")
+        raise ValueError(f"ratings must be [n, {len(head_names)}] for heads {head_names}, "
+                         f"got {ratings.shape}")
     constant = [name for name, col in zip(head_names, ratings.T, strict=True) if col.std() <= min_std]
     if constant:
         warnings.warn(f"ENCORE: dropping heads with no rating variance: {constant}", stacklevel=2)

@@ -54,7 +54,8 @@ class HafRewardModel(RewardModel):
             with self.policy.disable_adapter():
                 logits = self.policy(input_ids=input_ids, attention_mask=attention_mask).logits
         else:
-            raise RuntimeError("HAF-RM has no reference model: build it with make_reference=True or a peft policy")
+            raise RuntimeError("HAF-RM has no reference model: build it with make_reference=True "
+                               "or a peft policy")
         return summed_response_logprobs(logits, input_ids, response_mask)
 
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor,

@@ -44,7 +44,8 @@ def load_reward_model(path: str | Path, trust_remote_code: bool = False,
     elif (path / "config.json").exists():
         model = ScalarRewardModel.load(path, {"subfolder": ".", "trained_with": "unknown"}, trust_remote_code)
     else:
-        raise FileNotFoundError(f"{path}: no {RM_CONFIG_FILE} and no HF config.json; not a reward model directory")
+        raise FileNotFoundError(f"{path}: no {RM_CONFIG_FILE} and no HF config.json; "
+                                "not a reward model directory")
     if device is not None:
         model.to(device)
     return model.eval()

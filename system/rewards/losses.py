@@ -23,7 +23,8 @@ def bradley_terry_loss(
     `softplus(-x)`, which is exact and does not overflow for large |x|.
     """
     if r_chosen.shape != r_rejected.shape:
-        raise ValueError(f"r_chosen {tuple(r_chosen.shape)} and r_rejected {tuple(r_rejected.shape)} differ in shape")
+        raise ValueError(f"r_chosen {tuple(r_chosen.shape)} and r_rejected {tuple(r_rejected.shape)} "
+                         "differ in shape")
     gap = r_chosen - r_rejected
     if margin is not None:
         gap = gap - margin

@@ -53,11 +53,11 @@ class FunctionScorer:
 class ModelScorer:
     """A reward model from a directory: a plain HF sequence classifier or any alignray reward model."""
 
-    def __init__(self, cfg: ScorerConfig, trust_remote_code: bool = False):
+    def __init__(self, cfg: ScorerConfig, trust_remote_code: bool = False, device: str = "cpu"):
         from alignray.rewards.loading import load_reward_model
 
         self.name, self.weight, self.gold, self.batch_size = cfg.name, cfg.weight, cfg.gold, cfg.batch_size
-        self.model = load_reward_model(cfg.path, trust_remote_code=trust_remote_code)
+        self.model = load_reward_model(cfg.path, trust_remote_code=trust_remote_code, device=device)
 
     def score(self, prompts: list[str], responses: list[str]) -> ScoreResult:
         parts: dict[str, list[np.ndarray]] = {}
@@ -69,8 +69,11 @@ class ModelScorer:
         return ScoreResult({k: np.concatenate(v) for k, v in parts.items()})
 
 
-def build_scorers(configs: list[ScorerConfig], trust_remote_code: bool = False) -> list:
-    return [FunctionScorer(c) if c.type == "function" else ModelScorer(c, trust_remote_code) for c in configs]
+def build_scorers(configs: list[ScorerConfig], trust_remote_code: bool = False, device: str = "cpu") -> list:
+    """The scorers of `configs`; reward models load on `device` (the reward worker's GPU when
+    `reward.num_gpus` > 0)."""
+    return [FunctionScorer(c) if c.type == "function" else ModelScorer(c, trust_remote_code, device)
+            for c in configs]
 
 
 def _sample_id(batch: pa.RecordBatch, row: int) -> str:
@@ -123,8 +126,8 @@ def batch_reward_stats(scored: pa.RecordBatch, quarantined: list[str], gold: str
     reward = scored.column("reward").to_numpy()
     lengths = np.diff(np.asarray(scored.column("response_tokens").offsets)).astype(np.float64)
     stats = {"reward/sum": float(reward.sum()), "reward/sumsq": float((reward.astype(np.float64) ** 2).sum()),
-             "count": int(scored.num_rows), "response_tokens": float(lengths.sum()), "quarantined": quarantined,
-             "reward/length_corr": _pearson(reward, lengths)}
+             "count": int(scored.num_rows), "response_tokens": float(lengths.sum()),
+             "quarantined": quarantined, "reward/length_corr": _pearson(reward, lengths)}
     for name in scored.schema.names:
         if name.startswith(REWARD_PREFIX):
             stats[f"reward/{name[len(REWARD_PREFIX):]}/sum"] = float(scored.column(name).to_numpy().sum())

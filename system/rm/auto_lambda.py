@@ -6,12 +6,12 @@ Rule (documented in docs/reward-models.md; the whole sweep is saved with the mod
 3. Feasible: held-out accuracy (against the possibly noisy labels) >= BT's - tolerance (default 0.02).
 4. Bias score, lower is better:
    - held-out rows carry counterfactuals of the attribute → the counterfactual sensitivity
-     mean|r(x, y) - r(x, y_cf)| / std(r). It measures invariance directly, so over-correction (a reward that now
-     *penalises* Z) raises it, and the feasible λ with the lowest score wins (ties: the smaller λ).
+     mean|r(x, y) - r(x, y_cf)| / std(r). It measures invariance directly, so over-correction (a reward
+     that now *penalises* Z) raises it, and the feasible λ with the lowest score wins (ties: the smaller λ).
    - no counterfactuals → the held-out within-label MMD² of the standardised reward between bins of Z. Every λ
      drives this statistic down, including into over-correction (with label noise the within-label groups are
-     themselves confounded), so the rule stops early: the smallest feasible λ that halves BT's statistic, else the
-     feasible λ with the lowest one.
+     themselves confounded), so the rule stops early: the smallest feasible λ that halves BT's statistic,
+     else the feasible λ with the lowest one.
 5. No feasible λ → the smallest λ of the grid.
 """
 
@@ -91,5 +91,6 @@ def sweep_lambda(train_at: Callable[[float, np.ndarray], Any], data: PreferenceD
             log(f"mmd_lambda auto: λ={lam} {rows[-1]}")
     chosen, metric = choose_lambda(baseline, rows, tolerance)
     record = {"chosen_lambda": chosen, "metric": metric, "tolerance": tolerance, "holdout": holdout,
-              "n_fit": int(len(fit_rows)), "n_heldout": int(len(held_rows)), "baseline_bt": baseline, "sweep": rows}
+              "n_fit": int(len(fit_rows)), "n_heldout": int(len(held_rows)), "baseline_bt": baseline,
+              "sweep": rows}
     return chosen, record

@@ -42,6 +42,9 @@ class RewardTrainConfig(BaseModel):
     """Attribute columns to read; None auto-detects them from the first row."""
     learner: RankConfig = Field(default_factory=RankConfig)
     ray_address: str | None = None
+    oversubscribe: bool = False
+    """On a local Ray, more ranks than 4 per CPU core is an error before anything starts; `true` runs
+    anyway."""
     progress: bool = True
     """The progress bar (loss, accuracy) on the terminal; on a pipe, a plain line every 10% of a fit."""
 
@@ -121,7 +124,8 @@ class RewardTrainConfig(BaseModel):
     @model_validator(mode="after")
     def _one_backbone(self) -> RewardTrainConfig:
         if (self.base_model is None) == (self.tiny_model is None):
-            raise ValueError("set exactly one of base_model (pretrained path) and tiny_model (random tiny model)")
+            raise ValueError("set exactly one of base_model (pretrained path) and tiny_model "
+                             "(random tiny model)")
         return self
 
     @model_validator(mode="after")
@@ -145,8 +149,8 @@ def _flatten(data: dict, source: str) -> dict:
     nested = data.pop("model")
     both = sorted(set(nested) & set(data))
     if both:
-        raise ConfigError(f"invalid config ({source}): {', '.join(both)} given both at the top level and under "
-                          "model: (the older layout of the same fields); use one")
+        raise ConfigError(f"invalid config ({source}): {', '.join(both)} given both at the top level "
+                          "and under model: (the older layout of the same fields); use one")
     return {**data, **nested}
 
 
@@ -164,6 +168,6 @@ def load_train_config(path: str | Path | None, overrides: list[str] | None = Non
     except ValidationError as e:
         raise ConfigError(format_validation_error(e, source, RewardTrainConfig)) from None
     if cfg.data is None:
-        raise ConfigError(f"invalid config ({source}):\n  data: a run needs preference pairs (a .jsonl / .parquet "
-                          "file, a hub dataset or builtin:restaurants)")
+        raise ConfigError(f"invalid config ({source}):\n  data: a run needs preference pairs "
+                          "(a .jsonl / .parquet file, a hub dataset or builtin:restaurants)")
     return cfg

@@ -53,13 +53,15 @@ def bias_gaps(r_chosen: np.ndarray, r_rejected: np.ndarray, values: np.ndarray) 
     means the RM rewards v, a negative one that it penalises v. Numeric attributes get one entry "higher" (the
     chosen response has the larger value vs the smaller). gap is None when either group is empty."""
     values = np.asarray(values)
-    correct = (np.asarray(r_chosen) > np.asarray(r_rejected)) + 0.5 * (np.asarray(r_chosen) == np.asarray(r_rejected))
+    correct = ((np.asarray(r_chosen) > np.asarray(r_rejected))
+               + 0.5 * (np.asarray(r_chosen) == np.asarray(r_rejected)))
     if values.dtype.kind in "biu" and len(np.unique(values)) > 2 or values.dtype.kind == "f":
         groups = {"higher": (values[:, 0] > values[:, 1], values[:, 0] < values[:, 1])}
     else:
         keys = sorted(np.unique(values.astype(str)))
         text = values.astype(str)
-        groups = {v: ((text[:, 0] == v) & (text[:, 1] != v), (text[:, 1] == v) & (text[:, 0] != v)) for v in keys}
+        groups = {v: ((text[:, 0] == v) & (text[:, 1] != v), (text[:, 1] == v) & (text[:, 0] != v))
+                  for v in keys}
     out = {}
     for v, (on_c, on_r) in groups.items():
         acc_c = float(correct[on_c].mean()) if on_c.any() else None

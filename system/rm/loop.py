@@ -50,7 +50,8 @@ def build_reward_model(cfg: RewardTrainConfig, tokenizer, head_names: list[str] 
         role = "multihead" if cfg.kind == "multihead" else "ensemble"
         names = head_names if role == "multihead" else [str(i) for i in range(cfg.ensemble_size)]
         return HeadsRewardModel(new_backbone("base", *args), tokenizer, names, role, cfg.max_length, pooling,
-                                aggregation=cfg.aggregation, coef=cfg.aggregation_coef, ddof=cfg.aggregation_ddof)
+                                aggregation=cfg.aggregation, coef=cfg.aggregation_coef,
+                                ddof=cfg.aggregation_ddof)
     backbone = new_backbone("sequence_classification", *args)
     if cfg.lora_r:
         backbone = _with_lora(backbone, cfg, task_type="SEQ_CLS")
@@ -86,8 +87,8 @@ def attribute_bins(cfg: RewardTrainConfig, data: PreferenceData, tokenizer) -> n
             columns.append(np.stack([compute_attribute(name, data.chosen, tokenizer),
                                      compute_attribute(name, data.rejected, tokenizer)], axis=1))
         else:
-            raise ValueError(f"mmd_attribute '{name}' is not in the data ({sorted(data.attributes)}) and not one of "
-                             f"the computed attributes {COMPUTED_ATTRIBUTES}")
+            raise ValueError(f"mmd_attribute '{name}' is not in the data ({sorted(data.attributes)}) and not "
+                             f"one of the computed attributes {COMPUTED_ATTRIBUTES}")
     flat = np.concatenate([c.reshape(-1, 1) for c in columns],
                           axis=1) if len(names) > 1 else columns[0].reshape(-1)
     if len(names) > 1 and cfg.mmd_bins != "categorical":
@@ -149,13 +150,16 @@ def reward_loss(model: nn.Module, batch: dict[str, torch.Tensor], cfg: RewardTra
         elif cfg.kind == "causal":
             if isinstance(cfg.mmd_lambda, str):
                 raise ValueError("mmd_lambda 'auto' must be resolved first (train_reward_model does)")
-            cf_weight = (1.0 if "cf_input_ids" in batch else 0.0) if cfg.cf_weight == "auto" else cfg.cf_weight
+            cf_weight = ((1.0 if "cf_input_ids" in batch else 0.0) if cfg.cf_weight == "auto"
+                         else cfg.cf_weight)
             r_cf = None
             if cf_weight > 0 and "cf_input_ids" in batch:
                 r_cf = model(batch["cf_input_ids"], batch["cf_attention_mask"])["reward"]
             return preference_objective(
-                r, margin=cfg.margin, mmd_lambda=cfg.mmd_lambda, mmd_values=out["representation"] if want_rep else r,
-                bins=batch.get("bins"), mmd_mode=cfg.mmd_mode, swap=batch.get("swap"), bandwidth=cfg.mmd_bandwidth,
+                r, margin=cfg.margin, mmd_lambda=cfg.mmd_lambda,
+                mmd_values=out["representation"] if want_rep else r,
+                bins=batch.get("bins"), mmd_mode=cfg.mmd_mode, swap=batch.get("swap"),
+                bandwidth=cfg.mmd_bandwidth,
                 min_bin_size=cfg.mmd_min_bin_size, reduction=cfg.mmd_reduction, cf_weight=cf_weight,
                 cf_rows=batch.get("cf_rows"), r_cf=r_cf)
         else:

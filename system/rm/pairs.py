@@ -36,6 +36,7 @@ class PreferenceData:
     def subset(self, index: Sequence[int] | np.ndarray) -> PreferenceData:
         index = np.asarray(index, dtype=int)
         return PreferenceData(
-            [self.prompts[i] for i in index], [self.chosen[i] for i in index], [self.rejected[i] for i in index],
+            [self.prompts[i] for i in index], [self.chosen[i] for i in index],
+            [self.rejected[i] for i in index],
             {k: v[index] for k, v in self.attributes.items()}, {k: v[index] for k, v in self.ratings.items()},
             {k: [v[i] for i in index] for k, v in self.counterfactuals.items()}, self.source)

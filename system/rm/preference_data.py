@@ -3,9 +3,12 @@
 
 Row schema (one JSON object per line):
   prompt, chosen, rejected: str                          required
-  chosen_<attr>, rejected_<attr>: number | str | bool    optional spurious attribute per response (named columns)
-  chosen_ratings, rejected_ratings: {rule: number}        optional per-rule ratings (multi-head training), same rules
-  counterfactual: {<attr>: str}                           optional: the chosen response with only <attr> changed
+  chosen_<attr>, rejected_<attr>: number | str | bool    optional spurious attribute per response
+                                                         (named columns)
+  chosen_ratings, rejected_ratings: {rule: number}       optional per-rule ratings (multi-head training),
+                                                         same rules
+  counterfactual: {<attr>: str}                          optional: the chosen response with only
+                                                         <attr> changed
 Computed attributes (no column needed): length_chars, length_words, length_tokens (needs a tokenizer).
 Every validation error names the file, the line (1-based; Parquet: row, 0-based) and the field.
 """
@@ -19,6 +22,7 @@ from typing import Any
 
 import numpy as np
 
+from alignray.data import BadRow, jsonl_records
 from alignray.errors import DataError
 from alignray.rm.builtin import builtin_preferences
 from alignray.rm.pairs import PreferenceData
@@ -46,7 +50,8 @@ def _parse_rows(rows: Iterable[tuple[str, Any]], attributes: Sequence[str] | Non
             if not isinstance(row[key], str):
                 raise DataError(f"{where}: field '{key}' must be a string, got {type(row[key]).__name__}")
         if attributes is None:  # auto-detect named attribute columns from the first row
-            attributes = sorted(k[len("chosen_"):] for k in row if k.startswith("chosen_") and k not in RESERVED
+            attributes = sorted(k[len("chosen_"):] for k in row
+                                if k.startswith("chosen_") and k not in RESERVED
                                 and f"rejected_{k[len('chosen_'):]}" in row)
             attr_values = {a: [] for a in attributes}
         for name in attributes:
@@ -57,7 +62,8 @@ def _parse_rows(rows: Iterable[tuple[str, Any]], attributes: Sequence[str] | Non
                 if key not in row:
                     raise DataError(f"{where}: missing field '{key}' (attribute '{name}')")
                 if not (_is_number(row[key]) or isinstance(row[key], str | bool)):
-                    raise DataError(f"{where}: field '{key}' must be a finite number, string or bool, got {row[key]!r}")
+                    raise DataError(f"{where}: field '{key}' must be a finite number, string or bool, "
+                                    f"got {row[key]!r}")
                 pair.append(row[key])
             attr_values[name].append(pair)
         has_ratings = "chosen_ratings" in row or "rejected_ratings" in row
@@ -67,12 +73,15 @@ def _parse_rows(rows: Iterable[tuple[str, Any]], attributes: Sequence[str] | Non
             for side in ("chosen_ratings", "rejected_ratings"):
                 value = row.get(side)
                 if not isinstance(value, dict):
-                    raise DataError(f"{where}: field '{side}' must be an object {{rule: rating}}, got {value!r}")
+                    raise DataError(f"{where}: field '{side}' must be an object {{rule: rating}}, "
+                                    f"got {value!r}")
                 if sorted(value) != sorted(rules):
-                    raise DataError(f"{where}: field '{side}' has rules {sorted(value)}, expected {sorted(rules)}")
+                    raise DataError(f"{where}: field '{side}' has rules {sorted(value)}, "
+                                    f"expected {sorted(rules)}")
                 for rule, rating in value.items():
                     if not _is_number(rating):
-                        raise DataError(f"{where}: field '{side}.{rule}' must be a finite number, got {rating!r}")
+                        raise DataError(f"{where}: field '{side}.{rule}' must be a finite number, "
+                                        f"got {rating!r}")
             for rule in rules:
                 rating_values.setdefault(rule, []).append([row["chosen_ratings"][rule],
                                                            row["rejected_ratings"][rule]])
@@ -94,8 +103,6 @@ def _parse_rows(rows: Iterable[tuple[str, Any]], attributes: Sequence[str] | Non
 
 
 def _jsonl_rows(path: Path):
-    from alignray.data import BadRow, jsonl_records
-
     for line_no, row in jsonl_records(path):
         if isinstance(row, BadRow):
             raise DataError(row.message)
@@ -117,13 +124,13 @@ def _hub_rows(name: str, split: str):
     try:
         import datasets
     except ImportError as exc:
-        raise DataError(f"{name}: no such local file, and the 'datasets' package (needed for hub names) is not "
-                        "installed") from exc
+        raise DataError(f"{name}: no such local file, and the 'datasets' package (needed for hub names) "
+                        "is not installed") from exc
     try:
         dataset = datasets.load_dataset(name, split=split)
     except Exception as exc:
-        raise DataError(f"{name}: no such local file and the hub dataset could not be loaded (offline, or a wrong "
-                        f"name/split?): {exc}") from exc
+        raise DataError(f"{name}: no such local file and the hub dataset could not be loaded "
+                        f"(offline, or a wrong name/split?): {exc}") from exc
     for i, row in enumerate(dataset):
         yield f"{name}[{split}] row {i}", row
 

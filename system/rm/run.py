@@ -10,6 +10,7 @@ load.
 from __future__ import annotations
 
 import json
+import os
 import sys
 import time
 from pathlib import Path
@@ -24,6 +25,8 @@ from alignray.rm.sources import resolve_sources
 
 START_TIMEOUT_S = 600.0
 POLL_S = 0.5
+HANG_REPORT_S = 120.0
+"""A rank call with no answer for this long is reported with the rank's stack (actors.watchdog)."""
 
 
 class FitProgress:
@@ -66,14 +69,19 @@ def train_on_ray(cfg: RewardTrainConfig, out_dir: str | Path, progress: FitProgr
     """`learner.num_ranks` RewardLearner ranks in one placement group (`RankGroup`) train; rank 0's
     summary."""
     from alignray.actors.calls import ActorFault
-    from alignray.actors.cluster import check_demands, connect_ray
+    from alignray.actors.cluster import check_demands, check_local_processes, connect_ray
     from alignray.actors.ranks import RankGroup
     from alignray.actors.rm_learner import RewardLearner
+    from alignray.actors.watchdog import WATCHDOG
     from alignray.driver.capacity import Demand
 
     lc = cfg.learner
+    demands = [Demand("learner", lc.num_ranks, lc.num_cpus, lc.num_gpus)]
+    if not (cfg.ray_address or os.environ.get("RAY_ADDRESS") or ray.is_initialized()):
+        check_local_processes(demands, cfg.oversubscribe, "oversubscribe")
     connect_ray(cfg.ray_address, lc.num_ranks * lc.num_cpus)
-    check_demands([Demand("learner", lc.num_ranks, lc.num_cpus, lc.num_gpus)])  # never placeable: fail now
+    check_demands(demands)  # never placeable: fail now
+    WATCHDOG.start(HANG_REPORT_S, HANG_REPORT_S)  # no silent hang: a stuck rank is reported with its stack
     try:
         group = RankGroup("rm-learner", RewardLearner, cfg.model_dump(mode="json"), lc.num_ranks, lc.num_cpus,
                           lc.num_gpus, START_TIMEOUT_S, max_concurrency=2)
@@ -82,7 +90,7 @@ def train_on_ray(cfg: RewardTrainConfig, out_dir: str | Path, progress: FitProgr
     progress = progress or FitProgress(False)
     started = time.perf_counter()
     try:
-        pending = {rank.train.remote(str(Path(out_dir) / "model")): name
+        pending = {WATCHDOG.launch("rm-learner", name, rank, "train", str(Path(out_dir) / "model")): name
                    for name, rank in zip(group.names(), group.ranks, strict=True)}
         results = {}
         while pending:  # a rank that fails ends the run at once (the others would wait in a collective)
@@ -92,7 +100,8 @@ def train_on_ray(cfg: RewardTrainConfig, out_dir: str | Path, progress: FitProgr
                 try:
                     results[name] = ray.get(ref)
                 except Exception as exc:  # noqa: BLE001 - user errors re-raised as is; a peer's death named
-                    raise AlignrayError(f"reward-model training failed: {group.fault_behind(name, exc)}") from None
+                    raise AlignrayError("reward-model training failed: "
+                                        f"{group.fault_behind(name, exc)}") from None
             try:  # the last one shows the final step; a rank that died is reported by the wait above
                 progress.show(ray.get(group.ranks[0].progress.remote(), timeout=60))
             except ray.exceptions.RayError:
@@ -101,6 +110,7 @@ def train_on_ray(cfg: RewardTrainConfig, out_dir: str | Path, progress: FitProgr
         summary["train_s"] = round(time.perf_counter() - started, 1)
         return summary
     finally:
+        WATCHDOG.stop()
         progress.close()
         group.close()
 
@@ -119,8 +129,8 @@ def rm_train_main(config: str | None, overrides: list[str], run_dir: str | None)
     summary = train_on_ray(resolved, out, FitProgress(cfg.progress))
     # Ray, ranks, process group
     summary["start_s"] = round(time.perf_counter() - started - summary["train_s"], 1)
-    print(f"trained {summary['kind']} reward model on {summary['pairs']} pairs with {summary['ranks']} DeepSpeed "
-          f"ranks → {out / 'model'}")
+    print(f"trained {summary['kind']} reward model on {summary['pairs']} pairs with {summary['ranks']} "
+          f"DeepSpeed ranks → {out / 'model'}")
     if summary.get("mmd_auto"):  # mmd_lambda: auto — the held-out sweep that chose λ
         (out / "mmd_sweep.json").write_text(json.dumps(summary["mmd_auto"], indent=2))
         print(f"mmd_lambda auto → λ={summary['mmd_lambda']} (sweep: {out / 'mmd_sweep.json'})")

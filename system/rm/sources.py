@@ -13,6 +13,7 @@ from __future__ import annotations
 from functools import lru_cache
 from pathlib import Path
 
+from alignray.driver.preflight import check_model_source
 from alignray.errors import AlignrayError, ConfigError
 from alignray.rm.builtin import builtin_name
 from alignray.rm.preference_data import load_preferences
@@ -33,8 +34,6 @@ def _minilm_package() -> str | None:
 def resolve_base_model(name: str) -> str:
     """The path or hub name `from_pretrained` gets for `base_model`; a ConfigError, naming the field, when
     neither a local folder nor the hub can provide it (checked without torch or transformers)."""
-    from alignray.driver.preflight import check_model_source
-
     if name == MINILM_ALIAS:
         path = _minilm_package()
         if path is None:
@@ -53,8 +52,6 @@ def resolve_base_model(name: str) -> str:
 def resolve_sources(cfg):
     """`cfg` with base_model resolved to what the ranks load and local files as absolute paths, after checking
     that the data and eval data load: every bad input fails here, on the driver, in one line."""
-    from alignray.driver.preflight import check_model_source
-
     update = {}
     if cfg.base_model is not None:
         update["base_model"] = resolve_base_model(cfg.base_model)

@@ -91,7 +91,8 @@ def generate_rollout(engine: RolloutEngine, tokenizer, rc: RolloutConfig, prompt
                                 n=rc.samples_per_prompt, stop_token_ids=tuple(rc.stop_token_ids), seed=seed)
     column = prompts.column("prompt_tokens")
     completions = engine.generate([column[i].values.to_numpy() for i in range(prompts.num_rows)], sampling)
-    batch = build_rollout_batch(prompts, completions, version, lambda t: tokenizer.decode(t, skip_special_tokens=True))
+    batch = build_rollout_batch(prompts, completions, version,
+                                lambda t: tokenizer.decode(t, skip_special_tokens=True))
     new_tokens = sum(len(c.tokens) for group in completions for c in group)
     return batch, {"worker": who, "samples": batch.num_rows, "new_tokens": new_tokens,
                    "policy_version": version, "seconds": time.perf_counter() - t0}

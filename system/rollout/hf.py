@@ -44,7 +44,8 @@ class HFEngine:
         torch.manual_seed(sampling.seed)
         if self.lean is not None:
             new_tokens, logprobs = self.lean.sample(ids, mask, sampling.n, sampling.max_new_tokens,
-                                                    sampling.temperature, sampling.top_p, stop, self.pad_token_id)
+                                                    sampling.temperature, sampling.top_p, stop,
+                                                    self.pad_token_id)
         else:
             out = self.model.generate(
                 input_ids=ids, attention_mask=mask, do_sample=True, temperature=sampling.temperature,
@@ -77,7 +78,8 @@ class HFEngine:
             if param is None:
                 raise KeyError(f"engine has no parameter '{name}'")
             if param.shape != tensor.shape:
-                raise ValueError(f"parameter '{name}': engine shape {tuple(param.shape)}, update {tuple(tensor.shape)}")
+                raise ValueError(f"parameter '{name}': engine shape {tuple(param.shape)}, "
+                                 f"update {tuple(tensor.shape)}")
             param.copy_(tensor)
             count += 1
         return count
@@ -87,9 +89,10 @@ class HFEngine:
                  temperature: float) -> list[np.ndarray]:
         out = []
         for prompt, response in zip(prompts, responses, strict=True):
-            seq = torch.as_tensor(np.concatenate([prompt, response]), dtype=torch.long).unsqueeze(0)
+            seq = torch.as_tensor(np.concatenate([prompt, response]), dtype=torch.long,
+                                  device=self.model.device).unsqueeze(0)
             keep = len(response) + 1  # the LM head runs on positions len(prompt) − 1 … end only
             logits = self.model(seq, logits_to_keep=keep).logits[0, :-1]
             lp = logprobs_from_logits(logits, seq[0, len(prompt):], temperature)
-            out.append(lp.numpy().astype(np.float32))
+            out.append(lp.float().cpu().numpy().astype(np.float32))
         return out

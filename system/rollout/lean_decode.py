@@ -23,7 +23,8 @@ def supports(model) -> bool:
     """Llama models on CPU (the loop allocates its cache and masks on the CPU; on GPU `generate` or vLLM
     serves)."""
     cfg = model.config
-    return (model.device.type == "cpu" and getattr(cfg, "model_type", None) in SUPPORTED and not getattr(cfg, "pretraining_tp", 1) > 1
+    return (model.device.type == "cpu" and getattr(cfg, "model_type", None) in SUPPORTED
+            and not getattr(cfg, "pretraining_tp", 1) > 1
             and hasattr(model, "model") and hasattr(model.model, "rotary_emb"))
 
 

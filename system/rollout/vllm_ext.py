@@ -33,7 +33,8 @@ class _RotaryReloadFilter(logging.Filter):
     warning is noise."""
 
     def filter(self, record: logging.LogRecord) -> bool:
-        return not (record.args and record.args[0] == "RotaryEmbedding" and "Failed to load" in str(record.msg))
+        return not (record.args and record.args[0] == "RotaryEmbedding"
+                    and "Failed to load" in str(record.msg))
 
 
 def _quiet_rotary_reload_warning() -> None:

@@ -7,6 +7,9 @@ can never hold is answered at once, before any placement group waits.
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
 
 import pytest
 import ray
@@ -52,13 +55,14 @@ def test_model_folder_without_config(tmp_path, capsys):
 
 @pytest.mark.usefixtures("no_ray_started")
 def test_reward_module_that_does_not_import(tmp_path, capsys, monkeypatch):
-    (tmp_path / "broken_reward.py").write_text("import no_such_dependency_xyz\n\ndef score(p, r):\n    return 0.0\n")
+    (tmp_path / "broken_reward.py").write_text("import no_such_dependency_xyz\n\n"
+                                               "def score(p, r):\n    return 0.0\n")
     (tmp_path / "fine_reward.py").write_text("def other(p, r):\n    return 0.0\n")
     monkeypatch.syspath_prepend(str(tmp_path))
     scorer = "reward.scorers=[{name: mine, function: 'broken_reward:score'}]"
     one_line_error(capsys, ["train", "--run-dir", str(tmp_path / "run"), scorer],
-                   "reward.scorers[0] (mine): function 'broken_reward:score': module broken_reward does not import: "
-                   "ModuleNotFoundError: No module named 'no_such_dependency_xyz'")
+                   "reward.scorers[0] (mine): function 'broken_reward:score': module broken_reward does not "
+                   "import: ModuleNotFoundError: No module named 'no_such_dependency_xyz'")
     scorer = "reward.scorers=[{name: mine, function: 'fine_reward:score'}]"
     one_line_error(capsys, ["train", "--run-dir", str(tmp_path / "run"), scorer],
                    "module fine_reward has no function 'score'")
@@ -103,24 +107,24 @@ def test_more_cpus_than_the_cluster_has(ray_cluster):
 
     total = int(ray.cluster_resources()["CPU"])
     with pytest.raises(AlignrayError, match=rf"needs {total + 2} CPUs \(learner {total} × 1 \+ rollout 1 × 1 "
-                                            rf"\+ reward 1 × 1\), but the cluster \(no autoscaler\) has {total}"):
+                                            rf"\+ reward 1 × 1\), but the cluster \(no autoscaler\) "
+                                            rf"has {total}"):
         check_capacity(load_config(None, [f"learner.num_ranks={total}"]))
     check_capacity(load_config(None, tiny_overrides()))  # the quickstart fits
 
 
 def test_reward_module_only_the_worker_lacks_is_one_line(ray_cluster):
-    """A module the driver cannot find is left to the worker; its failure to start names the scorer's
-    problem."""
+    """A module the driver cannot find is left to the worker; its start call fails with a user error (one
+    line on the driver, never retried) that names the scorer's problem."""
     from alignray.actors.reward import RewardWorker
     from alignray.config import load_config
+    from alignray.errors import RewardError
 
     cfg = load_config(None, ["reward.scorers=[{name: mine, function: 'nowhere_xyz.rewards:score'}]"])
     worker = RewardWorker.remote(cfg.model_dump(mode="json"))
-    with pytest.raises(ray.exceptions.RayActorError) as err:
+    with pytest.raises(RewardError, match="reward.scorers: cannot build the scorers on this worker: "
+                                          "ModuleNotFoundError: No module named 'nowhere_xyz'"):
         ray.get(worker.ready.remote())
-    last = [line for line in str(err.value).splitlines() if line.strip()][-1]
-    assert "reward.scorers: cannot build the scorers on this worker: ModuleNotFoundError: No module named " \
-           "'nowhere_xyz'" in last
 
 
 def test_with_an_autoscaler_the_wait_is_shown_and_only_its_maximum_is_an_error(ray_cluster, monkeypatch,
@@ -158,9 +162,47 @@ def test_a_local_run_asking_for_gpus_fails_before_anything_loads(monkeypatch):
     monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "")  # whatever this machine has, none is visible
     with pytest.raises(AlignrayError,
                        match=r"^cannot place the run: learner.num_gpus=1: learner needs 1 GPU per "
-                                            r"actor, but this machine \(a local Ray, no cluster address\) has no GPU$"):
+                             r"actor, but this machine \(a local Ray, no cluster address\) has no GPU$"):
         cluster.check_local_capacity(load_config(None, ["learner.num_gpus=1"]), address=None)
-    # CPUs: sized to fit
-    cluster.check_local_capacity(load_config(None, ["learner.num_ranks=64"]), address=None)
+    # CPUs: sized to fit, up to 4 processes per core; more is an error unless the user insists
+    crowd = 4 * (os.cpu_count() or 1) + 1
+    with pytest.raises(AlignrayError,
+                       match=rf"^too many processes for this machine: learner.num_ranks={crowd}: "
+                                            r".* or set train.oversubscribe=true to run anyway$"):
+        cluster.check_local_capacity(load_config(None, [f"learner.num_ranks={crowd}"]), address=None)
+    cluster.check_local_capacity(load_config(None, [f"learner.num_ranks={crowd}",
+                                                    "train.oversubscribe=true"]),
+                                 address=None)
     # a cluster: later
     cluster.check_local_capacity(load_config(None, ["learner.num_gpus=1"]), address="auto")
+
+
+@pytest.mark.parametrize("command, field", [("train", "learner.num_ranks"), ("rm train", "learner.num_ranks"),
+                                            ("train", "rollout.num_workers")])
+def test_an_oversubscribed_local_run_is_one_line_before_anything_starts(tmp_path, command, field):
+    """A fresh process, no cluster: more actor processes than 4 per core is refused before Ray starts."""
+    crowd = 4 * (os.cpu_count() or 1) + 1
+    argv = [sys.executable, "-m", "alignray.cli", *command.split(), "--run-dir", str(tmp_path / "run"),
+            f"{field}={crowd}"]
+    out = subprocess.run(argv, capture_output=True, text=True, env={**os.environ, "RAY_ADDRESS": ""})
+    assert out.returncode == 2, out.stderr[-2000:]
+    lines = [line for line in out.stderr.splitlines() if line.startswith("alignray: error:")]
+    assert len(lines) == 1 and f"{field}={crowd}: the run starts" in lines[0], out.stderr
+    assert "oversubscribe=true" in lines[0] and "Traceback" not in out.stderr
+    assert not (tmp_path / "run" / "config.yaml").exists() or command == "rm train"
+
+
+@pytest.mark.usefixtures("no_ray_started")
+def test_rm_eval_with_a_missing_model_or_data_is_one_line(tmp_path, capsys):
+    data = tmp_path / "pairs.jsonl"
+    data.write_text(json.dumps({"prompt": "p", "chosen": "a", "rejected": "b"}) + "\n")
+    one_line_error(capsys, ["rm", "eval", "--model", "/no/such/model", "--data", str(data)],
+                   "--model /no/such/model: no such folder")
+    one_line_error(capsys, ["rm", "eval", "--model", str(tmp_path), "--data", str(data)],
+                   f"--model {tmp_path}: not a reward model folder")
+    (tmp_path / "rm").mkdir()
+    (tmp_path / "rm" / "config.json").write_text("{}")
+    one_line_error(capsys, ["rm", "eval", "--model", str(tmp_path / "rm"), "--data",
+                            str(tmp_path / "no.jsonl")],
+                   f"--data {tmp_path / 'no.jsonl'}: file not found")
+

@@ -25,7 +25,8 @@ print([m for m in {HEAVY!r} if m in sys.modules])
 
 
 def test_importing_the_cli_and_controller_loads_no_heavy_module():
-    code = f"import sys, alignray.cli, alignray.driver.controller; print([m for m in {HEAVY!r} if m in sys.modules])"
+    code = ("import sys, alignray.cli, alignray.driver.controller; "
+            f"print([m for m in {HEAVY!r} if m in sys.modules])")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]"
 

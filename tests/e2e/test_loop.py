@@ -23,8 +23,8 @@ pytestmark = pytest.mark.slow
 REQUIRED_METRICS = ["step", "policy_version", "reward/mean", "reward/std", "kl", "entropy",
                     "response_length/mean",
                     "loss/policy", "grad_norm", "timing/generate_s", "timing/reward_s", "timing/train_s",
-                    "timing/sync_s", "throughput/samples_per_s", "throughput/tokens_per_s", "reward/vowels/mean",
-                    "reward/length/mean", "reward/length_corr"]
+                    "timing/sync_s", "throughput/samples_per_s", "throughput/tokens_per_s",
+                    "reward/vowels/mean", "reward/length/mean", "reward/length_corr"]
 ROLLOUT_COLUMNS = ["prompt_id", "sample_index", "prompt", "response", "prompt_tokens", "response_tokens",
                    "response_logprobs", "policy_version", "reward", "reward_vowels", "reward_length"]
 
@@ -47,7 +47,8 @@ def four_steps(ray_cluster, tmp_path_factory):
     lines = [json.dumps({"prompt": f"Tell me about thing {i}."}) for i in range(12)]
     (root / "prompts.jsonl").write_text("\n".join(lines[:5] + ["{broken"] + lines[5:]) + "\n")
     history, ledger = run(root / "run", **{"train.steps": 4, "train.save_interval": 2,
-                                           "data.prompts": str(root / "prompts.jsonl"), "data.on_bad_row": "skip"})
+                                           "data.prompts": str(root / "prompts.jsonl"),
+                                           "data.on_bad_row": "skip"})
     return root / "run", history, ledger
 
 

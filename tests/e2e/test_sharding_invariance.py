@@ -82,8 +82,8 @@ def reference_grads(cfg, policy, reference, critic, batch: pa.RecordBatch, rows:
     def logp_entropy(model):
         logits = model(input_ids=seq.input_ids, attention_mask=seq.attention_mask).logits
         z = logits.gather(1, seq.logit_index.unsqueeze(-1).expand(-1, -1, logits.shape[-1])) / temp
-        lp = torch.log_softmax(z, -1).gather(-1,
-                                             seq.response_tokens.unsqueeze(-1)).squeeze(-1) * seq.response_mask
+        lp = (torch.log_softmax(z, -1).gather(-1, seq.response_tokens.unsqueeze(-1)).squeeze(-1)
+              * seq.response_mask)
         return lp, entropy_from_logits(z) * seq.response_mask
 
     def values_of(model):
@@ -178,10 +178,23 @@ def _rank_main(rank: int, world: int, port: int, out_path: str) -> None:
         seen, stats = run(cfg, batch)
         for k in range(2):
             rows = np.concatenate([np.concatenate(plan_step(batch.column("prompt_id").to_numpy(), r, world, 2,
-                                                            10**6)[k]) for r in range(world)]).astype(np.int64)
+                                                            10**6)[k])
+                                   for r in range(world)]).astype(np.int64)
             want = reference_grads(cfg, policy, reference, None, batch, rows=np.sort(rows))
             results.append({"combo": [algo, "mini_batch", k], "stats": stats,
                             "policy": rel_err(seen[k]["policy"], want["policy"])})
+    # Packed micro-batches (the default, above) against padded ones, packed rows of ≤ 8 tokens (several rows
+    # with padding tails), and micro-batches chosen by tokens (ranks get unequal micro-batch counts, padded
+    # with empty ones): the one-big-batch gradient every time.
+    for learner in ({"packing": False}, {"micro_batch_tokens": 12}, {"pack_row_tokens": 8},
+                    {"micro_batch_tokens": 12, "packing": False}):
+        cfg = make_cfg("ppo", "token_mean", "loss")
+        for key, value in learner.items():
+            setattr(cfg.learner, key, value)
+        seen, stats = run(cfg, batch)
+        want = reference_grads(cfg, policy, reference, engines["critic"].module, batch)
+        results.append({"combo": ["ppo", "learner", learner], "stats": stats,
+                        **{n: rel_err(seen[0][n], want[n]) for n in want}})
     # ZeRO-1 and ZeRO-3 (the gradients live in partitions there): the global gradient norm DeepSpeed reports
     # equals the one-big-batch gradient's norm.
     for stage, algo in ((1, "reinforce_pp"), (3, "grpo")):
@@ -214,7 +227,7 @@ def sharded_results(tmp_path_factory):
 
 
 def test_every_combination_gives_the_one_big_batch_gradient(sharded_results):
-    combos = [r for r in sharded_results if r["combo"][1] not in ("mini_batch", "zero")]
+    combos = [r for r in sharded_results if r["combo"][1] not in ("mini_batch", "zero", "learner")]
     assert len(combos) == len(ALGOS) * len(AGGS) * len(KL_MODES) + 2
     bad = [(r["combo"], r["policy"], r.get("critic")) for r in combos
            if r["policy"] > TOL or r.get("critic", 0.0) > TOL]
@@ -244,6 +257,15 @@ def test_mini_batches_take_one_step_each_with_the_mini_batch_gradient(sharded_re
     # the 2nd update needs the pre-update π_old
     assert all(r["stats"]["learner/old_forward"] == 1.0 for r in mini)
     assert all(r["stats"]["learner/lr"] == 0.0 for r in mini)  # the rate the engines' optimizer steps with
+
+
+def test_padded_and_token_planned_micro_batches_give_the_one_big_batch_gradient(sharded_results):
+    layouts = [r for r in sharded_results if r["combo"][1] == "learner"]
+    assert len(layouts) == 4
+    bad = [(r["combo"], r["policy"], r["critic"]) for r in layouts if r["policy"] > TOL or r["critic"] > TOL]
+    assert not bad, bad
+    assert all(r["stats"]["learner/tokens"] > 0 and r["stats"]["learner/tokens_per_s"] > 0 for r in layouts)
+    assert all("learner/mfu" not in r["stats"] for r in layouts)  # CPU: no known peak, no MFU
 
 
 def test_zero_1_and_3_report_the_one_big_batch_gradient_norm(sharded_results):

@@ -161,7 +161,8 @@ def test_weight_update_parity_and_change(engine, prompts, cfg, tokenizer, ray_cl
             old = before.logprobs(prompts, responses, temperature)
             err = max(float(np.abs(g - w).max()) for g, w in zip(got, want, strict=True))
             moved = float(np.mean(np.concatenate([np.abs(g - o) for g, o in zip(got, old, strict=True)])))
-            print(f"T={temperature}: max |vLLM - transformers| = {err:.2e}, mean change vs old weights = {moved:.3f}")
+            print(f"T={temperature}: max |vLLM - transformers| = {err:.2e}, "
+                  f"mean change vs old weights = {moved:.3f}")
             assert err < PARITY_TOL
             assert moved > CHANGED_MIN
         groups = engine.generate(prompts, SamplingSettings(max_new_tokens=8, n=2, seed=9))

@@ -64,7 +64,8 @@ def test_the_extras_installed_exist(dockerfile):
     assert named and named <= set(extras)
     assert ("gpu" in named) == dockerfile.name.endswith(".gpu")
     base = next(args for op, args in instructions(dockerfile) if op == "FROM")
-    assert base.startswith("nvidia/cuda:") if dockerfile.name.endswith(".gpu") else base.startswith("python:3.11")
+    assert (base.startswith("nvidia/cuda:") if dockerfile.name.endswith(".gpu")
+            else base.startswith("python:3.11"))
 
 
 def built_tags() -> dict[str, str]:

@@ -88,7 +88,8 @@ def test_no_import_cycles_counting_imports_inside_functions():
 
 def test_only_the_parts_that_drive_actors_import_ray():
     paths = [p for p in (ROOT / "system").rglob("*.py")]
-    with_ray = {module_name(p) for p in paths if any(i == "ray" or i.startswith("ray.") for i in imports_of(p))}
+    with_ray = {module_name(p) for p in paths
+                if any(i == "ray" or i.startswith("ray.") for i in imports_of(p))}
     assert with_ray <= DRIVES_ACTORS, sorted(with_ray - DRIVES_ACTORS)
 
 

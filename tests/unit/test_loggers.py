@@ -46,7 +46,8 @@ def test_tensorboard_scalars_read_back_by_tensorboard(tmp_path):
     acc.Reload()
     events = acc.Tensors("reward/mean")
     assert [e.step for e in events] == [m["step"] for m in STEPS]
-    assert [float(e.tensor_proto.float_val[0]) for e in events] == pytest.approx([m["reward/mean"] for m in STEPS])
+    assert ([float(e.tensor_proto.float_val[0]) for e in events]
+            == pytest.approx([m["reward/mean"] for m in STEPS]))
 
 
 def test_all_three_loggers_write_inside_the_run_directory(tmp_path):
@@ -68,7 +69,8 @@ def test_all_three_loggers_write_inside_the_run_directory(tmp_path):
     client = MlflowClient(tracking_uri=f"sqlite:///{run_dir / 'mlflow.db'}")
     run = client.get_run((run_dir / "mlflow_run_id").read_text().strip())
     assert run.info.status == "FINISHED" and run.info.run_name == "run"
-    assert run.data.params["algo.name"] == "grpo" and run.data.params["train.loggers"] == '["tensorboard", "mlflow", "wandb"]'
+    assert (run.data.params["algo.name"] == "grpo"
+            and run.data.params["train.loggers"] == '["tensorboard", "mlflow", "wandb"]')
     history = client.get_metric_history(run.info.run_id, "reward/mean")
     assert [(h.step, round(h.value, 6)) for h in history] == [(1, 0.1), (2, 0.2), (3, 0.3)]
     assert "kl" not in run.data.metrics  # NaN is left out, never logged as a number

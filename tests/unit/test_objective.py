@@ -127,10 +127,12 @@ def test_forward_logprobs_match_the_full_log_softmax():
     model = Toy()
     # row 0: prompt 2 + response 2; row 1: prompt 2 + response 1 (the LM head runs on positions 1…3 only)
     ids = torch.tensor([[1, 2, 3, 4], [5, 2, 1, 0]])
-    seq = SequenceBatch(input_ids=ids, attention_mask=(ids > 0).long(), response_tokens=torch.tensor([[3, 4], [1, 0]]),
+    seq = SequenceBatch(input_ids=ids, attention_mask=(ids > 0).long(),
+                        response_tokens=torch.tensor([[3, 4], [1, 0]]),
                         response_mask=t([[1, 1], [1, 0]]), logit_index=torch.tensor([[1, 2], [1, 2]]),
-                        rollout_logprobs=torch.zeros(2,
-                                                     2), rewards=torch.zeros(2), group_ids=torch.zeros(2).long())
+                        rollout_logprobs=torch.zeros(2, 2), rewards=torch.zeros(2),
+                        group_ids=torch.zeros(2).long(), prompt_lengths=torch.tensor([2, 2]),
+                        response_lengths=torch.tensor([2, 1]))
     logp, ent = forward_logprobs(model, seq, temperature=0.7, entropy=True)
     assert model.kept == [3]  # positions 1…3: the shared prompt position 0 never reaches the LM head
     z = model(ids, None).logits.gather(1, seq.logit_index.unsqueeze(-1).expand(-1, -1, 6)) / 0.7

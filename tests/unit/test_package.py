@@ -19,7 +19,8 @@ def test_the_wheel_holds_every_module_and_the_presets(tmp_path):
     (wheel,) = tmp_path.glob("alignray-*.whl")
     names = set(zipfile.ZipFile(wheel).namelist())
     expected = {"alignray/" + str(p.relative_to(ROOT / "system")) for p in (ROOT / "system").rglob("*.py")}
-    expected |= {"alignray/actors/" + str(p.relative_to(ROOT / "actors")) for p in (ROOT / "actors").rglob("*.py")}
+    expected |= {"alignray/actors/" + str(p.relative_to(ROOT / "actors"))
+                 for p in (ROOT / "actors").rglob("*.py")}
     expected |= {"alignray/presets/quickstart.yaml", "alignray/presets/rm-quickstart.yaml"}
     assert not expected - names, sorted(expected - names)
     assert not {n for n in names if n.endswith(".py") and not n.startswith("alignray/")}

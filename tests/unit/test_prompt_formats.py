@@ -80,7 +80,8 @@ def test_parquet_chat_and_plain_rows_name_file_and_row(tmp_path, templated):
 
 def test_bad_messages_and_a_template_that_raises_name_the_row(tmp_path, templated):
     path = tmp_path / "p.jsonl"
-    path.write_text(json.dumps({"messages": CHAT}) + "\n" + json.dumps({"messages": [{"role": "user"}]}) + "\n")
+    path.write_text(json.dumps({"messages": CHAT}) + "\n"
+                    + json.dumps({"messages": [{"role": "user"}]}) + "\n")
     with pytest.raises(DataError, match=rf"{path}:2: field 'messages' message 0: expected {{role: string, "):
         load_prompts(DataConfig(prompts=str(path)), templated)
     strict = tmp_path / "strict.jinja"

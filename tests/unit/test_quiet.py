@@ -16,7 +16,8 @@ def test_version(capsys):
     with pytest.raises(SystemExit) as done:
         main(["--version"])
     assert done.value.code == 0
-    assert capsys.readouterr().out.strip() == f"alignray {package_version()}" and package_version()[0].isdigit()
+    assert (capsys.readouterr().out.strip() == f"alignray {package_version()}"
+            and package_version()[0].isdigit())
 
 
 def test_known_warnings_are_filtered_and_others_are_not():
@@ -38,7 +39,8 @@ def test_driver_drops_only_the_default_token_auth_note(caplog, monkeypatch):
     log = logging.getLogger("ray._private.authentication.authentication_token_setup")
     assert len(log.filters) == 1
     with caplog.at_level(logging.WARNING):
-        log.warning("Token authentication is enabled for this Ray cluster. Set RAY_AUTH_MODE=disabled to opt out.")
+        log.warning("Token authentication is enabled for this Ray cluster. "
+                    "Set RAY_AUTH_MODE=disabled to opt out.")
         log.warning("Token authentication is disabled for this Ray cluster. Anyone with network access ...")
     assert [r.getMessage()[:38] for r in caplog.records] == ["Token authentication is disabled for t"]
 

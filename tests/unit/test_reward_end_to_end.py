@@ -25,7 +25,8 @@ def toy_data(n: int, seed: int) -> PreferenceData:
     prompts, chosen, rejected, length = [], [], [], []
     for _ in range(n):
         lengths = rng.integers(3, 9, size=2)
-        good = ["good " * (L - 1) + "bad" for L in lengths[:1]] + ["bad " * (L - 1) + "good" for L in lengths[1:]]
+        good = (["good " * (L - 1) + "bad" for L in lengths[:1]]
+                + ["bad " * (L - 1) + "good" for L in lengths[1:]])
         prompts.append(f"question {rng.integers(5)}")
         chosen.append(good[0])
         rejected.append(good[1])

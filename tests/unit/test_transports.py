@@ -3,6 +3,8 @@ the GPU transports (CUDA IPC, NCCL) on a GPU only."""
 
 from __future__ import annotations
 
+import io
+import multiprocessing as mp
 import socket
 import threading
 
@@ -106,17 +108,42 @@ def test_broadcast_protocol_on_cpu_with_gloo():
         assert_same(received, state)
 
 
+def receive_and_compare(handles: list, expected: bytes, results) -> None:
+    """The engine's side, in a process of its own (CUDA refuses to open an IPC handle in the process that made
+    it): open every handle on this process's current GPU, compare with the state the sender packed
+    (`torch.save` bytes), put ("ok", all on GPU, count) or ("error", what went wrong) on `results`."""
+    try:
+        state = torch.load(io.BytesIO(expected))
+        received = [(name, t.clone()) for h in handles for name, t in CudaIpcTransport().receive(h)]
+        torch.cuda.synchronize()
+        on_gpu = all(t.is_cuda for _, t in received)
+        assert_same(received, state)
+        results.put(("ok", on_gpu, len(received)))
+    except BaseException as e:  # noqa: BLE001 - reported to the test process
+        results.put(("error", f"{type(e).__name__}: {e}", 0))
+
+
 @pytest.mark.gpu
 @needs_gpu
-def test_cuda_ipc_round_trip():
-    """Sender shares its device buffers; a receiver rebuilds them from the handles (same process here; across
-    processes on the same GPU in production)."""
+def test_cuda_ipc_round_trip_across_processes():
+    """As production uses it: the sender (learner rank 0) copies its buckets to its GPU and publishes IPC
+    handles; a spawned process (the engine) opens them by `rebuild_cuda_tensor` on the same GPU and compares;
+    the sender keeps its buffers alive until the receiver is done."""
     state = sample_state()
     sender = CudaIpcTransport()
     handles = sender.publish(pack_state(state.items(), bucket_mb=0.02))
-    received = [pair for h in handles for pair in CudaIpcTransport().receive(h)]
-    assert all(t.is_cuda for _, t in received)
-    assert_same(received, state)
+    assert len(handles) > 1
+    expected = io.BytesIO()
+    torch.save(state, expected)
+    ctx = mp.get_context("spawn")  # a CUDA context cannot be forked
+    results = ctx.Queue()
+    receiver = ctx.Process(target=receive_and_compare, args=(handles, expected.getvalue(), results))
+    receiver.start()
+    receiver.join()  # the result is small: it is in the queue's pipe once the process has exited
+    assert receiver.exitcode == 0, f"the receiving process died (exit code {receiver.exitcode})"
+    outcome = results.get_nowait()
+    assert outcome == ("ok", True, len(state)), outcome
+    del sender  # the buffers may go only now
 
 
 @pytest.mark.gpu

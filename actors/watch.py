@@ -1,0 +1,90 @@
+"""No silent hang, actor side: every actor serves `watch_stack()` and `watch_stages()` on a concurrency group
+of their own, so they answer while the actor's working thread is busy — or stuck in a reward function, a tool
+call, a collective. The driver's watchdog (`actors.watchdog`) asks them.
+
+- `watch_stack()`: where the busy thread is, compact: the innermost frames of user and alignray code (library
+  and standard-library frames left out, but for the innermost frame, which says what it waits on).
+- `watch_stages()`: the start-up stages this actor has passed (`stage("model built")`), with seconds since it
+  started, so a long start is a sequence of lines on the driver, never a blank screen.
+
+An actor class takes these by inheriting `Watched` and being declared with `@ray.remote(**WATCHED)`.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import sysconfig
+import threading
+import time
+import traceback
+
+import ray
+
+import alignray
+import alignray.actors
+
+WATCH_GROUP = "watch"
+WATCHED = {"concurrency_groups": {WATCH_GROUP: 1}}
+"""Options of `@ray.remote` for a watched actor."""
+FRAMES = 6
+"""How many frames of user and alignray code a stack report shows (the innermost ones)."""
+
+_STDLIB_DIRS = tuple({os.path.realpath(sysconfig.get_paths()[k]) + os.sep for k in ("stdlib", "platstdlib")})
+_OWN_DIRS = tuple(os.path.realpath(os.path.dirname(m.__file__)) + os.sep for m in (alignray, alignray.actors))
+
+
+def is_user_code(filename: str) -> bool:
+    """A frame of alignray or of the user's own modules (reward functions, environments), not of a library."""
+    path = os.path.realpath(filename)
+    if path.startswith(_OWN_DIRS):
+        return True
+    parts = path.split(os.sep)
+    return not (filename.startswith("<") or path.startswith(_STDLIB_DIRS) or "site-packages" in parts
+                or "dist-packages" in parts)
+
+
+def compact_stack(frames: list[traceback.FrameSummary], limit: int = FRAMES) -> str:
+    """The innermost `limit` frames of user and alignray code, outermost first, one line each
+    (`file:line in function: source`); the innermost frame of all is kept when it is a library's."""
+    mine = [f for f in frames if is_user_code(f.filename)][-limit:]
+    if frames and (not mine or frames[-1] is not mine[-1]):
+        mine.append(frames[-1])
+    return "\n".join(f"    {f.filename}:{f.lineno} in {f.name}" + (f": {f.line.strip()}" if f.line else "")
+                     for f in mine)
+
+
+def busy_stack(exclude: int) -> str:
+    """The stack of the thread doing the actor's work: the other thread whose stack holds the most user and
+    alignray frames (the idle threads of Ray's runtime hold none)."""
+    best: list[traceback.FrameSummary] = []
+    for ident, frame in sys._current_frames().items():
+        if ident == exclude:
+            continue
+        frames = traceback.extract_stack(frame)
+        if sum(is_user_code(f.filename) for f in frames) > sum(is_user_code(f.filename) for f in best):
+            best = frames
+    return compact_stack(best) if best else "    (no busy thread)"
+
+
+class Watched:
+    """Base class of every alignray actor (see the module docstring)."""
+
+    def stage(self, name: str) -> None:
+        """Record that start-up reached `name` (e.g. "imported", "model built", "DeepSpeed ready")."""
+        if not hasattr(self, "_watch_stages"):
+            self._watch_stages: list[tuple[str, float]] = []
+            self._watch_t0 = time.monotonic()
+        self._watch_stages.append((name, time.monotonic() - self._watch_t0))
+
+    def begin_stages(self) -> None:
+        """Start the start-up clock now (the first stage's seconds count from here)."""
+        self._watch_stages, self._watch_t0 = [], time.monotonic()
+
+    @ray.method(concurrency_group=WATCH_GROUP)
+    def watch_stages(self) -> list[tuple[str, float]]:
+        return list(getattr(self, "_watch_stages", []))
+
+    @ray.method(concurrency_group=WATCH_GROUP)
+    def watch_stack(self) -> str:
+        return busy_stack(exclude=threading.get_ident())
