@@ -1,5 +1,5 @@
-"""LearnerWorker: one DeepSpeed rank owning the policy (trained), the frozen reference and, for PPO, the
-critic.
+"""LearnerWorker: one DeepSpeed rank owning the policy (trained; with `model.lora` its adapters only), the
+frozen reference (with LoRA: the policy with its adapters off, no copy) and, for PPO, the critic.
 
 Every rank reads the step's scored batches zero-copy from the object store;
 `alignray.learner.train_step.LearnerStep` plans mini-batches, this rank's shard of whole prompt groups and its
@@ -79,7 +79,7 @@ class LearnerWorker(Watched):
             timing[name] = now - clock
             clock = now
             if name != "colocated_rollout_s" or self.cfg.train.colocate:
-                self.stage(STAGES[name])
+                self.stage(STAGES[name] + (f" on {self.device}" if name == "models_s" else ""))
 
         self.begin_stages()
 
@@ -88,7 +88,8 @@ class LearnerWorker(Watched):
 
         from alignray.learner.objective import Objective
         from alignray.learner.train_step import LearnerStep
-        from alignray.models import load_critic, load_policy, load_tokenizer
+        from alignray.lora import Reference, apply_lora, lora_targets, param_counts
+        from alignray.models import load_critic, load_policy, load_tokenizer, optimizer_for
 
         lap("import_deepspeed_s")
         actor_device(self.cfg.learner.num_gpus, "learner.num_gpus")  # a GPU rank without CUDA: one clean line
@@ -102,14 +103,21 @@ class LearnerWorker(Watched):
         self.tokenizer = tok
         lc = self.cfg.learner
         policy = load_policy(self.cfg.model, len(tok))
+        # model.lora: adapters injected into `policy` (trained as it is, a plain transformers forward)
+        self.peft = apply_lora(policy, self.cfg.model) if self.cfg.model.lora is not None else None
+        self.lora_targets = lora_targets(policy) if self.peft is not None else None
         objective = Objective(self.cfg.algo, self.cfg.rollout.temperature, self.cfg.rollout.max_new_tokens)
+        # no KL term and no KL metric: no reference model at all; LoRA: the policy with its adapters off
         self.reference = load_policy(self.cfg.model, len(tok)).to(self.device).eval().requires_grad_(False) \
-            if objective.uses_reference else None  # no KL term and no KL metric: no reference model at all
+            if objective.uses_reference and self.peft is None else None
         critic = load_critic(self.cfg.model, len(tok)) if objective.uses_critic else None
         lap("models_s")
-        optim = torch.optim.AdamW(policy.parameters(), lr=lc.lr, weight_decay=lc.weight_decay)
+        optim = optimizer_for(policy, lc.lr, lc.weight_decay)  # LoRA: the adapters only
         self.policy, *_ = deepspeed.initialize(model=policy, optimizer=optim, config=ds_config(self.cfg,
                                                                                                self.world))
+        if self.peft is not None and objective.uses_reference:
+            self.reference = Reference(self.peft, self.policy.module)
+        self.param_counts = param_counts(self.policy.module)
         self.critic = None
         if critic is not None:
             c_optim = torch.optim.AdamW(critic.parameters(), lr=lc.critic_lr, weight_decay=lc.weight_decay)
@@ -133,7 +141,8 @@ class LearnerWorker(Watched):
 
         self.engine = HFEngine(self.policy.module, tok.pad_token_id, tok.eos_token_id)
         self.scorers = build_reward_scorers(self.cfg.reward, self.cfg.model.trust_remote_code,
-                                            own_process=False, device=str(self.device))
+                                            own_process=False, device=str(self.device),
+                                            env_weight=self.cfg.rollout.env_reward_weight)
 
     def startup_timing(self) -> dict[str, float]:
         """Seconds of each part of `setup` on this rank; wall-clock times (epoch s) at which the worker
@@ -145,11 +154,16 @@ class LearnerWorker(Watched):
     def train_step(self, scored_refs: list) -> dict:
         """Train on the step's scored batches (ObjectRefs, read zero-copy); returns the step's global
         statistics (the same on every rank)."""
+        from alignray.algorithms.dynamic_sampling import informative_rows
         from alignray.schema import check_batch, concat_batches
 
         batch = concat_batches([check_batch(b, "scored", "learner input") for b in ray.get(scored_refs)])
-        stats = self.runner.run(batch, version=self.step)
+        batch = informative_rows(batch)  # algo.dynamic_sampling: rows marked `filtered` are never trained on
+        # no informative group within algo.dynamic_sampling_max_rounds: the step makes no update
+        stats = (self.runner.run(batch, version=self.step) if batch.num_rows
+                 else {"learner/optimizer_steps": 0.0})
         self.step += 1
+        stats["learner/trainable_params"], stats["learner/total_params"] = map(float, self.param_counts)
         return stats
 
     # ---- colocated rollout and reward (train.colocate) -----------------------------------------------------
@@ -160,13 +174,13 @@ class LearnerWorker(Watched):
         from alignray.rollout.engine import generate_rollout
 
         return generate_rollout(self.engine, self.tokenizer, self.cfg.rollout, prompts, seed, self.step,
-                                f"learner rank {self.rank}")
+                                f"learner rank {self.rank}", self.cfg.reward.on_error)
 
     @ray.method(num_returns=2)
     def score(self, rollout) -> tuple:
         from alignray.rewards.scorers import score_batch
 
-        return score_batch(rollout, self.scorers, self.cfg.reward.on_error)
+        return score_batch(rollout, self.scorers, self.cfg.reward.on_error, self.cfg.algo.dynamic_sampling)
 
     def update_weights(self, update: WeightUpdate) -> dict:
         """Nothing moves: the engine samples with the module this rank trains."""
@@ -184,6 +198,14 @@ class LearnerWorker(Watched):
             return state
         return {n: p.detach().cpu() for n, p in params} if self.rank == 0 else None
 
+    def _merged(self, state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """What the engines and the HF export get: `state` itself, or with LoRA the merged model under the
+        base model's names (W + alpha/r · B A per adapted layer, new tensors; the training module is
+        untouched)."""
+        from alignray.lora import merged_state
+
+        return state if self.lora_targets is None else merged_state(state, self.lora_targets)
+
     def weight_update(self, version: int) -> WeightUpdate | None:
         """Pack the policy into buckets and publish them once through the configured transport (object store:
         one ray.put per bucket); rank 0 returns the handles (ObjectRefs by default), the other ranks None.
@@ -196,6 +218,7 @@ class LearnerWorker(Watched):
         state = self._full_state()
         if state is None:
             return None
+        state = self._merged(state)
         from alignray.rollout.transports import make_transport
 
         buckets = pack_state(state.items(), self.cfg.learner.weight_bucket_mb)
@@ -212,24 +235,32 @@ class LearnerWorker(Watched):
     # ---- checkpoints ---------------------------------------------------------------------------------------
     def save(self, step_dir: str, hf: bool = True) -> None:
         """DeepSpeed state (model, optimizer, RNG) per rank under step_dir/policy, and (`hf`) an HF folder
-        step_dir/hf; a snapshot for in-run recovery skips the HF export."""
+        step_dir/hf; a snapshot for in-run recovery skips the HF export. With LoRA the DeepSpeed state holds
+        the adapters and their optimizer state only (the frozen base is rebuilt from `model.*`), `hf` is the
+        merged model and step_dir/adapter the adapters in peft's format (`PeftModel.from_pretrained`)."""
         import torch
 
         from alignray.models import save_hf
 
         client = {"step": self.step, "torch_rng": torch.get_rng_state()}
-        self.policy.save_checkpoint(step_dir, tag="policy", client_state=client)
+        self.policy.save_checkpoint(step_dir, tag="policy", client_state=client,
+                                    exclude_frozen_parameters=self.peft is not None)
         if self.critic is not None:
             self.critic.save_checkpoint(step_dir, tag="critic")
         state = self._full_state() if hf else None
         if state is not None:
-            save_hf(self.policy.module, self.tokenizer, Path(step_dir) / "hf", state_dict=state)
+            if self.peft is not None:
+                # the frozen LM head and embeddings are the base's: not copied next to the adapters
+                self.peft.save_pretrained(Path(step_dir) / "adapter", save_embedding_layers=False)
+            save_hf(self.policy.module, self.tokenizer, Path(step_dir) / "hf", state_dict=self._merged(state))
 
     def load(self, step_dir: str) -> int:
         import torch
 
+        # LoRA: the checkpoint holds the adapters only; the frozen base is already the rebuilt one
         _, client = self.policy.load_checkpoint(step_dir, tag="policy", load_optimizer_states=True,
-                                                load_lr_scheduler_states=True)
+                                                load_lr_scheduler_states=True,
+                                                load_module_strict=self.peft is None)
         if self.critic is not None:
             self.critic.load_checkpoint(step_dir, tag="critic")
         self.step = int(client["step"])

@@ -19,11 +19,12 @@ from alignray.errors import RewardError
 
 
 def build_reward_scorers(rc: RewardConfig, trust_remote_code: bool, own_process: bool = True,
-                         device: str = "cpu") -> list:
-    """The scorers of `reward.scorers` in this process (reward models load here, on `device`). In a process
-    of its own, torch (where they use it) runs `reward.torch_threads` threads; a learner rank that scores
+                         device: str = "cpu", env_weight: float | None = None) -> list:
+    """The scorers of `reward.scorers` in this process (reward models load here, on `device`), and with
+    `env_weight` (episodes: `rollout.env_weight`) the environment's reward `reward_env`. In a process of its
+    own, torch (where they use it) runs `reward.torch_threads` threads; a learner rank that scores
     (train.colocate) keeps its own."""
-    from alignray.rewards.scorers import build_scorers
+    from alignray.rewards.scorers import EnvironmentScorer, build_scorers
 
     try:
         scorers = build_scorers(rc.scorers, trust_remote_code, device)
@@ -33,7 +34,7 @@ def build_reward_scorers(rc: RewardConfig, trust_remote_code: bool, own_process:
     # a reward model, or a reward function's module, uses torch: its thread budget
     if own_process and "torch" in sys.modules:
         sys.modules["torch"].set_num_threads(rc.torch_threads)
-    return scorers
+    return scorers + ([EnvironmentScorer(env_weight)] if env_weight is not None else [])
 
 
 @ray.remote(**WATCHED)
@@ -48,8 +49,9 @@ class RewardWorker(Watched):
             self.begin_stages()
             self._device = actor_device(self.cfg.reward.num_gpus, "reward.num_gpus")
             self.scorers = build_reward_scorers(self.cfg.reward, self.cfg.model.trust_remote_code,
-                                                device=self._device)
-            self.stage(f"scorers built ({', '.join(s.name for s in self.scorers)})")
+                                                device=self._device,
+                                                env_weight=self.cfg.rollout.env_reward_weight)
+            self.stage(f"scorers built on {self._device} ({', '.join(s.name for s in self.scorers)})")
 
     def ready(self) -> bool:
         self._build()
@@ -69,4 +71,4 @@ class RewardWorker(Watched):
         from alignray.rewards.scorers import score_batch
 
         self._build()
-        return score_batch(rollout, self.scorers, self.cfg.reward.on_error)
+        return score_batch(rollout, self.scorers, self.cfg.reward.on_error, self.cfg.algo.dynamic_sampling)

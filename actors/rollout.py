@@ -56,7 +56,7 @@ class RolloutWorker(Watched):
         self._device = actor_device(self.cfg.rollout.num_gpus, "rollout.num_gpus")
         self.tokenizer = load_tokenizer(self.cfg.model)
         self.engine = make_engine(self.cfg, self.tokenizer, self._device)
-        self.stage(f"{self.cfg.rollout.engine} engine built")
+        self.stage(f"{self.cfg.rollout.engine} engine built on {self._device}")
 
     def ready(self) -> str:
         self._build()
@@ -79,7 +79,7 @@ class RolloutWorker(Watched):
 
         self._build()
         return generate_rollout(self.engine, self.tokenizer, self.cfg.rollout, prompts, seed, self.version,
-                                f"rollout worker {self.name}")
+                                f"rollout worker {self.name}", self.cfg.reward.on_error)
 
     def update_weights(self, update: WeightUpdate) -> dict:
         """Load every bucket of `update` in place and adopt its version; returns what moved and how long it

@@ -23,6 +23,7 @@ import ray
 
 import alignray
 import alignray.actors
+from alignray.envs.api import ENV_THREAD
 
 WATCH_GROUP = "watch"
 WATCHED = {"concurrency_groups": {WATCH_GROUP: 1}}
@@ -56,15 +57,22 @@ def compact_stack(frames: list[traceback.FrameSummary], limit: int = FRAMES) -> 
 
 def busy_stack(exclude: int) -> str:
     """The stack of the thread doing the actor's work: the other thread whose stack holds the most user and
-    alignray frames (the idle threads of Ray's runtime hold none)."""
+    alignray frames (the idle threads of Ray's runtime hold none); then that of an environment call in
+    progress (`rollout.env`), which that thread is waiting on."""
     best: list[traceback.FrameSummary] = []
+    names = {t.ident: t.name for t in threading.enumerate()}
+    envs = []
     for ident, frame in sys._current_frames().items():
         if ident == exclude:
             continue
         frames = traceback.extract_stack(frame)
-        if sum(is_user_code(f.filename) for f in frames) > sum(is_user_code(f.filename) for f in best):
+        if names.get(ident, "").startswith(ENV_THREAD):  # an environment's thread: shown only while in a call
+            if names[ident] == ENV_THREAD:
+                envs.append(frames)
+        elif sum(is_user_code(f.filename) for f in frames) > sum(is_user_code(f.filename) for f in best):
             best = frames
-    return compact_stack(best) if best else "    (no busy thread)"
+    out = compact_stack(best) if best else "    (no busy thread)"
+    return "\n".join([out] + [f"  waiting on the environment call:\n{compact_stack(f)}" for f in envs])
 
 
 class Watched:

@@ -12,9 +12,11 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from alignray.algorithms.estimators import ALGORITHMS, GROUP_BASED
+from alignray.driver.hacking import HackingConfig
+from alignray.envs.config import EpisodeFields
 from alignray.errors import ConfigError, format_validation_error
 
 PRESETS = ("quickstart", "rm-quickstart")
@@ -46,10 +48,19 @@ class LoraConfig(Section):
     dropout: float = Field(0.0, ge=0, lt=1)
     """Dropout on the adapters' input while training; above 0 the training forward is random, so π_old
     (the detached training forward) and π are no longer one function: 0 for RL."""
-    target_modules: Literal["all-linear"] | Annotated[list[Annotated[str, Field(min_length=1)]],
-                                                       Field(min_length=1)] = "all-linear"
-    """Module names (suffixes, e.g. [q_proj, v_proj]) that get adapters; `all-linear`: every linear layer
-    but the LM head."""
+    target_modules: str | list[str] = "all"
+    """Module names (suffixes, e.g. [q_proj, v_proj]) that get adapters; `all`: every linear layer and the
+    LM head (unless it shares its weight with the input embeddings); `all-linear`: peft's, every linear
+    layer but the LM head."""
+
+    @field_validator("target_modules")
+    @classmethod
+    def _targets(cls, value: str | list[str]) -> str | list[str]:
+        if isinstance(value, str) and value not in ("all", "all-linear"):
+            raise ValueError("give a list of module names (e.g. [q_proj, v_proj]), 'all' or 'all-linear'")
+        if isinstance(value, list) and (not value or not all(value)):
+            raise ValueError("give at least one module name, none empty")
+        return value
 
 
 class ModelConfig(Section):
@@ -142,7 +153,7 @@ class AutoscaleConfig(Section):
         return self.max > self.min
 
 
-class RolloutConfig(Section):
+class RolloutCore(Section):
     engine: Literal["hf", "vllm"] = "hf"
     num_workers: int = Field(1, ge=1)
     autoscale: AutoscaleConfig = AutoscaleConfig()
@@ -160,6 +171,23 @@ class RolloutConfig(Section):
     vllm: VllmConfig = VllmConfig()
 
 
+class RolloutConfig(EpisodeFields, RolloutCore):
+    """The `rollout` section: the fields above, then those of multi-turn episodes (alignray.envs.config)."""
+
+
+class EnsembleSpec(Section):
+    """A reward-model ensemble assembled at scoring time from separately trained members (e.g. `alignray rm
+    train` runs with different seeds): `reward = combine(member rewards)`; the members' std is logged too."""
+
+    members: list[str] = Field(min_length=2)
+    """Reward model directories, any kind each."""
+    combine: Literal["mean", "lcb", "wco", "uwo"] = "mean"
+    """mean; lcb = mean − β·std; wco = worst case (min); uwo = mean − λ·variance
+    (alignray.rewards.ensemble)."""
+    coef: float | None = None
+    """β of lcb, λ of uwo (defaults 1.0 and 0.5)."""
+
+
 class ScorerConfig(Section):
     name: str = Field(pattern=r"^[A-Za-z][A-Za-z0-9_]*$")
     """Column suffix: the component is written as `reward_<name>`."""
@@ -168,6 +196,8 @@ class ScorerConfig(Section):
     """Built-in reward function name, or `package.module:function`."""
     path: str | None = None
     """Reward model directory (plain HF sequence classifier or an alignray reward model)."""
+    ensemble: EnsembleSpec | None = None
+    """Instead of `path`: an ensemble of reward models combined per sample (type model)."""
     weight: float = 1.0
     """Weight in the optimised total `reward`; 0 = logged only (`reward/<name>/mean`), never optimised."""
     kwargs: dict[str, Any] = {}
@@ -183,8 +213,9 @@ class ScorerConfig(Section):
                              f"be 0, got {self.weight}")
         if self.type == "function" and not self.function:
             raise ValueError(f"scorer '{self.name}' has type 'function' but no 'function'")
-        if self.type == "model" and not self.path:
-            raise ValueError(f"scorer '{self.name}' has type 'model' but no 'path'")
+        if self.type == "model" and (self.path is None) == (self.ensemble is None):
+            raise ValueError(f"scorer '{self.name}' has type 'model': give exactly one of 'path' and "
+                             "'ensemble'")
         return self
 
 
@@ -202,12 +233,12 @@ class RewardConfig(Section):
     num_cpus: float = Field(1.0, gt=0)
     num_gpus: float = Field(0.0, ge=0)
     torch_threads: int = Field(1, ge=1)
+    hacking: HackingConfig = HackingConfig()
+    """Live reward-hacking alarms (alignray.driver.hacking): warn, or checkpoint and stop."""
 
     @model_validator(mode="after")
     def _unique_names(self) -> RewardConfig:
         names = [s.name for s in self.scorers]
-        if not names:
-            raise ValueError("reward.scorers is empty: give at least one scorer")
         if len(set(names)) != len(names):
             raise ValueError(f"reward.scorers names must be unique, got {names}")
         if sum(s.gold for s in self.scorers) > 1:
@@ -216,6 +247,18 @@ class RewardConfig(Section):
 
 
 AlgoName = Literal[ALGORITHMS]  # the estimators registry (alignray.algorithms.estimators)
+
+
+class OverlongConfig(Section):
+    """DAPO's overlong shaping of answers cut at `rollout.max_new_tokens` (finish_reason "length";
+    alignray.algorithms.overlong)."""
+
+    mode: Literal["none", "filter", "penalty"] = "none"
+    """`filter`: truncated answers are masked out of the loss (no `loss_agg` normaliser counts them);
+    `penalty`: R_len(y) is added to every reward before the advantages — 0 up to L_max − buffer tokens, then
+    falling linearly to −1 at L_max = `rollout.max_new_tokens`."""
+    buffer: int = Field(0, ge=0)
+    """L_cache of `penalty`: the last this many tokens of the budget are penalised (1 … max_new_tokens)."""
 
 
 class AlgoConfig(Section):
@@ -246,6 +289,17 @@ class AlgoConfig(Section):
     log_kl: bool = False
     """Run the reference forward to log `kl` even when kl_coef is 0 (otherwise it is skipped and `kl` is
     absent)."""
+    dynamic_sampling: bool = False
+    """DAPO's dynamic sampling (group-based `name` only): prompt groups whose samples all got one reward carry
+    no signal; they are dropped (kept in the rollouts Parquet with `filtered: true`) and the step generates
+    more prompts until it has `train.prompts_per_step` informative groups (alignray.algorithms.
+    dynamic_sampling)."""
+    dynamic_sampling_max_rounds: int = Field(3, ge=1)
+    """Generation rounds per step at most, the first included; a step still short of informative groups then
+    trains on those it has (said once, and per step in `samples`, `batch/filtered_groups`,
+    `batch/generation_rounds`)."""
+    overlong: OverlongConfig = OverlongConfig()
+    """Answers cut at `rollout.max_new_tokens`: masked out of the loss, or softly penalised."""
 
 
 class RanksConfig(Section):
@@ -357,11 +411,28 @@ class Config(Section):
                              "rollout.samples_per_prompt must be at least 2")
         if self.train.max_staleness > 0 and self.train.sync_interval != 1:
             raise ValueError("train.max_staleness > 0 (async) needs train.sync_interval = 1")
+        names = [s.name for s in self.reward.scorers]
+        if not names and not self.rollout.env:
+            raise ValueError("reward.scorers is empty: give a scorer, or an environment (rollout.env)")
+        if self.rollout.env and "env" in names:
+            raise ValueError("reward.scorers: the name 'env' is the environment's reward (reward_env)")
+        self._check_dapo()
         if self.train.colocate:
             self._check_colocate()
         if self.model.lora is not None and self.learner.zero_stage > 2:
             raise ValueError(f"model.lora needs learner.zero_stage at most 2 (got {self.learner.zero_stage})")
         return self
+
+    def _check_dapo(self) -> None:
+        a = self.algo
+        if a.dynamic_sampling and a.name not in GROUP_BASED:
+            raise ValueError(f"algo.dynamic_sampling needs a group-based algo.name "
+                             f"({', '.join(GROUP_BASED)}): it drops prompt groups whose samples share one "
+                             f"reward (got {a.name})")
+        budget = self.rollout.max_new_tokens
+        if a.overlong.mode == "penalty" and not 1 <= a.overlong.buffer <= budget:
+            raise ValueError(f"algo.overlong.buffer must be 1 … rollout.max_new_tokens ({budget}) with "
+                             f"algo.overlong.mode=penalty (got {a.overlong.buffer})")
 
     def _check_colocate(self) -> None:
         needs = {"rollout.engine": (self.rollout.engine == "hf",

@@ -34,9 +34,13 @@ NUL = b"\x00"
 
 
 def builtin_prompts(name: str) -> list[str]:
+    if name == "calc":  # arithmetic questions for the calculator environment (rollout.env: calc)
+        from alignray.envs.calc import calc_prompts
+
+        return calc_prompts()
     if name != "vowels":
         raise DataError(f"data.prompts: unknown built-in prompt set 'builtin:{name}'; "
-                        "available: builtin:vowels")
+                        "available: builtin:vowels, builtin:calc")
     return [ask.format(s) for s in _SUBJECTS for ask in _ASKS]
 
 
@@ -127,9 +131,9 @@ def read_table(path: Path, split: str = "train") -> pa.Table:
         raise DataError(f"{path}: not a readable Parquet file or folder: {e}") from None
 
 
-def _records(path: Path, cfg: DataConfig) -> Iterator[tuple[int, str, object]]:
+def _records(path: Path, cfg: DataConfig, every_column: bool = False) -> Iterator[tuple[int, str, object]]:
     """(prompt id, where — for messages —, row dict or BadRow) for every row of the file, whatever its
-    format."""
+    format; a table's rows hold only the prompt or messages column unless `every_column`."""
     if not path.exists():
         raise DataError(f"data.prompts: file not found: {path}")
     if path.is_dir() or _is_parquet(path):
@@ -138,7 +142,7 @@ def _records(path: Path, cfg: DataConfig) -> Iterator[tuple[int, str, object]]:
         if not wanted:
             raise DataError(f"{path}: no column '{cfg.prompt_key}' or '{cfg.messages_key}' "
                             f"(columns: {table.column_names})")
-        for i, row in enumerate(table.select(wanted).to_pylist()):
+        for i, row in enumerate((table if every_column else table.select(wanted)).to_pylist()):
             yield i, f"{path}: row {i}", {k: v for k, v in row.items() if v is not None}
         return
     for lineno, obj in jsonl_records(path):
@@ -176,11 +180,11 @@ def _prompt_of(obj: object, where: str, cfg: DataConfig, render: ChatRenderer) -
     return obj[key]
 
 
-def _rows(cfg: DataConfig) -> Iterator[tuple[int, str, object]]:
+def _rows(cfg: DataConfig, every_column: bool = False) -> Iterator[tuple[int, str, object]]:
     if cfg.prompts.startswith("builtin:"):
         return ((i, f"{cfg.prompts}:{i}", {cfg.prompt_key: text})
                 for i, text in enumerate(builtin_prompts(cfg.prompts.split(":", 1)[1]), start=1))
-    return _records(Path(cfg.prompts), cfg)
+    return _records(Path(cfg.prompts), cfg, every_column)
 
 
 def check_prompt_file(cfg: DataConfig) -> None:
@@ -199,10 +203,13 @@ def check_prompt_file(cfg: DataConfig) -> None:
         raise DataError(f"{cfg.prompts}: no usable prompts")
 
 
-def load_prompts(cfg: DataConfig, tokenizer) -> PromptSet:
-    """Read, validate, render (chat rows) and tokenize every prompt once, before any actor starts."""
+def load_prompts(cfg: DataConfig, tokenizer, keep_fields: bool = False) -> PromptSet:
+    """Read, validate, render (chat rows) and tokenize every prompt once, before any actor starts.
+    `keep_fields` (episodes: `rollout.env`): the row's other fields travel with it as the JSON column
+    `fields`, for the environment's `reset`."""
     source = cfg.prompts
-    rows = _rows(cfg)
+    rows = _rows(cfg, keep_fields)
+    fields: list[str] = []
     render = ChatRenderer(cfg.chat_template, tokenizer)
     ids, texts, tokens = [], [], []
     skipped: Counter = Counter()
@@ -221,12 +228,16 @@ def load_prompts(cfg: DataConfig, tokenizer) -> PromptSet:
         ids.append(row_id)
         texts.append(value)
         tokens.append(toks)
+        if keep_fields:
+            other = {k: v for k, v in obj.items() if k not in (cfg.prompt_key, cfg.messages_key)}
+            fields.append(json.dumps(other, default=str))
     if not ids:
         raise DataError(f"{source}: no usable prompts (skipped: {dict(skipped) or 'none'})")
     table = pa.table({
         "prompt_id": pa.array(ids, type=pa.int64()),
         "prompt": pa.array(texts, type=pa.string()),
         "prompt_tokens": list_array(tokens, TOKENS.value_type),
+        **({"fields": pa.array(fields, type=pa.string())} if keep_fields else {}),
     })
     return PromptSet(table, source, skipped)
 

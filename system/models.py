@@ -83,6 +83,13 @@ def _attention_errors(cfg: ModelConfig) -> Iterator[None]:
                             "(try sdpa or eager)") from None
 
 
+def optimizer_for(model: torch.nn.Module, lr: float, weight_decay: float) -> torch.optim.AdamW:
+    """AdamW over the parameters that train: all of them, or with `model.lora` the adapters only (the frozen
+    base has no optimizer state)."""
+    return torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=lr,
+                             weight_decay=weight_decay)
+
+
 def save_hf(model: PreTrainedModel, tokenizer, out_dir: str | Path, state_dict: dict | None = None) -> Path:
     """Write a `from_pretrained`-loadable folder (weights as safetensors plus the tokenizer)."""
     out = Path(out_dir)

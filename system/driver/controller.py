@@ -32,11 +32,13 @@ from alignray.config import Config
 from alignray.data import PromptSampler, PromptSet, load_prompts
 from alignray.driver.capacity import demands_of
 from alignray.driver.events import FaultEvent, FaultLog
+from alignray.driver.hacking import HackingAlarm
 from alignray.driver.ledger import PromptLedger
 from alignray.driver.runlog import RunLog, latest_checkpoint, latest_state
 from alignray.driver.scaling import Scaler
 from alignray.driver.shards import Shard, ShardPipeline
 from alignray.driver.stats import step_metrics
+from alignray.errors import AlignrayError
 from alignray.tokenizer import load_tokenizer
 
 
@@ -48,11 +50,17 @@ class Controller:
     def __init__(self, cfg: Config, run_dir: str | Path, resume: bool = False):
         self.cfg, self.run_dir = cfg, Path(run_dir)
         # validated before any actor
-        self.prompts: PromptSet = load_prompts(cfg.data, load_tokenizer(cfg.model))
+        self.prompts: PromptSet = load_prompts(cfg.data, load_tokenizer(cfg.model),
+                                               keep_fields=bool(cfg.rollout.env))  # rows for env reset
         checkpoint = latest_checkpoint(self.run_dir) if resume else None
         self.log = RunLog(self.run_dir, cfg, resume_after=_step_of(checkpoint))
         if self.prompts.skipped:  # data.on_bad_row=skip: say what was dropped, once, where users look
             self.log.note("skipped_prompts", {"source": self.prompts.source, **self.prompts.skipped})
+        if cfg.train.prompts_per_step > len(self.prompts):  # legal, but slow and repetitive: say so first
+            repeats = cfg.train.prompts_per_step / len(self.prompts)
+            print(f"alignray: note: train.prompts_per_step={cfg.train.prompts_per_step} is more than the "
+                  f"{len(self.prompts)} prompts of {self.prompts.source}: every step samples each prompt "
+                  f"about {repeats:.0f} times", file=sys.stderr, flush=True)
         connect_ray(cfg.train.ray_address, cpus_needed(cfg))
         check_capacity(cfg)  # a run the cluster can never hold fails now, naming role and numbers
         self.step = 0  # the last completed step: owned here; the fault log stamps events with it
@@ -81,6 +89,8 @@ class Controller:
         self.in_flight: deque[list[Shard]] = deque()  # one entry per step: its rollout shards
         self.planned = self.step
         self.shards = ShardPipeline(cfg, self.prompts, self.ledger, self.rollout, self.reward, self.faults)
+        gold = next((s.name for s in cfg.reward.scorers if s.gold), None)
+        self.hacking = HackingAlarm(cfg.reward.hacking, gold)
         self.scaler = Scaler(cfg, self.run_dir, {"rollout": self.rollout, "reward": self.reward}, self.faults)
 
     # ---- the loop ------------------------------------------------------------------------------------------
@@ -94,12 +104,25 @@ class Controller:
                 continue
             self.scaler.after_step(metrics, self.step)  # autoscaling rule; RUN_DIR/status.json
             WATCHDOG.first_step = False  # later calls are reported after train.hang_report_s
+            alarm, why = self.hacking.update(metrics)  # adds hacking/score to the metrics
             self.log.log(metrics)
+            if alarm is not None:
+                self._hacking(alarm, why)
             history.append(metrics)
             if on_step:
                 on_step(metrics)
             self._recovering(self._persist)
         return history
+
+    def _hacking(self, alarm: str, why: str) -> None:
+        """A reward-hacking alarm (alignray.driver.hacking): a warning line and event, or checkpoint and
+        stop."""
+        if alarm == "warn":
+            self.faults.record(FaultEvent("reward", "reward", "hacking suspected", why), restart=False)
+            return
+        step_dir = self.save()
+        raise AlignrayError(f"stopped at step {self.step}: reward hacking: {why} (reward.hacking.stop_at="
+                            f"{self.cfg.reward.hacking.stop_at:g}); checkpoint {step_dir}")
 
     def _start_up(self) -> None:
         self.sync_weights()
@@ -112,7 +135,7 @@ class Controller:
             self.planned += 1
             self.in_flight.append(self.shards.dispatch(self.planned))
         t0 = time.monotonic()
-        shards = self.shards.gather(self.in_flight.popleft())
+        shards, rounds = self.shards.collect(self.in_flight.popleft())  # more rounds: algo.dynamic_sampling
         t2 = time.monotonic()
         t1 = min(max([t0] + [s.generated_at for s in shards]), t2)  # the driver waited on generation until t1
         learner = self.learners.train([s.scored_ref for s in shards])
@@ -133,6 +156,9 @@ class Controller:
         metrics.update({"rollout/pending": self.rollout.count("pending"),
                         "reward/pending": self.reward.count("pending"),
                         "reward/workers": len(self.reward.ready()), **self.faults.metrics()})
+        if self.cfg.algo.dynamic_sampling:  # prompts generated for the step, filtered ones included
+            metrics.update({"batch/generation_rounds": rounds,
+                            "batch/prompts": sum(len(s.rows) for s in shards)})
         return metrics
 
     def _persist(self) -> None:

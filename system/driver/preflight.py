@@ -90,9 +90,37 @@ def check_reward_functions(cfg: Config) -> None:
             raise ConfigError(f"{where}: module {module_name} has no function '{fn_name}'")
 
 
+def check_environment(cfg: Config) -> None:
+    """`rollout.env` as `check_reward_functions` checks reward functions: a module the driver finds must
+    import and hold a class with `reset` and `step`; one only the workers have is left to them (their first
+    rollout then fails with one line naming it)."""
+    spec = cfg.rollout.env
+    if not spec:
+        return
+    from alignray.envs.config import BUILTIN_ENVS
+
+    module_name = BUILTIN_ENVS.get(spec, spec).split(":", 1)[0]
+    try:
+        found = importlib.util.find_spec(module_name) is not None
+    except (ImportError, ValueError):  # a parent package that is missing or broken
+        found = False
+    if not found:
+        return
+    from alignray.envs.api import resolve_env_class
+
+    try:
+        resolve_env_class(spec)
+    except (Exception, SystemExit) as e:  # noqa: BLE001 - SyntaxError, a missing dependency, no such class
+        first = str(e).strip().splitlines()[0] if str(e).strip() else ""
+        raise ConfigError(f"rollout.env: {first}" if type(e) is ValueError else
+                          f"rollout.env: '{spec}': module {module_name} does not import: "
+                          f"{type(e).__name__}: {first}") from None
+
+
 def preflight(cfg: Config) -> None:
     from alignray.data import check_prompt_file
 
     check_model(cfg)
     check_reward_functions(cfg)
+    check_environment(cfg)
     check_prompt_file(cfg.data)

@@ -6,11 +6,15 @@ Faults are handled per shard, so one death costs only its own work: a rollout wo
 replaced and its prompts are requeued and generated again (same step, same part, same seed); a reward worker
 that dies or hangs is replaced and the same rollout batch is re-scored; a rollout batch lost with its node is
 regenerated. A prompt is therefore never lost, and never trained twice.
+
+With algo.dynamic_sampling a step may take further generation rounds (`collect`): their shards are parts of
+the same step, drawn from the ledger and recovered like the first round's.
 """
 
 from __future__ import annotations
 
 import itertools
+import sys
 import time
 import zlib
 from dataclasses import dataclass, field
@@ -20,6 +24,7 @@ import ray
 from alignray.actors.calls import HUNG, OBJECT_LOST, ActorFault, classify
 from alignray.actors.pool import Pool
 from alignray.actors.watchdog import WATCHDOG
+from alignray.algorithms.dynamic_sampling import prompts_to_add
 from alignray.config import Config
 from alignray.data import PromptSet
 from alignray.driver.events import FaultEvent, FaultLog
@@ -56,15 +61,18 @@ class ShardPipeline:
         self.rollout, self.reward, self.faults = rollout, reward, faults
         self.timeouts = cfg.train.call_timeout_s
         self._turn = itertools.count()
+        self._said_short = False  # algo.dynamic_sampling: a step short of informative groups is said once
 
-    def dispatch(self, step: int) -> list[Shard]:
-        """Split the step's prompts over the ready rollout members; only ids and refs pass through here."""
+    def dispatch(self, step: int, prompts: int | None = None, first_part: int = 0) -> list[Shard]:
+        """Split the step's prompts (`prompts`, else train.prompts_per_step) over the ready rollout members,
+        as parts `first_part`, …; only ids and refs pass through here."""
         self.rollout.reconcile()
         if not self.rollout.ready():
             self.rollout.wait_ready()
         names = self.rollout.ready()
-        counts = _split(self.cfg.train.prompts_per_step, len(names))
-        shards = [Shard(step, part, self.ledger.dispatch(k)) for part, k in enumerate(counts) if k]
+        counts = _split(prompts or self.cfg.train.prompts_per_step, len(names))
+        shards = [Shard(step, first_part + part, self.ledger.dispatch(k))
+                  for part, k in enumerate(counts) if k]
         for shard, name in zip(shards, names, strict=False):
             self._launch(shard, name)
         return shards
@@ -75,6 +83,30 @@ class ShardPipeline:
         shard.worker, shard.started, shard.meta = name, time.monotonic(), None
         shard.ref, shard.meta_ref = WATCHDOG.launch("rollout", name, self.rollout.actor(name), "generate",
                                                     prompts, seed)
+
+    def collect(self, shards: list[Shard]) -> tuple[list[Shard], int]:
+        """The step's shards generated and scored (`gather`), and how many generation rounds it took.
+
+        With algo.dynamic_sampling the reward members mark the prompt groups whose samples share one reward
+        (`filtered`); while the step has fewer than train.prompts_per_step informative groups, one more round
+        generates exactly the missing number of new prompts — the ledger's next ones, so a requeue, a
+        rollback and a resume treat them like any other — up to algo.dynamic_sampling_max_rounds rounds; then
+        the step trains on the groups it has (said once). Every prompt of every round is consumed with the
+        step, filtered or not."""
+        done, rounds = self.gather(shards), 1
+        algo, target = self.cfg.algo, self.cfg.train.prompts_per_step
+        if not algo.dynamic_sampling:
+            return done, rounds
+        while need := prompts_to_add(target, _informative(done), rounds, algo.dynamic_sampling_max_rounds):
+            rounds += 1
+            done += self.gather(self.dispatch(done[0].step, need, first_part=done[-1].part + 1))
+        if _informative(done) < target and not self._said_short:
+            self._said_short = True
+            print(f"alignray: warning: step {done[0].step} has {_informative(done)} of {target} informative "
+                  f"prompt groups after {rounds} generation rounds (algo.dynamic_sampling_max_rounds); it "
+                  "trains on those, a step with none makes no update (said once: metrics.jsonl has samples, "
+                  "batch/filtered_groups and batch/generation_rounds per step)", file=sys.stderr, flush=True)
+        return done, rounds
 
     def gather(self, shards: list[Shard]) -> list[Shard]:
         """Wait until every shard is generated and scored, recovering from faults on the way; in part
@@ -173,3 +205,9 @@ class ShardPipeline:
 
 def _split(total: int, parts: int) -> list[int]:
     return [total // parts + (1 if i < total % parts else 0) for i in range(parts)]
+
+
+def _informative(shards: list[Shard]) -> int:
+    """Prompts of these scored shards whose group was not filtered (algo.dynamic_sampling), counted as
+    dispatched: a prompt drawn twice into one step (an epoch boundary) is two."""
+    return sum(len(s.rows) - s.stats["filtered_groups"] for s in shards)

@@ -30,7 +30,10 @@ def step_metrics(step: int, reward_stats: list[dict], learner: dict, rollout_met
         "reward/mean": mean,
         "reward/std": math.sqrt(var) if count else math.nan,
         "reward/length_corr": _pooled_corr(reward_stats),
-        "samples": count,
+        # rows trained on: algo.dynamic_sampling scores and records `filtered` rows but never trains on them
+        "samples": count - sum(s.get("filtered", 0) for s in reward_stats),
+        "batch/truncated_share": (sum(s.get("truncated", 0) for s in reward_stats) / count if count
+                                  else math.nan),  # finish_reason "length": cut at rollout.max_new_tokens
         "rollout/workers": len({m["worker"] for m in rollout_meta}),
         "quarantined": sum(len(s["quarantined"]) for s in reward_stats),
         "response_length/mean": tokens / count if count else math.nan,
@@ -48,6 +51,15 @@ def step_metrics(step: int, reward_stats: list[dict], learner: dict, rollout_met
         if key.startswith("reward/") and key.endswith("/sum") and key != "reward/sum":
             name = key[len("reward/"):-len("/sum")]
             metrics[f"reward/{name}/mean"] = sum(s[key] for s in reward_stats) / count if count else math.nan
+    if "episode/turns" in reward_stats[0] and count:  # rollout.env: turns and policy tokens per episode
+        for key in ("episode/turns", "episode/policy_tokens"):
+            metrics[f"{key}/mean"] = sum(s[key] for s in reward_stats) / count
+    if "filtered_groups" in reward_stats[0]:  # algo.dynamic_sampling: groups dropped, all rounds of the step
+        metrics["batch/filtered_groups"] = sum(s["filtered_groups"] for s in reward_stats)
+    if "gold/sumsq" in reward_stats[0] and count:  # a gold scorer: its per-sample spread (driver.hacking)
+        gold_mean = sum(s["gold/sum"] for s in reward_stats) / count
+        gold_sq = sum(s["gold/sumsq"] for s in reward_stats) / count
+        metrics["reward/gold_std"] = math.sqrt(max(gold_sq - gold_mean * gold_mean, 0.0))
     for key, value in learner.items():
         if key not in metrics:
             metrics[key if "/" in key else f"learner/{key}"] = value

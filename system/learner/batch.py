@@ -2,7 +2,9 @@
 
 Pure torch (no Ray, no DeepSpeed): the LearnerWorker calls these with whatever model object it owns.
 Layout: each row is prompt ⧺ response, right-padded to L; response token t of row b sits at position
-prompt_len[b] + t and is predicted by the logits at prompt_len[b] − 1 + t.
+prompt_len[b] + t and is predicted by the logits at prompt_len[b] − 1 + t. The response mask is 1 on the
+tokens the loss counts: in multi-turn episodes only the policy's (`loss_mask`); observation tokens are in the
+forward as context, and every loss term, advantage and normaliser reads them through the mask as absent.
 """
 
 from __future__ import annotations
@@ -17,7 +19,8 @@ import torch
 from alignray.algorithms.advantages import Reduce, compute_advantages
 from alignray.algorithms.kl import kl_estimate
 from alignray.algorithms.logprobs import entropy_from_logits, logprobs_from_logits
-from alignray.config import AlgoConfig
+from alignray.algorithms.overlong import overlong_penalty, truncated_rows
+from alignray.config import AlgoConfig, OverlongConfig
 from alignray.errors import SchemaError
 from alignray.learner.packing import PackedRows, Packing, pack_rows, packed_logits, packed_outputs, unpack
 
@@ -34,6 +37,7 @@ class SequenceBatch:
     group_ids: torch.Tensor  # [B] samples of one prompt share a group
     prompt_lengths: torch.Tensor  # [B]
     response_lengths: torch.Tensor  # [B] (response_mask may be zeroed: a masked dummy row keeps its length)
+    loss_rows: torch.Tensor  # [B] float: 1 = in the loss, 0 = masked out whole (algo.overlong filter)
 
     def __len__(self) -> int:
         return self.input_ids.shape[0]
@@ -72,8 +76,12 @@ def pad_ragged(flat: torch.Tensor, offsets: torch.Tensor, pad_value: float = 0,
     return out, mask
 
 
-def sequences_from_batch(batch: pa.RecordBatch, pad_token_id: int) -> SequenceBatch:
-    """Arrow → tensors: ragged columns are read zero-copy, then padded once into [B, L] / [B, T]."""
+def sequences_from_batch(batch: pa.RecordBatch, pad_token_id: int, overlong: OverlongConfig | None = None,
+                         max_new_tokens: int = 0) -> SequenceBatch:
+    """Arrow → tensors: ragged columns are read zero-copy, then padded once into [B, L] / [B, T].
+
+    `overlong` (algo.overlong, alignray.algorithms.overlong): `filter` zeroes the response mask and
+    `loss_rows` of truncated answers; `penalty` adds R_len(|y|) (L_max = `max_new_tokens`) to `rewards`."""
     p_flat, p_off = ragged_to_torch(batch.column("prompt_tokens"))
     r_flat, r_off = ragged_to_torch(batch.column("response_tokens"))
     lp_flat, _ = ragged_to_torch(batch.column("response_logprobs"))
@@ -90,14 +98,22 @@ def sequences_from_batch(batch: pa.RecordBatch, pad_token_id: int) -> SequenceBa
     response_tokens, mask = pad_ragged(r_flat.long(), r_off, pad_token_id)
     logprobs, _ = pad_ragged(lp_flat.float(), r_off, 0.0, width=response_tokens.shape[1])
     t_width = response_tokens.shape[1]
+    if "loss_mask" in batch.schema.names:  # episodes: observation tokens (0) are context, never in the loss
+        lm_flat, _ = ragged_to_torch(batch.column("loss_mask"))
+        mask = mask & pad_ragged(lm_flat.bool(), r_off, False, width=t_width)[0]
     logit_index = (p_len.unsqueeze(1) - 1 + torch.arange(t_width).unsqueeze(0)).clamp(max=max(width - 1, 0))
     prompt_ids = torch.from_numpy(batch.column("prompt_id").to_numpy().astype(np.int64))
+    rewards = torch.from_numpy(batch.column("reward").to_numpy().astype(np.float32))
+    mode = overlong.mode if overlong is not None else "none"
+    loss_rows = (~truncated_rows(batch)).float() if mode == "filter" else torch.ones(rows)
+    if mode == "penalty":
+        rewards = rewards + overlong_penalty(r_len, max_new_tokens, overlong.buffer)
     return SequenceBatch(
         input_ids=input_ids, attention_mask=(prompt_part | resp_part).long(), response_tokens=response_tokens,
-        response_mask=mask.float(), logit_index=logit_index, rollout_logprobs=logprobs,
-        rewards=torch.from_numpy(batch.column("reward").to_numpy().astype(np.float32)),
-        group_ids=torch.unique(prompt_ids, return_inverse=True)[1], prompt_lengths=p_len,
-        response_lengths=r_len,
+        response_mask=mask.float() * loss_rows.unsqueeze(1), logit_index=logit_index,
+        rollout_logprobs=logprobs,
+        rewards=rewards, group_ids=torch.unique(prompt_ids, return_inverse=True)[1], prompt_lengths=p_len,
+        response_lengths=r_len, loss_rows=loss_rows,
     )
 
 

@@ -14,7 +14,8 @@ one micro-batch is written as a partial sum over its tokens divided by a denomin
 ℓ_t = clipped surrogate (× TIS weight) − entropy_coef · H_t + [kl_mode=loss] kl_coef · KL_t. N_* are counted
 over every rank and micro-batch (`batch_counts`, summed by one all-reduce before the backward passes), so the
 gradient equals the one-big-batch gradient whatever R and M are — `aggregate(x, m, mode)` on the whole batch
-is the same number.
+is the same number. Rows masked out whole (`algo.overlong: filter`, SequenceBatch.loss_rows = 0) count in no
+N_*: the loss is that of the batch without them.
 """
 
 from __future__ import annotations
@@ -31,11 +32,15 @@ from alignray.algorithms.losses import policy_loss_per_token, truncated_is_weigh
 from alignray.config import AlgoConfig
 
 
-def batch_counts(mask: Tensor) -> Tensor:
-    """(valid tokens, rows with ≥ 1 valid token, rows) of a [B, T] mask, float64 [3]: summable over shards."""
+def batch_counts(mask: Tensor, loss_rows: Tensor | None = None) -> Tensor:
+    """(valid tokens, rows with ≥ 1 valid token, rows) of a [B, T] mask, float64 [3]: summable over shards.
+
+    `loss_rows` [B] (SequenceBatch.loss_rows): 0 marks a row masked out of the loss whole — an answer that
+    `algo.overlong: filter` drops — which then counts in no normaliser, not even as a row; default all 1."""
     m = mask.to(torch.float64)
-    return torch.stack([m.sum(), (m.sum(dim=1) > 0).to(torch.float64).sum(),
-                        torch.tensor(float(mask.shape[0]), dtype=torch.float64)])
+    rows = (torch.tensor(float(mask.shape[0]), dtype=torch.float64) if loss_rows is None
+            else loss_rows.to(torch.float64).sum())
+    return torch.stack([m.sum(), (m.sum(dim=1) > 0).to(torch.float64).sum(), rows])
 
 
 def normaliser(mode: str, counts: Tensor, norm_len: int) -> float:

@@ -24,6 +24,7 @@ import pyarrow as pa
 import torch
 import torch.distributed as dist
 
+from alignray.algorithms.overlong import overlong_penalty
 from alignray.config import Config
 from alignray.devices import mfu, peak_flops
 from alignray.learner.batch import (
@@ -171,7 +172,7 @@ class LearnerStep:
         mini-batch k."""
         t0 = time.perf_counter()
         cfg, algo = self.cfg, self.cfg.algo
-        obj = Objective(algo, cfg.rollout.temperature, cfg.rollout.max_new_tokens)
+        obj = Objective(algo, cfg.rollout.temperature, cfg.rollout.policy_tokens)  # episodes: all their turns
         prompt_ids = batch.column("prompt_id").to_numpy()
         lengths = sum(np.diff(np.asarray(batch.column(c).offsets))
                       for c in ("prompt_tokens", "response_tokens"))  # tokens per row
@@ -180,7 +181,7 @@ class LearnerStep:
         mine = np.concatenate([idx for micro in plan for idx in micro])
         # This rank's rows in plan order; micro-batches become index ranges into them.
         local = sequences_from_batch(batch.take(pa.array(mine if len(mine) else [0], type=pa.int64())),
-                                     self.pad_id)
+                                     self.pad_id, algo.overlong, cfg.rollout.max_new_tokens)
         if not len(mine):
             local.response_mask = torch.zeros_like(local.response_mask)
         bounds = np.cumsum([0] + [len(idx) for micro in plan for idx in micro])
@@ -205,10 +206,15 @@ class LearnerStep:
             if self.critic is not None else None
         t_forward = time.perf_counter()
 
-        counts = all_reduce_sum(torch.stack(
-            [batch_counts(local.response_mask[np.concatenate(m).astype(np.int64)]) for m in plan_local]))
+        rows_of = [np.concatenate(m).astype(np.int64) for m in plan_local]
+        counts = all_reduce_sum(torch.stack([batch_counts(local.response_mask[i], local.loss_rows[i])
+                                             for i in rows_of]))
         advantages, returns = advantages_for(local, old_logp, ref_logp, values, algo, reduce=all_reduce_sum)
         tally = Tally()
+        if algo.overlong.mode == "penalty":  # the mean R_len that sequences_from_batch added to the rewards
+            penalty = overlong_penalty(local.response_lengths[:len(mine)], cfg.rollout.max_new_tokens,
+                                       algo.overlong.buffer)
+            tally.add("batch/overlong_penalty", float(penalty.sum()), float(len(mine)))
         optimizer_steps = 0
         for _ in range(algo.ppo_epochs):
             for k, micro in enumerate(plan_local):

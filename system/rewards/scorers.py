@@ -19,8 +19,11 @@ from dataclasses import dataclass, field
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 
+from alignray.algorithms.dynamic_sampling import mark_uniform_groups
 from alignray.config import ScorerConfig
+from alignray.envs.config import ENV_COMPONENT
 from alignray.errors import RewardError
 from alignray.rewards.functions import resolve_reward_fn
 from alignray.schema import REWARD_PREFIX, check_batch
@@ -50,14 +53,47 @@ class FunctionScorer:
         return ScoreResult({"reward": values}, errors)
 
 
+class EnvironmentScorer:
+    """The episode reward of multi-turn rollouts (`rollout.env`): `reward_env` = the sum of an episode's
+    `turn_rewards`, weighted by `rollout.env_weight`. An episode whose environment failed (`env_error`) is a
+    problem of this component, reported by sample id and failed or quarantined by `reward.on_error`."""
+
+    name, gold = ENV_COMPONENT, False
+
+    def __init__(self, weight: float):
+        self.weight = weight
+
+    def score_episodes(self, batch: pa.RecordBatch) -> ScoreResult:
+        if "turn_rewards" not in batch.schema.names:
+            raise RewardError("rollout.env is set but the rollout batch has no episode columns")
+        turns = batch.column("turn_rewards")
+        row_of = np.repeat(np.arange(batch.num_rows), np.diff(np.asarray(turns.offsets)))
+        values = np.bincount(row_of, weights=turns.flatten().to_numpy(zero_copy_only=False),
+                             minlength=batch.num_rows).astype(np.float32)
+        errors = {i: e for i, e in enumerate(batch.column("env_error").to_pylist()) if e is not None}
+        values[list(errors)] = np.nan
+        return ScoreResult({"reward": values}, errors)
+
+
+COMBINE = {"mean": "mean", "lcb": "lcb", "wco": "worst_case", "uwo": "uncertainty_weighted"}
+"""`ensemble.combine` → the aggregation rule of alignray.rewards.ensemble."""
+
+
 class ModelScorer:
     """A reward model from a directory: a plain HF sequence classifier or any alignray reward model."""
 
     def __init__(self, cfg: ScorerConfig, trust_remote_code: bool = False, device: str = "cpu"):
+        from alignray.rewards.ensemble_models import EnsembleRewardModel
         from alignray.rewards.loading import load_reward_model
 
         self.name, self.weight, self.gold, self.batch_size = cfg.name, cfg.weight, cfg.gold, cfg.batch_size
-        self.model = load_reward_model(cfg.path, trust_remote_code=trust_remote_code, device=device)
+        if cfg.ensemble is None:
+            self.model = load_reward_model(cfg.path, trust_remote_code=trust_remote_code, device=device)
+        else:
+            spec = cfg.ensemble
+            members = [load_reward_model(m, trust_remote_code=trust_remote_code, device=device)
+                       for m in spec.members]
+            self.model = EnsembleRewardModel(members, COMBINE[spec.combine], spec.coef).eval()
 
     def score(self, prompts: list[str], responses: list[str]) -> ScoreResult:
         parts: dict[str, list[np.ndarray]] = {}
@@ -81,9 +117,11 @@ def _sample_id(batch: pa.RecordBatch, row: int) -> str:
             f"sample_index={batch.column('sample_index')[row].as_py()}")
 
 
-def score_batch(batch: pa.RecordBatch, scorers: list, on_error: str) -> tuple[pa.RecordBatch, dict]:
+def score_batch(batch: pa.RecordBatch, scorers: list, on_error: str,
+                filter_uniform: bool = False) -> tuple[pa.RecordBatch, dict]:
     """Apply every scorer; returns the scored batch and small stats (means, quarantined samples) for the
-    driver."""
+    driver. `filter_uniform` (algo.dynamic_sampling): the column `filtered` marks the prompt groups whose
+    samples share one reward, and the stats count them (alignray.algorithms.dynamic_sampling)."""
     check_batch(batch, "rollout", "reward worker input")
     prompts = batch.column("prompt").to_pylist()
     responses = batch.column("response").to_pylist()
@@ -91,7 +129,8 @@ def score_batch(batch: pa.RecordBatch, scorers: list, on_error: str) -> tuple[pa
     columns: dict[str, np.ndarray] = {}
     problems: dict[int, list[str]] = {}
     for scorer in scorers:
-        result = scorer.score(prompts, responses)
+        result = (scorer.score_episodes(batch) if isinstance(scorer, EnvironmentScorer)
+                  else scorer.score(prompts, responses))
         main = result.columns["reward"]
         for row, msg in result.errors.items():
             problems.setdefault(row, []).append(f"reward '{scorer.name}' {msg}")
@@ -117,7 +156,11 @@ def score_batch(batch: pa.RecordBatch, scorers: list, on_error: str) -> tuple[pa
         scored = scored.take(pa.array(keep, type=pa.int64()))
     check_batch(scored, "scored", "reward worker output")
     gold = next((s.name for s in scorers if getattr(s, "gold", False)), None)
-    return scored, batch_reward_stats(scored, reports, gold)
+    stats = batch_reward_stats(scored, reports, gold)
+    if filter_uniform:
+        scored, counts = mark_uniform_groups(scored)
+        stats.update(counts)
+    return scored, stats
 
 
 def batch_reward_stats(scored: pa.RecordBatch, quarantined: list[str], gold: str | None = None) -> dict:
@@ -127,13 +170,20 @@ def batch_reward_stats(scored: pa.RecordBatch, quarantined: list[str], gold: str
     lengths = np.diff(np.asarray(scored.column("response_tokens").offsets)).astype(np.float64)
     stats = {"reward/sum": float(reward.sum()), "reward/sumsq": float((reward.astype(np.float64) ** 2).sum()),
              "count": int(scored.num_rows), "response_tokens": float(lengths.sum()),
-             "quarantined": quarantined, "reward/length_corr": _pearson(reward, lengths)}
+             "quarantined": quarantined, "reward/length_corr": _pearson(reward, lengths),
+             "truncated": int(pc.sum(pc.equal(scored.column("finish_reason"), "length")).as_py() or 0)}
     for name in scored.schema.names:
         if name.startswith(REWARD_PREFIX):
             stats[f"reward/{name[len(REWARD_PREFIX):]}/sum"] = float(scored.column(name).to_numpy().sum())
     if gold is not None:
         gap = reward.astype(np.float64) - scored.column(REWARD_PREFIX + gold).to_numpy()
         stats["reward/proxy_gold_gap/sum"] = float(gap.sum())
+        gold_values = scored.column(REWARD_PREFIX + gold).to_numpy().astype(np.float64)
+        # its spread, for the hacking alarm (alignray.driver.hacking)
+        stats["gold/sum"], stats["gold/sumsq"] = float(gold_values.sum()), float((gold_values ** 2).sum())
+    if "num_turns" in scored.schema.names:  # episodes: turns and policy-written tokens (loss_mask = 1)
+        stats["episode/turns"] = float(pc.sum(scored.column("num_turns")).as_py() or 0)
+        stats["episode/policy_tokens"] = float(pc.sum(scored.column("loss_mask").flatten()).as_py() or 0)
     return stats
 
 

@@ -3,7 +3,9 @@
 Rule (documented in docs/reward-models.md; the whole sweep is saved with the model and in the run directory):
 1. Split the training pairs (seeded) into fit (1 - holdout) and held-out (holdout, default 20 %).
 2. Train BT (λ = 0) and the causal RM at every λ of the grid on the fit part; score the held-out part.
-3. Feasible: held-out accuracy (against the possibly noisy labels) >= BT's - tolerance (default 0.02).
+3. Feasible: held-out accuracy (against the possibly noisy labels) >= BT's - tolerance (default 0.02), and
+   not collapsed: the held-out reward spread (std) at least COLLAPSE_RATIO (1e-3) of BT's — a penalty strong
+   enough to flatten the reward can keep a noisy-label accuracy by chance but ranks nothing.
 4. Bias score, lower is better:
    - held-out rows carry counterfactuals of the attribute → the counterfactual sensitivity
      mean|r(x, y) - r(x, y_cf)| / std(r). It measures invariance directly, so over-correction (a reward
@@ -28,6 +30,13 @@ from alignray.rm.mmd import conditional_causal_penalty
 from alignray.rm.preference_data import PreferenceData
 
 AUTO_GRID = (0.03, 0.1, 0.3, 1.0, 3.0, 10.0)
+COLLAPSE_RATIO = 1e-3
+"""A fit whose reward spread is below this share of BT's has collapsed (arXiv 2501.09620's penalty can flatten
+the reward entirely at large λ): never chosen, and a final fit that collapses is refitted at a smaller λ."""
+
+
+def collapsed(spread: float, baseline_spread: float) -> bool:
+    return spread < COLLAPSE_RATIO * baseline_spread
 
 
 def heldout_split(n: int, fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
@@ -44,7 +53,8 @@ def bias_scores(model, held: PreferenceData, attribute: str, bins: np.ndarray, b
     rc = model.score(held.prompts, held.chosen, batch_size)["reward"]
     rr = model.score(held.prompts, held.rejected, batch_size)["reward"]
     std = max(float(np.concatenate([rc, rr]).std()), 1e-12)
-    row: dict[str, Any] = {"accuracy": pairwise_accuracy(rc, rr), "counterfactual": None}
+    row: dict[str, Any] = {"accuracy": pairwise_accuracy(rc, rr), "counterfactual": None,
+                           "spread": float(np.concatenate([rc, rr]).std())}
     cf = held.counterfactuals.get(attribute)
     rows = [i for i, text in enumerate(cf or []) if text is not None]
     if rows:
@@ -61,7 +71,8 @@ def choose_lambda(baseline: dict[str, Any], rows: list[dict[str, Any]], toleranc
     """Apply steps 3-5 of the module rule to sweep rows ({"lambda", "accuracy", "counterfactual", "mmd"});
     returns (λ, the metric used)."""
     rows = sorted(rows, key=lambda r: r["lambda"])
-    feasible = [r for r in rows if r["accuracy"] >= baseline["accuracy"] - tolerance]
+    feasible = [r for r in rows if r["accuracy"] >= baseline["accuracy"] - tolerance
+                and not collapsed(r.get("spread", np.inf), baseline.get("spread", 0.0))]
     use_cf = all(r["counterfactual"] is not None for r in rows) and baseline["counterfactual"] is not None
     metric = "counterfactual" if use_cf else "mmd"
     if not feasible:

@@ -19,6 +19,7 @@ from alignray.rewards.haf_model import HafRewardModel
 from alignray.rewards.heads_model import HeadsRewardModel
 from alignray.rewards.losses import bradley_terry_loss, haf_loss
 from alignray.rewards.models import RewardModel, ScalarRewardModel
+from alignray.rm.auto_lambda import collapsed
 from alignray.rm.backbones import build_word_tokenizer, load_tokenizer, new_backbone
 from alignray.rm.causal import resolve_causal
 from alignray.rm.config import RewardTrainConfig
@@ -242,6 +243,33 @@ def fit_scalar(cfg: RewardTrainConfig, data: PreferenceData, tokenizer, bins: np
     return fit(model, cfg, data, bins if cfg.kind == "causal" else None, dist=dist, swap=swap)
 
 
+def _refit_if_collapsed(model: RewardModel, cfg: RewardTrainConfig, data: PreferenceData, sweep: dict,
+                        refit: Callable[[RewardTrainConfig], RewardModel],
+                        log: Callable[[str], None] | None) -> tuple[RewardModel, RewardTrainConfig]:
+    """`mmd_lambda: auto`'s final fit on all pairs may collapse where the sweep's fits did not: refit at the
+    next smaller λ of the grid until the reward spread is at least COLLAPSE_RATIO of the sweep's BT baseline
+    (recorded in the sweep as `collapsed_final`)."""
+    rows = np.arange(min(len(data), 256))
+    sample = data.subset(rows)
+    smaller = sorted((row for row in sweep["sweep"] if row["lambda"] < cfg.mmd_lambda),
+                     key=lambda row: -row["lambda"])
+    baseline = sweep["baseline_bt"].get("spread", 0.0)
+    for lower in [None, *smaller]:
+        if lower is not None:
+            cfg = cfg.model_copy(update={"mmd_lambda": lower["lambda"]})
+            model = refit(cfg)
+        r = np.concatenate([model.score(sample.prompts, sample.chosen)["reward"],
+                            model.score(sample.prompts, sample.rejected)["reward"]])
+        if not collapsed(float(r.std()), baseline):
+            return model, cfg
+        sweep.setdefault("collapsed_final", []).append(cfg.mmd_lambda)
+        if log is not None:
+            log(f"mmd_lambda auto: the final fit at λ={cfg.mmd_lambda:g} collapsed (reward std "
+                f"{r.std():.2e}, BT {baseline:.2e}); refitting at a smaller λ")
+    cfg = cfg.model_copy(update={"mmd_lambda": 0.0, "kind": "bt"})  # every λ collapsed: plain BT
+    return refit(cfg), cfg
+
+
 def _merge_lora(model: RewardModel) -> RewardModel:
     if isinstance(model, ScalarRewardModel) and hasattr(model.backbone, "merge_and_unload"):
         model.backbone = model.backbone.merge_and_unload()
@@ -249,8 +277,8 @@ def _merge_lora(model: RewardModel) -> RewardModel:
 
 
 def train_reward_model(cfg: RewardTrainConfig, data: PreferenceData, tokenizer=None,
-                       log: Callable[[str],
-                                     None] | None = None, dist: Distributed = Distributed()) -> RewardModel:
+                       log: Callable[[str], None] | None = None, dist: Distributed = Distributed()
+                       ) -> RewardModel:
     """Train the model cfg.kind describes on `data` and return it in eval mode (ready for `save`/`score`)."""
     if len(data) < 2:
         raise ValueError("training needs at least two preference pairs")
@@ -280,6 +308,11 @@ def train_reward_model(cfg: RewardTrainConfig, data: PreferenceData, tokenizer=N
     seed_everything(cfg.seed)
     model = build_reward_model(cfg, tokenizer, data.rule_names)
     model = _merge_lora(fit(model, cfg, data, bins, log=log, dist=dist, swap=swap))
+    if sweep is not None:
+        def refit(c: RewardTrainConfig) -> RewardModel:
+            return _merge_lora(fit_scalar(c, data, tokenizer, bins, swap, dist))
+
+        model, cfg = _refit_if_collapsed(model, cfg, data, sweep, refit, log)
     if cfg.kind == "causal" and isinstance(model, ScalarRewardModel):
         model.metadata.update(mmd_lambda=cfg.mmd_lambda, cf_weight=cfg.cf_weight,
                               mmd_condition=cfg.mmd_condition, mmd_mode=cfg.mmd_mode, mmd_auto=sweep)

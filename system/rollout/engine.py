@@ -81,18 +81,26 @@ def build_rollout_batch(prompt_batch: pa.RecordBatch, completions: list[list[Com
 
 
 def generate_rollout(engine: RolloutEngine, tokenizer, rc: RolloutConfig, prompts: pa.RecordBatch, seed: int,
-                     version: int, who: str) -> tuple[pa.RecordBatch, dict]:
+                     version: int, who: str, on_error: str = "fail") -> tuple[pa.RecordBatch, dict]:
     """One prompt batch through `engine` with the `rollout` settings: the rollout batch (stamped with
     `version`) and the few scalars the driver reads (`meta`). `who` names the generating actor in errors and
-    in `meta`."""
+    in `meta`. With `rollout.env` every sample is a multi-turn episode (alignray.rollout.episodes), whose
+    environment failures follow `on_error` (`reward.on_error`)."""
     t0 = time.perf_counter()
     check_batch(prompts, "prompt", f"{who} input")
+    decode = lambda t: tokenizer.decode(t, skip_special_tokens=True)  # noqa: E731
     sampling = SamplingSettings(max_new_tokens=rc.max_new_tokens, temperature=rc.temperature, top_p=rc.top_p,
                                 n=rc.samples_per_prompt, stop_token_ids=tuple(rc.stop_token_ids), seed=seed)
+    if rc.env:
+        from alignray.rollout.episodes import build_episode_batch, run_episodes
+
+        episodes, meta = run_episodes(engine, tokenizer, rc, prompts, sampling, on_error)
+        batch = build_episode_batch(prompts, episodes, version, decode)
+        return batch, {"worker": who, "samples": batch.num_rows, "policy_version": version,
+                       "seconds": time.perf_counter() - t0, **meta}
     column = prompts.column("prompt_tokens")
     completions = engine.generate([column[i].values.to_numpy() for i in range(prompts.num_rows)], sampling)
-    batch = build_rollout_batch(prompts, completions, version,
-                                lambda t: tokenizer.decode(t, skip_special_tokens=True))
+    batch = build_rollout_batch(prompts, completions, version, decode)
     new_tokens = sum(len(c.tokens) for group in completions for c in group)
     return batch, {"worker": who, "samples": batch.num_rows, "new_tokens": new_tokens,
                    "policy_version": version, "seconds": time.perf_counter() - t0}

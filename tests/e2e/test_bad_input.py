@@ -69,6 +69,19 @@ def test_reward_module_that_does_not_import(tmp_path, capsys, monkeypatch):
 
 
 @pytest.mark.usefixtures("no_ray_started")
+def test_environment_that_does_not_import_or_lacks_step(tmp_path, capsys, monkeypatch):
+    (tmp_path / "broken_env.py").write_text("import no_such_dependency_xyz\n")
+    (tmp_path / "half_env.py").write_text("class Env:\n    def reset(self, row):\n        return ''\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    train = ["train", "--run-dir", str(tmp_path / "run"), "rollout.max_turns=2", "reward.scorers=[]"]
+    one_line_error(capsys, [*train, "rollout.env=broken_env:Env"],
+                   "rollout.env: 'broken_env:Env': module broken_env does not import: ModuleNotFoundError: "
+                   "No module named 'no_such_dependency_xyz'")
+    one_line_error(capsys, [*train, "rollout.env=half_env:Env"],
+                   "rollout.env: environment 'half_env:Env': class Env has no step method")
+
+
+@pytest.mark.usefixtures("no_ray_started")
 def test_non_utf8_and_binary_prompt_files(tmp_path, capsys):
     good = json.dumps({"prompt": "hello"}).encode()
     latin1 = tmp_path / "latin1.jsonl"

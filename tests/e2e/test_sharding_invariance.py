@@ -5,7 +5,9 @@ The reference is written independently of `alignray.learner.objective`: a full l
 batch, advantages from `compute_advantages` on the whole batch, and the mean-form `policy_loss` / `aggregate`
 / `kl_loss` / `value_loss`. The two ranks are torch.multiprocessing processes; one process group and one set
 of DeepSpeed engines (ZeRO-0, learning rate 0, so the weights never move) serve all 36 combinations; ZeRO-1
-and ZeRO-3 engines check the gradient norm they report.
+and ZeRO-3 engines check the gradient norm they report. Multi-turn episodes (a `loss_mask` with observation
+tokens 0) give the one-big-batch gradient of their policy tokens only: the reference builds that mask from the
+Arrow column itself.
 """
 
 from __future__ import annotations
@@ -21,7 +23,7 @@ import pytest
 import torch
 import torch.multiprocessing as mp
 
-from alignray.schema import SCHEMAS, list_array
+from alignray.schema import EPISODE_FIELDS, SCHEMAS, list_array
 
 pytestmark = pytest.mark.slow  # starts 2 DeepSpeed ranks
 
@@ -31,9 +33,11 @@ KL_MODES = ["reward", "loss"]
 VOCAB, NORM_LEN, TOL = 40, 8, 1e-5
 
 
-def scored_batch(seed: int = 0, version: int = 0) -> pa.RecordBatch:
+def scored_batch(seed: int = 0, version: int = 0, episodes: bool = False) -> pa.RecordBatch:
     """5 prompt groups of sizes 3, 1, 4, 2, 3 (odd count: the ranks get unequal shares), ragged prompts and
-    responses (1..8 tokens), random rewards and engine log-probs (so TIS weights vary)."""
+    responses (1..8 tokens), random rewards and engine log-probs (so TIS weights vary). `episodes`: the
+    episode columns, a random `loss_mask` (each token the policy's with probability 0.6, the first always),
+    log-probs 0 where it is 0."""
     rng = np.random.default_rng(seed)
     sizes = [3, 1, 4, 2, 3]
     pid = np.repeat(np.arange(len(sizes)) * 7 + 3, sizes)
@@ -49,7 +53,26 @@ def scored_batch(seed: int = 0, version: int = 0) -> pa.RecordBatch:
         "policy_version": pa.array(np.full(n, version), pa.int64()), "finish_reason": pa.array(["stop"] * n),
         "reward": pa.array(rng.normal(size=n), pa.float32()),
     }
-    return pa.RecordBatch.from_arrays(list(cols.values()), schema=SCHEMAS["scored"])
+    if not episodes:
+        return pa.RecordBatch.from_arrays(list(cols.values()), schema=SCHEMAS["scored"])
+    masks = [np.r_[1, rng.random(len(r) - 1) < 0.6].astype(np.int8) for r in responses]
+    logprobs = [lp * m for lp, m in zip(cols["response_logprobs"].to_pylist(), masks, strict=True)]
+    cols.update({"response_logprobs": list_array(logprobs, pa.float32()),
+                 "loss_mask": list_array(masks, pa.int8()), "num_turns": pa.array(np.ones(n), pa.int32()),
+                 "turn_rewards": list_array([[0.0]] * n, pa.float32()),
+                 "env_error": pa.nulls(n, pa.string())})
+    schema = pa.schema(list(SCHEMAS["scored"]) + EPISODE_FIELDS)
+    return pa.RecordBatch.from_arrays([cols[f.name] for f in schema], schema=schema)
+
+
+def reference_mask(batch: pa.RecordBatch) -> torch.Tensor:
+    """[B, T] 1 on the response tokens the loss counts (the policy's, where `loss_mask` says), from Arrow."""
+    tokens = batch.column("response_tokens").to_pylist()
+    masks = batch.column("loss_mask").to_pylist() if "loss_mask" in batch.schema.names else None
+    out = torch.zeros(len(tokens), max(len(r) for r in tokens))
+    for i, r in enumerate(tokens):
+        out[i, :len(r)] = torch.tensor(masks[i] if masks else [1] * len(r), dtype=torch.float32)
+    return out
 
 
 def make_cfg(algo: str = "grpo", agg: str = "token_mean", kl_mode: str = "loss", **extra):
@@ -78,19 +101,19 @@ def reference_grads(cfg, policy, reference, critic, batch: pa.RecordBatch, rows:
 
     a, temp = cfg.algo, cfg.rollout.temperature
     seq = sequences_from_batch(batch, 0)
+    mask = reference_mask(batch)
 
     def logp_entropy(model):
         logits = model(input_ids=seq.input_ids, attention_mask=seq.attention_mask).logits
         z = logits.gather(1, seq.logit_index.unsqueeze(-1).expand(-1, -1, logits.shape[-1])) / temp
         lp = (torch.log_softmax(z, -1).gather(-1, seq.response_tokens.unsqueeze(-1)).squeeze(-1)
-              * seq.response_mask)
-        return lp, entropy_from_logits(z) * seq.response_mask
+              * mask)
+        return lp, entropy_from_logits(z) * mask
 
     def values_of(model):
         out = model(input_ids=seq.input_ids, attention_mask=seq.attention_mask).logits.squeeze(-1)
-        return out.gather(1, seq.logit_index) * seq.response_mask
+        return out.gather(1, seq.logit_index) * mask
 
-    mask = seq.response_mask
     with torch.no_grad():
         old, _ = logp_entropy(policy)
         if a.old_logprobs == "rollout":
@@ -195,6 +218,25 @@ def _rank_main(rank: int, world: int, port: int, out_path: str) -> None:
         want = reference_grads(cfg, policy, reference, engines["critic"].module, batch)
         results.append({"combo": ["ppo", "learner", learner], "stats": stats,
                         **{n: rel_err(seen[0][n], want[n]) for n in want}})
+    # Multi-turn episodes: observation tokens masked out (loss_mask), every algorithm × loss_agg, packed and
+    # padded micro-batches; and the mask matters (the gradient without it differs).
+    episodes = scored_batch(seed=2, episodes=True)
+    layouts = [("ppo", "token_mean", {"packing": False}),
+               ("grpo", "seq_mean_token_mean", {"pack_row_tokens": 8, "micro_batch_tokens": 12})]
+    for algo, agg, learner in [*((a, g, {}) for a, g in itertools.product(ALGOS, AGGS)), *layouts]:
+        cfg = make_cfg(algo, agg, "loss")
+        for key, value in learner.items():
+            setattr(cfg.learner, key, value)
+        seen, stats = run(cfg, episodes)
+        want = reference_grads(cfg, policy, reference, engines["critic"].module if algo == "ppo" else None,
+                               episodes)
+        results.append({"combo": [algo, "episodes", agg, learner], "stats": stats,
+                        **{n: rel_err(seen[0][n], want[n]) for n in want}})
+    unmasked = episodes.drop_columns([f.name for f in EPISODE_FIELDS])
+    cfg = make_cfg("grpo", "token_mean", "loss")
+    results.append({"combo": ["grpo", "mask_matters"], "policy": rel_err(
+        reference_grads(cfg, policy, reference, None, unmasked)["policy"],
+        reference_grads(cfg, policy, reference, None, episodes)["policy"])})
     # ZeRO-1 and ZeRO-3 (the gradients live in partitions there): the global gradient norm DeepSpeed reports
     # equals the one-big-batch gradient's norm.
     for stage, algo in ((1, "reinforce_pp"), (3, "grpo")):
@@ -227,7 +269,8 @@ def sharded_results(tmp_path_factory):
 
 
 def test_every_combination_gives_the_one_big_batch_gradient(sharded_results):
-    combos = [r for r in sharded_results if r["combo"][1] not in ("mini_batch", "zero", "learner")]
+    combos = [r for r in sharded_results
+              if r["combo"][1] not in ("mini_batch", "zero", "learner", "episodes", "mask_matters")]
     assert len(combos) == len(ALGOS) * len(AGGS) * len(KL_MODES) + 2
     bad = [(r["combo"], r["policy"], r.get("critic")) for r in combos
            if r["policy"] > TOL or r.get("critic", 0.0) > TOL]
@@ -272,3 +315,13 @@ def test_zero_1_and_3_report_the_one_big_batch_gradient_norm(sharded_results):
     zero = [r for r in sharded_results if r["combo"][1] == "zero"]
     assert [r["combo"][2] for r in zero] == [1, 3]
     assert all(r["policy"] <= TOL for r in zero), zero
+
+
+def test_masked_episodes_give_the_one_big_batch_gradient_of_the_policy_tokens(sharded_results):
+    episodes = [r for r in sharded_results if r["combo"][1] == "episodes"]
+    assert len(episodes) == len(ALGOS) * len(AGGS) + 2
+    bad = [(r["combo"], r["policy"], r.get("critic")) for r in episodes
+           if r["policy"] > TOL or r.get("critic", 0.0) > TOL]
+    assert not bad, bad
+    matters = next(r for r in sharded_results if r["combo"][1] == "mask_matters")
+    assert matters["policy"] > 0.01  # trained on, the observation tokens would change the gradient

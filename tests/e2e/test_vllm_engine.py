@@ -143,6 +143,44 @@ def test_sampled_logprobs_match_learner_forward(engine, prompts, cfg, tokenizer)
     assert diff < PARITY_TOL
 
 
+class Echo:
+    """A user's environment: the first turn is answered with an observation (reward 0.5), the second ends."""
+
+    def reset(self, row: dict) -> str:
+        self.turn = 0
+        return row["prompt"]
+
+    def step(self, text: str) -> tuple[str | None, float, bool]:
+        self.turn += 1
+        return (" -> noted. ", 0.5, False) if self.turn == 1 else (None, 1.0, True)
+
+
+def test_multi_turn_episodes_on_vllm(engine, prompts, cfg, tokenizer):
+    """The episode loop on vLLM: two turns around an observation, masked out; the log-probs vLLM reports for
+    both turns (the second sampled from the context with the observation) are the learner's over the whole
+    episode."""
+    import pyarrow as pa
+
+    from alignray.rollout.engine import generate_rollout
+
+    rc = cfg.rollout.model_copy(update={"env": "test_vllm_engine:Echo", "max_turns": 2, "max_new_tokens": 8,
+                                        "samples_per_prompt": 2})
+    prompt_batch = pa.record_batch({
+        "prompt_id": pa.array(range(len(prompts)), type=pa.int64()), "prompt": pa.array(TEXTS),
+        "prompt_tokens": pa.array([p.tolist() for p in prompts], type=pa.list_(pa.int32()))})
+    batch, meta = generate_rollout(engine, tokenizer, rc, prompt_batch, 4, 0, "test")
+    observation = tokenizer.encode(" -> noted. ")
+    rows = batch.to_pylist()
+    assert len(rows) == 8 and meta["turns"] == 16
+    learner = hf_engine(cfg, tokenizer).logprobs([np.array(r["prompt_tokens"]) for r in rows],
+                                                 [np.array(r["response_tokens"]) for r in rows], 1.0)
+    for r, want in zip(rows, learner, strict=True):
+        mask, tokens = np.array(r["loss_mask"]), np.array(r["response_tokens"])
+        assert r["num_turns"] == 2 and r["turn_rewards"] == [0.5, 1.0] and r["finish_reason"] == "stop"
+        assert tokens[mask == 0].tolist() == observation
+        assert float(np.abs(np.array(r["response_logprobs"]) - want)[mask == 1].max()) < PARITY_TOL
+
+
 def test_weight_update_parity_and_change(engine, prompts, cfg, tokenizer, ray_cluster):
     """After an update through the object store the engine agrees with the learner's forward for the new
     weights, and clearly not with the old ones; the learner-side mismatch metric and TIS weights see

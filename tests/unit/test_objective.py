@@ -132,7 +132,7 @@ def test_forward_logprobs_match_the_full_log_softmax():
                         response_mask=t([[1, 1], [1, 0]]), logit_index=torch.tensor([[1, 2], [1, 2]]),
                         rollout_logprobs=torch.zeros(2, 2), rewards=torch.zeros(2),
                         group_ids=torch.zeros(2).long(), prompt_lengths=torch.tensor([2, 2]),
-                        response_lengths=torch.tensor([2, 1]))
+                        response_lengths=torch.tensor([2, 1]), loss_rows=torch.ones(2))
     logp, ent = forward_logprobs(model, seq, temperature=0.7, entropy=True)
     assert model.kept == [3]  # positions 1…3: the shared prompt position 0 never reaches the LM head
     z = model(ids, None).logits.gather(1, seq.logit_index.unsqueeze(-1).expand(-1, -1, 6)) / 0.7

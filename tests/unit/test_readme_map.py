@@ -14,7 +14,7 @@ ROOT = Path(__file__).resolve().parents[2]
 README = (ROOT / "README.md").read_text()
 FOLDERS = {"system/": ROOT / "system", "actors/": ROOT / "actors",
            **{f"system/{d}/": ROOT / "system" / d for d in ("driver", "learner", "algorithms", "rollout",
-                                                            "rewards", "rm")}}
+                                                            "rewards", "rm", "envs")}}
 
 
 def map_rows() -> dict[str, str]:

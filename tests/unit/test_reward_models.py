@@ -142,3 +142,35 @@ def test_load_errors_name_the_problem(tmp_path):
     (tmp_path / "alignray_rm.json").write_text(json.dumps({"kind": "magic"}))
     with pytest.raises(ValueError, match="field 'kind'"):
         load_reward_model(tmp_path)
+
+
+@pytest.mark.parametrize("combine", ["mean", "lcb", "wco", "uwo"])
+def test_a_scorer_combines_separately_trained_members(tokenizer, tmp_path, combine):
+    """`reward.scorers[i].ensemble`: members saved apart (e.g. rm train runs with different seeds) combined
+    per sample in the reward worker; the members' spread is a logged column."""
+    from alignray.config import ScorerConfig
+    from alignray.rewards.scorers import build_scorers
+
+    members = [scalar(tokenizer, seed) for seed in (1, 2, 3)]
+    for i, member in enumerate(members):
+        member.save(tmp_path / f"m{i}")
+    paths = [str(tmp_path / f"m{i}") for i in range(3)]
+    cfg = ScorerConfig(name="rm", type="model", ensemble={"members": paths, "combine": combine})
+    (scorer,) = build_scorers([cfg])
+    result = scorer.score(PROMPTS, RESPONSES)
+    r = np.stack([m.score(PROMPTS, RESPONSES)["reward"] for m in members])
+    expected = {"mean": r.mean(0), "lcb": r.mean(0) - r.std(0), "wco": r.min(0),
+                "uwo": r.mean(0) - 0.5 * r.var(0)}
+    np.testing.assert_allclose(result.columns["reward"], expected[combine], atol=1e-5)
+    np.testing.assert_allclose(result.columns["std"], r.std(0), atol=1e-5)
+
+
+def test_a_model_scorer_needs_a_path_or_an_ensemble():
+    from pydantic import ValidationError
+
+    from alignray.config import ScorerConfig
+
+    with pytest.raises(ValidationError, match="give exactly one of 'path' and 'ensemble'"):
+        ScorerConfig(name="rm", type="model")
+    with pytest.raises(ValidationError, match="members"):
+        ScorerConfig(name="rm", type="model", ensemble={"members": ["only-one"]})

@@ -66,6 +66,11 @@ def test_choose_lambda_rule():
     rows = [{**r, "counterfactual": None} for r in rows]
     assert choose_lambda(no_cf, rows, 0.2) == (1.0, "mmd")  # the smallest λ that halves BT's statistic
     assert choose_lambda(no_cf, [row(0.3, 0.5, None, 0.1)], 0.02) == (0.3, "mmd")  # none feasible: smallest λ
+    # the lab's λ = auto failure: λ = 10 kept a noisy-label accuracy with a flat reward (std 7e-5 against BT's
+    # 1.2): collapsed, never chosen — the next best feasible λ is
+    base = {**row(0.0, 0.80, 0.30, 0.20), "spread": 1.2}
+    rows = [{**row(1.0, 0.79, 0.10, 0.05), "spread": 0.003}, {**row(10.0, 0.80, 0.02, 0.01), "spread": 7e-5}]
+    assert choose_lambda(base, rows, 0.02) == (1.0, "counterfactual")
     fit, held = heldout_split(10, 0.2, 0)
     assert len(held) == 2 and sorted(np.concatenate([fit, held]).tolist()) == list(range(10))
 
@@ -118,3 +123,36 @@ def test_auto_lambda_sweep_is_saved_and_rm_eval_compares_to_a_baseline(tmp_path)
                            baseline=str(tmp_path / "bt"))
     assert set(results["bias_gap"]["tag"]) == {"shiny", "plain"}
     assert "over_correction" in results and "bias_gap" in results["baseline"]
+
+
+def test_a_collapsed_final_fit_is_refitted_at_a_smaller_lambda():
+    """The final fit on all pairs may collapse where the sweep's fits did not (the lab's λ = 10): refitted at
+    the next smaller λ of the sweep until its reward spread is no longer collapsed."""
+    from alignray.rm.config import RewardTrainConfig
+    from alignray.rm.loop import _refit_if_collapsed
+    from alignray.rm.pairs import PreferenceData
+
+    class Flat:  # a reward model whose spread is `scale`
+        def __init__(self, scale):
+            self.scale = scale
+
+        def score(self, prompts, responses):
+            return {"reward": self.scale * np.arange(len(responses), dtype=np.float64)}
+
+    data = PreferenceData(["p"] * 4, ["a", "b", "c", "d"], ["e", "f", "g", "h"])
+    sweep = {"baseline_bt": {"spread": 1.0}, "sweep": [{"lambda": lam} for lam in (0.1, 1.0, 10.0)]}
+    cfg = RewardTrainConfig(kind="causal", mmd_lambda=10.0, tiny_model={})
+    spreads = {1.0: 1e-6, 0.1: 0.5}  # λ = 1 collapses too; λ = 0.1 does not
+    tried = []
+
+    def refit(c):
+        tried.append(c.mmd_lambda)
+        return Flat(spreads[c.mmd_lambda])
+
+    model, cfg = _refit_if_collapsed(Flat(1e-7), cfg, data, sweep, refit, None)
+    assert tried == [1.0, 0.1] and cfg.mmd_lambda == 0.1 and model.scale == 0.5
+    assert sweep["collapsed_final"] == [10.0, 1.0]
+    cfg = RewardTrainConfig(kind="causal", mmd_lambda=1.0, tiny_model={})
+    no_sweep = {"baseline_bt": {"spread": 1.0}, "sweep": []}
+    kept, same = _refit_if_collapsed(Flat(0.2), cfg, data, no_sweep, refit, None)
+    assert same.mmd_lambda == 1.0 and kept.scale == 0.2
