@@ -13,7 +13,8 @@ import pyarrow as pa
 import ray
 
 from alignray.actors.watch import WATCHED, Watched
-from alignray.config import Config, RewardConfig
+from alignray.config import Config
+from alignray.config_sections import RewardConfig
 from alignray.devices import actor_device
 from alignray.errors import RewardError
 

@@ -42,7 +42,7 @@ SHAPES = {  # name → LlamaConfig kwargs (bfloat16)
 
 
 def lora_cfg(r: int, **tiny):
-    from alignray.config import LoraConfig, ModelConfig
+    from alignray.config_sections import LoraConfig, ModelConfig
 
     return ModelConfig(lora=LoraConfig(r=r, alpha=2 * r), **({"tiny": tiny} if tiny else {}))
 

@@ -133,7 +133,7 @@ def initial_policy_samples(args, n: int) -> list[list[int]]:
     seeded shuffled order."""
     import torch
 
-    from alignray.config import ModelConfig
+    from alignray.config_sections import ModelConfig
     from alignray.data import builtin_prompts
     from alignray.models import load_policy
 

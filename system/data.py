@@ -21,7 +21,7 @@ from pathlib import Path
 import pyarrow as pa
 
 from alignray.chat import ChatRenderer, check_messages
-from alignray.config import DataConfig
+from alignray.config_sections import DataConfig
 from alignray.errors import DataError
 from alignray.schema import TOKENS, check_batch, list_array
 

@@ -25,7 +25,7 @@ from alignray.errors import AlignrayError
 if TYPE_CHECKING:
     import torch
 
-    from alignray.config import ModelConfig
+    from alignray.config_sections import ModelConfig
 
 ADAPTER = "default"
 """peft's name of the one adapter."""

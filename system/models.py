@@ -19,7 +19,7 @@ from transformers import (
     PreTrainedModel,
 )
 
-from alignray.config import ModelConfig
+from alignray.config_sections import ModelConfig
 from alignray.errors import AlignrayError
 from alignray.tokenizer import build_byte_tokenizer, load_tokenizer
 

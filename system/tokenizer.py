@@ -13,7 +13,7 @@ from pathlib import Path
 
 from transformers.tokenization_utils_fast import PreTrainedTokenizerFast
 
-from alignray.config import ModelConfig
+from alignray.config_sections import ModelConfig
 from alignray.driver.preflight import check_model_source
 from alignray.errors import ConfigError
 

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from alignray.config import AutoscaleConfig
+from alignray.config_sections import AutoscaleConfig
 
 
 def wait_share(wait_s: Sequence[float], step_s: Sequence[float]) -> float:

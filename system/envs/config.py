@@ -17,7 +17,7 @@ ENV_COMPONENT = "env"
 
 class EpisodeFields(BaseModel):
     """Multi-turn episodes: set `env` and every sample is an episode of up to `max_turns` policy turns. A
-    mixin of `alignray.config.RolloutConfig` (its properties read `max_new_tokens` there)."""
+    mixin of `alignray.config_sections.RolloutConfig` (its properties read `max_new_tokens` there)."""
 
     model_config = ConfigDict(extra="forbid", validate_assignment=True)
 

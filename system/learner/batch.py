@@ -20,7 +20,7 @@ from alignray.algorithms.advantages import Reduce, compute_advantages
 from alignray.algorithms.kl import kl_estimate
 from alignray.algorithms.logprobs import entropy_from_logits, logprobs_from_logits
 from alignray.algorithms.overlong import overlong_penalty, truncated_rows
-from alignray.config import AlgoConfig, OverlongConfig
+from alignray.config_sections import AlgoConfig, OverlongConfig
 from alignray.errors import SchemaError
 from alignray.learner.packing import PackedRows, Packing, pack_rows, packed_logits, packed_outputs, unpack
 

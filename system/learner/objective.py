@@ -29,7 +29,7 @@ from alignray.algorithms.advantages import Reduce
 from alignray.algorithms.estimators import ESTIMATORS
 from alignray.algorithms.kl import kl_estimate
 from alignray.algorithms.losses import policy_loss_per_token, truncated_is_weights, value_loss_per_token
-from alignray.config import AlgoConfig
+from alignray.config_sections import AlgoConfig
 
 
 def batch_counts(mask: Tensor, loss_rows: Tensor | None = None) -> Tensor:

@@ -22,7 +22,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from alignray.algorithms.dynamic_sampling import mark_uniform_groups
-from alignray.config import ScorerConfig
+from alignray.config_sections import ScorerConfig
 from alignray.envs.config import ENV_COMPONENT
 from alignray.errors import RewardError
 from alignray.rewards.functions import resolve_reward_fn

@@ -12,7 +12,8 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-from alignray.config import RanksConfig, apply_overrides, preset_text, read_yaml
+from alignray.config import apply_overrides, preset_text, read_yaml
+from alignray.config_sections import RanksConfig
 from alignray.errors import ConfigError, format_validation_error
 from alignray.rm.backbones import TinyModelSpec
 

@@ -17,7 +17,7 @@ import numpy as np
 import pyarrow as pa
 import torch
 
-from alignray.config import RolloutConfig
+from alignray.config_sections import RolloutConfig
 from alignray.schema import FLOATS, TOKENS, check_batch, list_array
 
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from alignray.config import AutoscaleConfig
+from alignray.config_sections import AutoscaleConfig
 from alignray.driver.autoscale import decide, wait_share
 from alignray.errors import ConfigError
 

@@ -7,7 +7,7 @@ import json
 
 import pytest
 
-from alignray.config import DataConfig
+from alignray.config_sections import DataConfig
 from alignray.data import PromptSampler, load_prompts
 from alignray.driver.ledger import PromptLedger
 from alignray.errors import DataError

@@ -14,7 +14,8 @@ from alignray.algorithms.dynamic_sampling import (
     prompts_to_add,
     uniform_groups,
 )
-from alignray.config import ScorerConfig, load_config
+from alignray.config import load_config
+from alignray.config_sections import ScorerConfig
 from alignray.data import PromptSampler
 from alignray.driver.invariants import check_invariants
 from alignray.driver.ledger import PromptLedger

@@ -68,7 +68,7 @@ def test_the_data_rows_other_fields_travel_with_episode_prompts(tmp_path):
 
     import pyarrow.parquet as pq
 
-    from alignray.config import DataConfig
+    from alignray.config_sections import DataConfig
 
     (tmp_path / "p.jsonl").write_text(json.dumps({"prompt": "2+2?", "answer": 4, "tags": ["a"]}) + "\n")
     pq.write_table(pa.table({"prompt": ["3*3?"], "answer": [9], "source": ["x"]}), tmp_path / "p.parquet")

@@ -15,7 +15,7 @@ import torch
 from conftest import close, t
 
 from alignray.algorithms.advantages import token_level_rewards
-from alignray.config import AlgoConfig, ModelConfig, RolloutConfig
+from alignray.config_sections import AlgoConfig, ModelConfig, RolloutConfig
 from alignray.errors import ConfigError, RewardError, SchemaError
 from alignray.learner.batch import sequences_from_batch
 from alignray.learner.objective import Objective, Tally, batch_counts

@@ -8,7 +8,8 @@ import pytest
 from pydantic import ValidationError
 from test_scorers import rollout
 
-from alignray.config import Config, RewardConfig, ScorerConfig
+from alignray.config import Config
+from alignray.config_sections import RewardConfig, ScorerConfig
 from alignray.driver.stats import step_metrics
 from alignray.rewards.scorers import build_scorers, score_batch
 

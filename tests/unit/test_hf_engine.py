@@ -6,7 +6,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from alignray.config import ModelConfig
+from alignray.config_sections import ModelConfig
 from alignray.models import load_policy
 from alignray.rollout.engine import SamplingSettings
 from alignray.rollout.hf import HFEngine

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import torch
 
-from alignray.config import ModelConfig, TinyModelConfig
+from alignray.config_sections import ModelConfig, TinyModelConfig
 from alignray.models import load_policy
 from alignray.rollout.engine import SamplingSettings
 from alignray.rollout.hf import HFEngine

@@ -12,7 +12,8 @@ import torch
 from test_packing import TINY, VOCAB, ragged_batch
 from transformers import AutoModelForCausalLM
 
-from alignray.config import Config, LoraConfig, ModelConfig, apply_overrides, load_config
+from alignray.config import Config, apply_overrides, load_config
+from alignray.config_sections import LoraConfig, ModelConfig
 from alignray.errors import AlignrayError, ConfigError
 from alignray.learner.batch import forward_logprobs, sequences_from_batch
 from alignray.learner.packing import Packing

@@ -13,7 +13,7 @@ from conftest import close, t
 from reference_losses import aggregate
 
 from alignray.algorithms.advantages import whiten, whiten_stats
-from alignray.config import AlgoConfig
+from alignray.config_sections import AlgoConfig
 from alignray.learner.objective import Objective, Tally, aggregate_sum, batch_counts, normaliser
 from alignray.learner.train_step import plan_step
 

@@ -12,7 +12,8 @@ from conftest import close, tiny_overrides
 
 from alignray.algorithms.advantages import compute_advantages
 from alignray.algorithms.overlong import overlong_penalty, truncated_rows
-from alignray.config import AlgoConfig, OverlongConfig, load_config
+from alignray.config import load_config
+from alignray.config_sections import AlgoConfig, OverlongConfig
 from alignray.errors import ConfigError
 from alignray.learner.batch import sequences_from_batch
 from alignray.learner.objective import Objective, Tally, aggregate_sum, batch_counts, normaliser

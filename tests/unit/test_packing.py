@@ -10,7 +10,7 @@ import pyarrow as pa
 import pytest
 import torch
 
-from alignray.config import ModelConfig
+from alignray.config_sections import ModelConfig
 from alignray.errors import AlignrayError
 from alignray.learner.batch import forward_logprobs, response_values, sequences_from_batch
 from alignray.learner.packing import (

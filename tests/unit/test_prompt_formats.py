@@ -13,7 +13,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from alignray.config import DataConfig, ModelConfig
+from alignray.config_sections import DataConfig, ModelConfig
 from alignray.data import load_prompts
 from alignray.errors import DataError
 from alignray.tokenizer import build_byte_tokenizer, load_tokenizer

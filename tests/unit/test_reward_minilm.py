@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import pytest
 
-from alignray.config import ScorerConfig
+from alignray.config_sections import ScorerConfig
 from alignray.rewards.loading import load_reward_model
 from alignray.rewards.scorers import ModelScorer
 from alignray.rm import RewardTrainConfig

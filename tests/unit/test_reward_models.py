@@ -148,7 +148,7 @@ def test_load_errors_name_the_problem(tmp_path):
 def test_a_scorer_combines_separately_trained_members(tokenizer, tmp_path, combine):
     """`reward.scorers[i].ensemble`: members saved apart (e.g. rm train runs with different seeds) combined
     per sample in the reward worker; the members' spread is a logged column."""
-    from alignray.config import ScorerConfig
+    from alignray.config_sections import ScorerConfig
     from alignray.rewards.scorers import build_scorers
 
     members = [scalar(tokenizer, seed) for seed in (1, 2, 3)]
@@ -168,7 +168,7 @@ def test_a_scorer_combines_separately_trained_members(tokenizer, tmp_path, combi
 def test_a_model_scorer_needs_a_path_or_an_ensemble():
     from pydantic import ValidationError
 
-    from alignray.config import ScorerConfig
+    from alignray.config_sections import ScorerConfig
 
     with pytest.raises(ValidationError, match="give exactly one of 'path' and 'ensemble'"):
         ScorerConfig(name="rm", type="model")

@@ -9,7 +9,7 @@ import numpy as np
 import pyarrow as pa
 import pytest
 
-from alignray.config import ScorerConfig
+from alignray.config_sections import ScorerConfig
 from alignray.errors import RewardError
 from alignray.rewards.functions import length_target, resolve_reward_fn, vowel_ratio
 from alignray.rewards.scorers import build_scorers, score_batch

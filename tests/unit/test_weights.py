@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import torch
 
-from alignray.config import ModelConfig
+from alignray.config_sections import ModelConfig
 from alignray.models import load_policy
 from alignray.rollout.hf import HFEngine
 from alignray.rollout.weights import group_into_buckets, pack_bucket, pack_state, unpack_bucket
