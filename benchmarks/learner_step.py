@@ -62,6 +62,17 @@ def logprob_read(reps: int) -> dict[str, float]:
     return out
 
 
+def one_rank() -> None:
+    """This process as a process group of one gloo rank: DeepSpeed's engines need one (also used by
+    benchmarks/packing.py)."""
+    from alignray.actors.learner import init_process_group
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    init_process_group(0, 1, "127.0.0.1", port, "gloo", use_gpu=False)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--reps", type=int, default=10)
@@ -70,16 +81,13 @@ def main() -> None:
     torch.set_num_threads(1)
     import deepspeed
 
-    from alignray.actors.learner import ds_config, init_process_group
+    from alignray.actors.learner import ds_config
     from alignray.config import load_config
     from alignray.learner.train_step import LearnerStep
     from alignray.models import load_policy
     from alignray.tokenizer import load_tokenizer
 
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    init_process_group(0, 1, "127.0.0.1", port, "gloo", use_gpu=False)
+    one_rank()
     cfg = load_config(None, ["learner.micro_batch_size=64"])
     tok = load_tokenizer(cfg.model)
     policy = load_policy(cfg.model, len(tok))

@@ -16,13 +16,13 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import socket
 import statistics
 import time
 
 import numpy as np
 import pyarrow as pa
 import torch
+from learner_step import one_rank
 
 os.environ.setdefault("DS_ACCELERATOR", "cpu")
 
@@ -59,16 +59,13 @@ def main() -> None:
     torch.set_num_threads(1)
     import deepspeed
 
-    from alignray.actors.learner import ds_config, init_process_group
+    from alignray.actors.learner import ds_config
     from alignray.config import load_config
     from alignray.learner.train_step import LearnerStep
     from alignray.models import load_policy
     from alignray.tokenizer import load_tokenizer
 
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    init_process_group(0, 1, "127.0.0.1", port, "gloo", use_gpu=False)
+    one_rank()
     base = ["learner.micro_batch_size=16", "rollout.max_new_tokens=128", "learner.zero_stage=0"]
     cfg = load_config(None, base)
     tok = load_tokenizer(cfg.model)

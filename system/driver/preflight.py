@@ -65,6 +65,14 @@ def check_model(cfg: Config) -> None:
         check_model_source("model.tokenizer", m.tokenizer)
 
 
+def findable(module_name: str) -> bool:
+    """The driver can find the module (one only the workers have is left to them)."""
+    try:
+        return importlib.util.find_spec(module_name) is not None
+    except (ImportError, ValueError):  # a parent package that is missing or broken
+        return False
+
+
 def check_reward_functions(cfg: Config) -> None:
     """Import every `package.module:function` scorer here, where the driver can: a module that exists but
     fails to import (syntax error, missing dependency) or lacks the function is reported now, naming the
@@ -75,11 +83,7 @@ def check_reward_functions(cfg: Config) -> None:
             continue
         where = f"reward.scorers[{i}] ({s.name}): function '{s.function}'"
         module_name, fn_name = s.function.split(":", 1)
-        try:
-            found = importlib.util.find_spec(module_name) is not None
-        except (ImportError, ValueError):  # a parent package that is missing or broken
-            found = False
-        if not found:
+        if not findable(module_name):
             continue
         try:
             module = importlib.import_module(module_name)
@@ -100,11 +104,7 @@ def check_environment(cfg: Config) -> None:
     from alignray.envs.config import BUILTIN_ENVS
 
     module_name = BUILTIN_ENVS.get(spec, spec).split(":", 1)[0]
-    try:
-        found = importlib.util.find_spec(module_name) is not None
-    except (ImportError, ValueError):  # a parent package that is missing or broken
-        found = False
-    if not found:
+    if not findable(module_name):
         return
     from alignray.envs.api import resolve_env_class
 
