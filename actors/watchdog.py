@@ -65,9 +65,10 @@ class Watchdog:
         """Watch from now on (one thread per driver process; a second start reconfigures it)."""
         self.report_after_s, self.startup_report_after_s = report_after_s, startup_report_after_s
         self.faults, self.run_dir, self.first_step, self.t0 = faults, run_dir, True, time.monotonic()
-        if self._thread is None or not self._thread.is_alive():
-            self._stop.clear()
-            self._thread = threading.Thread(target=self._loop, name="alignray-watchdog", daemon=True)
+        if self._thread is None or not self._thread.is_alive() or self._stop.is_set():
+            self._stop = threading.Event()  # a stopping thread keeps its own (set) event and ends
+            self._thread = threading.Thread(target=self._loop, args=(self._stop,), name="alignray-watchdog",
+                                            daemon=True)
             self._thread.start()
 
     def stop(self) -> None:
@@ -99,8 +100,8 @@ class Watchdog:
                 for c in calls if now - c.started > older_than_s]
 
     # ---- the watching thread -------------------------------------------------------------------------------
-    def _loop(self) -> None:
-        while not self._stop.wait(POLL_S):
+    def _loop(self, stop: threading.Event) -> None:
+        while not stop.wait(POLL_S):
             try:
                 self.tick()
             except Exception as exc:  # noqa: BLE001 - the watchdog must never take the run down

@@ -94,7 +94,9 @@ def _train(args: argparse.Namespace) -> int:
             history = controller.run(on_step=progress.show)
     except BaseException as exc:
         stop = stopped_by(exc)
-        if stop is None:
+        if stop is None:  # an error: the run's actors are closed, the error is reported by main
+            if controller is not None:
+                controller.close()
             raise
         stop.where = where_stopped(run_dir, controller.step if controller else 0, cfg.train.steps)
         if controller is not None:

@@ -137,3 +137,7 @@ def test_reward_that_raises_is_reported_by_sample_id(ray_cluster, tmp_path, caps
     assert code == 2
     assert "reward failed for prompt_id=" in err and "raised ZeroDivisionError" in err
     assert "Traceback" not in err
+    # the failed run closed its actors: none of its placement groups is left in the (shared) cluster
+    live = [pg["name"] for pg in ray_cluster.util.placement_group_table().values()
+            if pg["state"] != "REMOVED" and pg["name"].startswith("alignray-")]
+    assert not live, live
