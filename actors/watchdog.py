@@ -72,9 +72,13 @@ class Watchdog:
             self._thread.start()
 
     def stop(self) -> None:
+        """Stop watching; waits for the thread's last check, so no Ray call of it outlives the run (one after
+        Ray's shutdown would start a new local Ray: Ray connects on demand)."""
         self._stop.set()
         with self.lock:
             self.calls.clear()
+        if self._thread is not None and self._thread is not threading.current_thread():
+            self._thread.join(timeout=3 * POLL_S)
 
     # ---- tracking ------------------------------------------------------------------------------------------
     def track(self, role: str, member: str, actor: Any, method: str, ref: ray.ObjectRef,
@@ -111,6 +115,8 @@ class Watchdog:
                       flush=True)
 
     def tick(self) -> None:
+        if not ray.is_initialized():  # between runs, or after the shutdown: nothing to ask, nothing to start
+            return
         with self.lock:
             calls = list(self.calls.values())
         if not calls:
