@@ -7,11 +7,15 @@ call, a collective. The driver's watchdog (`actors.watchdog`) asks them.
 - `watch_stages()`: the start-up stages this actor has passed (`stage("model built")`), with seconds since it
   started, so a long start is a sequence of lines on the driver, never a blank screen.
 
-An actor class takes these by inheriting `Watched` and being declared with `@ray.remote(**WATCHED)`.
+An actor class takes these by inheriting `Watched` and being declared with `@ray.remote(**WATCHED)`. Its
+methods' errors leave it torch-free: an exception of any class outside Python's own, alignray's and Ray's is
+re-raised as `alignray.errors.LibraryError` (why: there).
 """
 
 from __future__ import annotations
 
+import functools
+import inspect
 import os
 import sys
 import sysconfig
@@ -24,6 +28,7 @@ import ray
 import alignray
 import alignray.actors
 from alignray.envs.api import ENV_THREAD
+from alignray.errors import LibraryError
 
 WATCH_GROUP = "watch"
 WATCHED = {"concurrency_groups": {WATCH_GROUP: 1}}
@@ -75,8 +80,53 @@ def busy_stack(exclude: int) -> str:
     return "\n".join([out] + [f"  waiting on the environment call:\n{compact_stack(f)}" for f in envs])
 
 
+PORTABLE_ROOTS = frozenset({"builtins", "alignray", "ray"})
+"""Top-level modules whose exception classes may leave an actor as they are."""
+
+
+def portable(exc: BaseException) -> BaseException:
+    """`exc`, or a LibraryError naming its class when that class lives in another module (torch's, a
+    user's), so that unpickling it in the driver imports nothing."""
+    cls = type(exc)
+    if cls.__module__.split(".")[0] in PORTABLE_ROOTS:
+        return exc
+    return LibraryError(f"{cls.__module__}.{cls.__qualname__}: {exc}")
+
+
+def _portable_errors(method):
+    """`method`, raising `portable(exc)` (chained to `exc`: Ray's remote traceback shows both)."""
+    if inspect.iscoroutinefunction(method):
+        @functools.wraps(method)
+        async def call_async(*args, **kwargs):
+            try:
+                return await method(*args, **kwargs)
+            except Exception as exc:
+                out = portable(exc)
+                if out is exc:
+                    raise
+                raise out from exc
+        return call_async
+
+    @functools.wraps(method)
+    def call(*args, **kwargs):
+        try:
+            return method(*args, **kwargs)
+        except Exception as exc:
+            out = portable(exc)
+            if out is exc:
+                raise
+            raise out from exc
+    return call
+
+
 class Watched:
     """Base class of every alignray actor (see the module docstring)."""
+
+    def __init_subclass__(cls, **kwargs) -> None:
+        super().__init_subclass__(**kwargs)
+        for name, member in list(vars(cls).items()):
+            if inspect.isfunction(member) and (name == "__init__" or not name.startswith("_")):
+                setattr(cls, name, _portable_errors(member))
 
     def stage(self, name: str) -> None:
         """Record that start-up reached `name` (e.g. "imported", "model built", "DeepSpeed ready")."""

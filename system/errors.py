@@ -27,6 +27,16 @@ class RewardError(AlignrayError):
     id."""
 
 
+class LibraryError(Exception):
+    """An exception of a library's own class (torch, DeepSpeed, vLLM, a user's module) re-raised at an actor's
+    boundary as this class, its message `module.Class: message` (`actors.watch.Watched`). Not a user error: a
+    bug or a broken collective, handled as any other.
+
+    Why: the driver unpickles every error result of an actor call — also one it never asks for, when the
+    result is dropped — and unpickling a torch class imports torch into the driver, which must stay light;
+    a class of a user's module may not even import there."""
+
+
 def format_validation_error(err: ValidationError, source: str, root: type[BaseModel]) -> str:
     """A pydantic error as the ConfigError message: one line per field, unknown fields with the allowed
     ones."""
