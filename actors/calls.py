@@ -58,7 +58,9 @@ def _node_died(msg: str) -> bool:
 
 def classify(actor: str, exc: BaseException) -> ActorFault:
     """The fault behind `exc`; raises the user error it carries, or `exc` itself when it is not a fault (a
-    bug)."""
+    bug). A fault an actor met calling another (a reward worker's reward-model server) is that actor's."""
+    if isinstance(exc, RayTaskError) and isinstance(getattr(exc, "cause", None), ActorFault):
+        return exc.cause
     user = _user_error(exc)
     if user is not None:
         raise user

@@ -1,5 +1,5 @@
-"""The learner rank group (an `actors.ranks.RankGroup`) and the two elastic worker pools (rollout, reward) the
-controller drives.
+"""The learner rank group (an `actors.ranks.RankGroup`) and the elastic worker pools (rollout, reward, and
+with `reward.service` the reward-model servers) the controller drives.
 
 The controller talks to these, never to a single actor: the group hides rank 0 vs. the others, the pools hide
 which members exist right now. Every call waits through `actors.calls.wait_calls` (per-kind timeout, faults
@@ -16,6 +16,7 @@ from alignray.actors.learner import LearnerWorker
 from alignray.actors.pool import WorkerPool
 from alignray.actors.ranks import RankGroup
 from alignray.actors.reward import RewardWorker
+from alignray.actors.rm_server import RewardModelServer
 from alignray.actors.rollout import RolloutWorker
 from alignray.config import Config
 from alignray.driver.events import FaultLog
@@ -66,6 +67,15 @@ def reward_pool(cfg: Config, faults: FaultLog) -> WorkerPool:
     rc, cfg_dict = cfg.reward, cfg.model_dump(mode="json")
     return WorkerPool("reward", lambda options, name: RewardWorker.options(**options).remote(cfg_dict),
                       lambda actor: actor.ready.remote(), rc.num_cpus, rc.num_gpus, rc.num_workers, faults,
+                      cfg.train.call_timeout_s.start)
+
+
+def rm_server_pool(cfg: Config, faults: FaultLog) -> WorkerPool:
+    """The reward-model servers (`reward.service`): each loads every model scorer in its start call."""
+    sc, cfg_dict = cfg.reward.service, cfg.model_dump(mode="json")
+    return WorkerPool("rm_server",
+                      lambda options, name: RewardModelServer.options(**options).remote(cfg_dict),
+                      lambda actor: actor.ready.remote(), sc.num_cpus, sc.num_gpus, sc.num_servers, faults,
                       cfg.train.call_timeout_s.start)
 
 

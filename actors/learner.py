@@ -11,7 +11,6 @@ module to create the actors, and must not pay for them on its critical path.
 
 from __future__ import annotations
 
-import os
 import time
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -57,9 +56,6 @@ class LearnerWorker(Watched):
         self.use_gpu = prepare_rank(self.cfg.learner.torch_threads, self.cfg.learner.num_gpus)
         self._weight_transport = None
         self._init_s = time.perf_counter() - t0
-
-    def pid(self) -> int:
-        return os.getpid()
 
     def device(self) -> str:
         """Where this rank trains: "cpu", or "cuda:0" (the GPU `learner.num_gpus` reserved)."""

@@ -6,7 +6,6 @@ create the actor, and must not pay for torch on its critical path.
 
 from __future__ import annotations
 
-import os
 import time
 from typing import TYPE_CHECKING
 
@@ -66,10 +65,6 @@ class RolloutWorker(Watched):
         """Where this worker's engine runs: "cpu", or "cuda:0" (the GPU `rollout.num_gpus` reserved)."""
         self._build()
         return self._device
-
-    def pid(self) -> int:
-        """This worker's process id (chaos tests kill -9 it; `alignray status` shows it)."""
-        return os.getpid()
 
     @ray.method(num_returns=2)
     def generate(self, prompts: pa.RecordBatch, seed: int) -> tuple[pa.RecordBatch, dict]:

@@ -128,6 +128,10 @@ class Watched:
             if inspect.isfunction(member) and (name == "__init__" or not name.startswith("_")):
                 setattr(cls, name, _portable_errors(member))
 
+    def pid(self) -> int:
+        """This actor's process id (chaos tests kill -9 it; `alignray status` shows it)."""
+        return os.getpid()
+
     def stage(self, name: str) -> None:
         """Record that start-up reached `name` (e.g. "imported", "model built", "DeepSpeed ready")."""
         if not hasattr(self, "_watch_stages"):

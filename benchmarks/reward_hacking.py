@@ -1,9 +1,14 @@
-"""The reward-hacking lab: GRPO against a length-biased BT reward model and against the causal reward model.
+"""The reward-hacking lab: GRPO against length-biased reward models — BT, the causal RM, a BT ensemble — over
+seeds, with a known gold reward logged.
 
-    python benchmarks/reward_hacking.py [--gold-policy] [--steps 40] [--seed 0] [--mmd-lambda 1.0]
+    python benchmarks/reward_hacking.py --seeds 0 1 2 --rms bt causal ensemble --gold-policy
+                                        [--steps 40] [--mmd-lambda 1.0] [--ensemble-combine uwo]
                                         [--out benchmarks/results/reward_hacking.json]
 
-One run does everything and writes the table (printed), the JSON (`--out`) and the plot (same name, `.png`):
+One run does everything and writes the table (printed; mean ± SE over seeds), the JSON (`--out`: `rows`, one
+per (rm, seed), with gold / proxy / length first and last, the last proxy–gold gap and KL, the step the
+hacking alarm fired; `summary`; per seed the pairs' statistics and the RMs' `rm eval` numbers; every step's
+curves) and the plot (same name, `.png`). Per seed:
 
 1. Policy and text: the quickstart's tiny random Llama with its byte tokenizer, on the built-in prompts. An
    answer ends at EOS or at a control byte 0x00-0x0F (`rollout.stop_token_ids`), so the initial policy's
@@ -22,18 +27,21 @@ One run does everything and writes the table (printed), the JSON (`--out`) and t
    the labels are flipped. Test pairs: same mix, no selection, clean labels; length is independent of gold in
    the synthetic pairs only: of two initial-policy answers, the one with a vowel at all is more often the
    longer one. `rm eval` numbers are on all test pairs, accuracy also per source.
-4. Two reward models on the same pairs (in process, the functions `alignray rm train` runs): BT and causal
+4. Reward models on the same pairs (in process, the functions `alignray rm train` runs): BT and causal
    (MMD over 10 quantile bins of `policy_tokens`, the answer's length in policy tokens, a data attribute;
    conditional, λ `--mmd-lambda`); a tiny random BERT over the same byte tokenizer. (`length_tokens`, the RM
    tokenizer's count, differs: a byte that is not valid UTF-8 decodes to U+FFFD and re-encodes as 3 bytes.)
-   Both are checked with `rm eval` (`alignray.rm.cli.rm_eval_main`, `--baseline` BT).
-5. Two GRPO runs (`alignray train`): `{name: proxy, type: model, path: RM}` optimised and
+   The ensemble: `--ensemble-size` BT models differing only in seed (the first is the BT model), combined
+   per sample by `--ensemble-combine` (a scorer's `ensemble: {members, combine, coef}`). Each is checked
+   with `rm eval` (`alignray.rm.cli.rm_eval_main`, `--baseline` BT).
+5. A GRPO run per reward model (`alignray train`): `{name: proxy, type: model, path: RM}` optimised and
    `{name: gold, function: reward_hacking:vowel_share, weight: 0, gold: true}` logged only (this folder goes
    on the run's PYTHONPATH), so every step's metrics hold the gold reward, the proxy reward,
    `reward/proxy_gold_gap/mean`, the response length and the KL to the initial policy (`algo.kl_coef` > 0
    builds the reference); from the saved rollouts, stop bytes per non-vowel token: length that comes with more
    vowels (every non-vowel token, the stop bytes included, losing mass) leaves it unchanged, length sought for
-   itself lowers it. `--gold-policy` adds a reference run that optimises the gold reward itself.
+   itself lowers it. `--gold-policy` adds a reference run that optimises the gold reward itself. Every run
+   has the live alarm on (`reward.hacking: {warn_at: --warn-at, length_at: --length-at}`).
 """
 
 from __future__ import annotations
@@ -48,7 +56,7 @@ from pathlib import Path
 
 import numpy as np
 import yaml
-from reward_hacking_report import SERIES, plot, spearman, summarise, table
+from reward_hacking_report import KINDS, SERIES, plot, seed_rows, spearman, summarise, table
 
 ROOT = Path(__file__).resolve().parent.parent
 STOP_BYTES = range(0x00, 0x10)
@@ -159,18 +167,18 @@ def initial_policy_samples(args, n: int) -> list[list[int]]:
     return [samples[i] for i in order[:n]]
 
 
-def train_rms(args, work: Path, train_rows: list[dict], test_rows: list[dict], test_path: Path) -> dict:
+def train_rms(args, work: Path, train_rows: list[dict], test_rows: list[dict], test_path: Path,
+              kinds: list[str]) -> dict:
+    """The reward models the runs of `kinds` need, trained in process (the functions `alignray rm train`
+    runs) into work/<kind>; an ensemble's members are BT models differing only in seed (Coste et al.), the
+    first of them the seed's BT model itself."""
     import torch
 
     from alignray.rm.backbones import TinyModelSpec
     from alignray.rm.cli import rm_eval_main
+    from alignray.rm.config import RewardTrainConfig
+    from alignray.rm.loop import train_reward_model
     from alignray.rm.preference_data import load_preferences
-    try:  # the rm training modules moved to alignray.rm
-        from alignray.rm.config import RewardTrainConfig
-        from alignray.rm.loop import train_reward_model
-    except ImportError:
-        from alignray.rewards.train import train_reward_model
-        from alignray.rewards.train_config import RewardTrainConfig
 
     tok_dir = work / "byte_tokenizer"
     byte_tokenizer().save_pretrained(tok_dir)
@@ -181,24 +189,28 @@ def train_rms(args, work: Path, train_rows: list[dict], test_rows: list[dict], t
     tiny = TinyModelSpec(arch="bert", hidden_size=48, intermediate_size=96, num_hidden_layers=2,
                          num_attention_heads=4, max_position_embeddings=256, tokenizer=str(tok_dir))
     base = {"tiny_model": tiny, "epochs": args.rm_epochs, "batch_size": 64, "lr": 1e-3, "max_length": 224,
-            "seed": args.seed, "mmd_attribute": "policy_tokens", "mmd_bins": "quantile", "mmd_num_bins": 10,
+            "mmd_attribute": "policy_tokens", "mmd_bins": "quantile", "mmd_num_bins": 10,
             "mmd_mode": "conditional", "cf_weight": 0.0}
+    jobs = [("bt", "bt", args.seed)] if {"bt", "ensemble"} & set(kinds) else []
+    jobs += [("causal", "causal", args.seed)] if "causal" in kinds else []
+    if "ensemble" in kinds:
+        jobs += [(f"member{i}", "bt", args.seed + 1000 * i) for i in range(1, args.ensemble_size)]
+    prompts = [r["prompt"] for r in test_rows]
+    from_policy = np.array([r["chosen_from_policy"] for r in test_rows])
     out = {}
-    for kind in ("bt", "causal"):
+    for name, kind, seed in jobs:
         started = time.time()
-        torch.manual_seed(args.seed)
+        torch.manual_seed(seed)
         lam = args.mmd_lambda if args.mmd_lambda == "auto" else float(args.mmd_lambda)
-        cfg = RewardTrainConfig(kind=kind, mmd_lambda=lam if kind == "causal" else 0.0, **base)
+        cfg = RewardTrainConfig(kind=kind, mmd_lambda=lam if kind == "causal" else 0.0, seed=seed, **base)
         model = train_reward_model(cfg, data, tokenizer=tok)
-        model.save(work / kind)
-        prompts = [r["prompt"] for r in test_rows]
+        model.save(work / name)
         won = (model.score(prompts, [r["chosen"] for r in test_rows], 64)["reward"]
                > model.score(prompts, [r["rejected"] for r in test_rows], 64)["reward"])
-        from_policy = np.array([r["chosen_from_policy"] for r in test_rows])
-        print(f"trained the {kind} RM in {time.time() - started:.0f} s: rm eval (test pairs, clean labels)")
-        ev = rm_eval_main(str(work / kind), str(test_path), out=str(work / f"eval_{kind}.json"),
+        print(f"trained the {name} RM in {time.time() - started:.0f} s: rm eval (test pairs, clean labels)")
+        ev = rm_eval_main(str(work / name), str(test_path), out=str(work / f"eval_{name}.json"),
                           baseline=str(work / "bt") if kind == "causal" else None)
-        out[kind] = {"accuracy": ev["accuracy"], "spearman_gold": ev["spearman"]["gold"],
+        out[name] = {"accuracy": ev["accuracy"], "spearman_gold": ev["spearman"]["gold"],
                      "spearman_length": {a: ev["spearman"][a] for a in LENGTHS},
                      "bias_gap_length": {a: ev["bias_gap"].get(a) for a in LENGTHS},
                      "mmd_lambda": getattr(model, "metadata", {}).get("mmd_lambda", 0.0),
@@ -209,7 +221,19 @@ def train_rms(args, work: Path, train_rows: list[dict], test_rows: list[dict], t
     return out
 
 
-def policy_config(args, rm_dir: Path) -> dict:
+def proxy_scorer(args, work: Path, kind: str) -> dict:
+    """The optimised reward of a run against `kind`'s reward model (an ensemble: its members combined)."""
+    if kind != "ensemble":
+        return {"name": "proxy", "type": "model", "path": str(work / kind), "weight": 1.0}
+    members = [str(work / "bt")] + [str(work / f"member{i}") for i in range(1, args.ensemble_size)]
+    spec = {"members": members, "combine": args.ensemble_combine}
+    if args.ensemble_coef is not None:
+        spec["coef"] = args.ensemble_coef
+    return {"name": "proxy", "type": "model", "ensemble": spec, "weight": 1.0}
+
+
+def policy_config(args, proxy: dict | None) -> dict:
+    """The GRPO run's config: `proxy` optimised and the gold logged, or (proxy None) the gold optimised."""
     tok = byte_tokenizer()
     return {
         "model": {"tiny": {"hidden_size": 128, "intermediate_size": 256, "num_hidden_layers": 2,
@@ -218,11 +242,10 @@ def policy_config(args, rm_dir: Path) -> dict:
         "rollout": {"engine": "hf", "num_workers": 1, "samples_per_prompt": 4,
                     "max_new_tokens": args.max_new_tokens,
                     "temperature": 1.0, "stop_token_ids": byte_ids(tok, STOP_BYTES)},
-        # rm_dir None: the reference run optimises the gold reward itself
         "reward": {"num_workers": 1, "scorers": [
-            {"name": "proxy", "type": "model", "path": str(rm_dir), "weight": 1.0},
-            {"name": "gold", "function": GOLD_FN, "weight": 0.0, "gold": True}] if rm_dir else [
-            {"name": "gold", "function": GOLD_FN, "weight": 1.0}]},
+            proxy, {"name": "gold", "function": GOLD_FN, "weight": 0.0, "gold": True}] if proxy else [
+            {"name": "gold", "function": GOLD_FN, "weight": 1.0}],
+            "hacking": {"warn_at": args.warn_at, "length_at": args.length_at}},
         "algo": {"name": "grpo", "kl_coef": args.kl_coef},
         "learner": {"num_ranks": 1, "zero_stage": 1, "lr": args.lr},
         "train": {"steps": args.steps, "prompts_per_step": 16, "sync_interval": 1, "seed": args.seed,
@@ -232,8 +255,8 @@ def policy_config(args, rm_dir: Path) -> dict:
 
 def run_policy(args, work: Path, kind: str) -> list[dict]:
     cfg_path, run_dir = work / f"grpo_{kind}.yaml", work / f"run_{kind}"
-    cfg_path.write_text(yaml.safe_dump(policy_config(args, None if kind == "gold" else work / kind),
-                                       sort_keys=False))
+    proxy = None if kind == "gold" else proxy_scorer(args, work, kind)
+    cfg_path.write_text(yaml.safe_dump(policy_config(args, proxy), sort_keys=False))
     cli = Path(sys.executable).parent / "alignray"
     cmd = [str(cli), "train", "--config", str(cfg_path), "--run-dir", str(run_dir)]
     print("$", " ".join(cmd), flush=True)
@@ -243,7 +266,16 @@ def run_policy(args, work: Path, kind: str) -> list[dict]:
     subprocess.run(cmd, check=True, env=env)  # PYTHONPATH: the driver and the Ray workers import GOLD_FN
     metrics = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()
                if line.strip()]
-    return [{**m, SERIES["stop"]: stop_share(run_dir, m["step"])} for m in metrics]
+    alarms = [e["step"] for e in read_events(run_dir) if e.get("cause") == "hacking suspected"]
+    return [{**m, SERIES["stop"]: stop_share(run_dir, m["step"]),
+             SERIES["alarm"]: bool(alarms) and m["step"] >= alarms[0]} for m in metrics]
+
+
+def read_events(run_dir: Path) -> list[dict]:
+    path = run_dir / "events.jsonl"
+    if not path.is_file():
+        return []
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
 
 
 def stop_share(run_dir: Path, step: int) -> float:
@@ -262,11 +294,52 @@ def stop_share(run_dir: Path, step: int) -> float:
     return n_stop / n_other if n_other else float("nan")
 
 
+def run_seed(args, work: Path) -> dict:
+    """Pairs, reward models and GRPO runs of one seed (`args.seed`)."""
+    started = time.time()
+    work.mkdir(parents=True, exist_ok=True)
+    # pairs of equal gold skip
+    n_samples = 4 * (args.train_pairs + args.test_pairs) if args.policy_share > 0 else 0
+    samples = initial_policy_samples(args, n_samples) if n_samples else []
+    start_gold = float(np.mean([vowel_share("", byte_tokenizer().decode(x, skip_special_tokens=True))
+                                for x in samples])) if samples else None
+    print(f"seed {args.seed}: {len(samples)} initial-policy answers: mean gold {start_gold}, mean length "
+          f"{np.mean([len(x) for x in samples]) if samples else None} tokens ({time.time() - started:.0f} s)")
+    maker = TextMaker(byte_tokenizer(), args.max_new_tokens, np.random.default_rng(args.seed),
+                      args.policy_share, samples)
+    train_rows = maker.pairs(args.train_pairs, args.keep_shorter, args.noise)
+    test_rows = maker.pairs(args.test_pairs, keep_shorter=1.0, noise=0.0)  # no selection, clean labels
+    longer = float(np.mean([r["chosen_policy_tokens"] > r["rejected_policy_tokens"] for r in train_rows]))
+    data_stats = {"initial_policy_gold_mean": start_gold, "samples_used": maker.next_sample,
+                  "train_share_chosen_longer": longer,
+                  "train_share_chosen_gold_higher": float(np.mean([r["chosen_gold"] > r["rejected_gold"]
+                                                                   for r in train_rows])),
+                  "share_from_policy": {name: float(np.mean([r[f"{side}_from_policy"] for r in rows
+                                                             for side in ("chosen", "rejected")]))
+                                        for name, rows in (("train", train_rows), ("test", test_rows))},
+                  "test_spearman_gold_length": spearman([r[f"{s}_gold"] for r in test_rows
+                                                         for s in ("chosen", "rejected")],
+                                                        [r[f"{s}_policy_tokens"] for r in test_rows
+                                                         for s in ("chosen", "rejected")])}
+    print("pairs:", data_stats)
+    test_path = work / "test.jsonl"
+    test_path.write_text("".join(json.dumps(r) + "\n" for r in test_rows))
+    rms = train_rms(args, work, train_rows, test_rows, test_path, args.rms)
+    kinds = [*args.rms, "gold"] if args.gold_policy else list(args.rms)
+    curves = {kind: run_policy(args, work, kind) for kind in kinds}
+    return {"pairs": data_stats, "reward_models": rms, "curves": curves,
+            "seconds": round(time.time() - started, 1)}
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--out", default=str(ROOT / "benchmarks/results/reward_hacking.json"))
     p.add_argument("--work-dir", default="/tmp/alignray-reward-hacking")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seeds", type=int, nargs="+", default=[0])
+    p.add_argument("--rms", nargs="+", choices=KINDS[:-1], default=["bt", "causal"],
+                   help="the reward models a GRPO run is made against (ensemble: --ensemble-size BT members)")
+    p.add_argument("--gold-policy", action="store_true",
+                   help="also a reference run optimising the gold reward")
     p.add_argument("--steps", type=int, default=40)
     p.add_argument("--max-new-tokens", type=int, default=48)
     p.add_argument("--lr", type=float, default=1e-3)
@@ -280,62 +353,37 @@ def main() -> None:
     p.add_argument("--noise", type=float, default=0.15, help="share of labels flipped")
     p.add_argument("--mmd-lambda", default="1.0", help="causal RM λ: a number or 'auto'")
     p.add_argument("--rm-epochs", type=int, default=3)
-    p.add_argument("--window", type=int, default=5, help="steps averaged for the start / end columns")
-    p.add_argument("--gold-policy", action="store_true",
-                   help="also a reference run optimising the gold reward")
+    p.add_argument("--ensemble-size", type=int, default=3)
+    p.add_argument("--ensemble-combine", default="uwo", choices=["mean", "lcb", "wco", "uwo"])
+    p.add_argument("--ensemble-coef", type=float, default=None, help="λ of uwo / β of lcb (scorer default)")
+    p.add_argument("--warn-at", type=float, default=3.0, help="reward.hacking.warn_at of every run")
+    p.add_argument("--length-at", type=float, default=0.5, help="reward.hacking.length_at of every run")
+    p.add_argument("--window", type=int, default=5, help="steps averaged for the first / last columns")
     args = p.parse_args()
     started = time.time()
     from rm_bench.common import quiet_transformers
 
     quiet_transformers()
-    work = Path(args.work_dir)
-    work.mkdir(parents=True, exist_ok=True)
-    # pairs of equal gold skip
-    n_samples = 4 * (args.train_pairs + args.test_pairs) if args.policy_share > 0 else 0
-    samples = initial_policy_samples(args, n_samples) if n_samples else []
-    start_gold = float(np.mean([vowel_share("", byte_tokenizer().decode(x, skip_special_tokens=True))
-                                for x in samples])) if samples else None
-    print(f"{len(samples)} initial-policy answers: mean gold {start_gold}, mean length "
-          f"{np.mean([len(x) for x in samples]) if samples else None} tokens ({time.time() - started:.0f} s)")
-    maker = TextMaker(byte_tokenizer(), args.max_new_tokens, np.random.default_rng(args.seed),
-                      args.policy_share, samples)
-    train_rows = maker.pairs(args.train_pairs, args.keep_shorter, args.noise)
-    test_rows = maker.pairs(args.test_pairs, keep_shorter=1.0, noise=0.0)  # no selection, clean labels
-    data_stats = {"initial_policy_gold_mean": start_gold, "samples_used": maker.next_sample,
-                  "share_from_policy": {name: float(np.mean([r[f"{side}_from_policy"] for r in rows
-                                                             for side in ("chosen", "rejected")]))
-                                        for name, rows in (("train", train_rows), ("test", test_rows))},
-                  "test_spearman_gold_length": spearman([r[f"{s}_gold"] for r in test_rows
-                                                         for s in ("chosen", "rejected")],
-                                                        [r[f"{s}_policy_tokens"] for r in test_rows
-                                                         for s in ("chosen", "rejected")])}
-    print("pairs:", data_stats)
-    test_path = work / "test.jsonl"
-    test_path.write_text("".join(json.dumps(r) + "\n" for r in test_rows))
-    longer = float(np.mean([r["chosen_policy_tokens"] > r["rejected_policy_tokens"] for r in train_rows]))
-    gold_wins = float(np.mean([r["chosen_gold"] > r["rejected_gold"] for r in train_rows]))
-    print(f"training pairs: chosen longer in {longer:.0%}, chosen has the higher gold in {gold_wins:.0%}")
-    rms = train_rms(args, work, train_rows, test_rows, test_path)
-    kinds = ("bt", "causal", "gold") if args.gold_policy else ("bt", "causal")
-    curves = {kind: run_policy(args, work, kind) for kind in kinds}
-    rows = summarise(curves, args.window)
+    per_seed = {}
+    for seed in args.seeds:
+        per_seed[seed] = run_seed(argparse.Namespace(**{**vars(args), "seed": seed}),
+                                  Path(args.work_dir) / f"seed{seed}")
+    rows = seed_rows({s: r["curves"] for s, r in per_seed.items()}, args.window)
     text = table(rows, args.window)
     print(text)
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    results = {"args": vars(args), "train_share_chosen_longer": longer,
-               "train_share_chosen_gold_higher": gold_wins, "pairs": data_stats,
-               "reward_models": rms, "summary": rows, "table": text,
-               "curves": {k: [{s: m.get(key) for s, key in {"step": "step", **SERIES}.items()} for m in v]
-                          for k, v in curves.items()},
+    results = {"args": vars(args), "rows": rows, "summary": summarise(rows), "table": text,
+               "seeds": {s: {k: v for k, v in r.items() if k != "curves"} for s, r in per_seed.items()},
+               "curves": {s: {k: [{c: m.get(key) for c, key in {"step": "step", **SERIES}.items()}
+                                  for m in v] for k, v in r["curves"].items()} for s, r in per_seed.items()},
                "seconds": round(time.time() - started, 1)}
     out.write_text(json.dumps(results, indent=2) + "\n")
-    plot(curves, out.with_suffix(".png"),
-         f"GRPO against a length-biased BT RM vs the causal RM (seed {args.seed}, "
-         f"pairs: {args.policy_share:.0%} initial-policy answers, chosen longer {longer:.0%}, "
-         f"{args.noise:.0%} flipped; "
-         f"causal λ={args.mmd_lambda}; gold: vowel share, stop byte not counted)",
-         {k: rms[k]["reward_std"] for k in rms})
+    plot(results["curves"], out.with_suffix(".png"),
+         f"GRPO against length-biased reward models, seeds {args.seeds} (mean ± SE): pairs "
+         f"{args.policy_share:.0%} initial-policy answers, {args.noise:.0%} labels flipped; causal "
+         f"λ={args.mmd_lambda}; ensemble {args.ensemble_size} BT members, {args.ensemble_combine}; gold: "
+         "vowel share, stop byte not counted")
     print(f"wrote {out} and {out.with_suffix('.png')} ({results['seconds']} s)")
 
 

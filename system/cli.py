@@ -4,7 +4,7 @@
   alignray rm train [--config rm.yaml] [--run-dir DIR] [field=value ...]   (default: the built-in example)
   alignray rm eval --model DIR --data FILE | rm bench NAME [--out results.json]
   alignray config [--config run.yaml] [overrides ...]     print the resolved config and exit
-  alignray scale RUN_DIR --rollout N [--reward M]         resize a running run's pools
+  alignray scale RUN_DIR --rollout N [--reward M] [--rm-server K]   resize a running run's pools
   alignray status RUN_DIR [--json]                        step, pools, throughput, recent faults
   alignray --version
 
@@ -138,7 +138,7 @@ def _rm(args: argparse.Namespace) -> int:
 def _scale(args: argparse.Namespace) -> int:
     from alignray.driver.run_commands import scale_main
 
-    print(json.dumps(scale_main(args.run_dir, args.rollout, args.reward, args.address)))
+    print(json.dumps(scale_main(args.run_dir, args.rollout, args.reward, args.address, args.rm_server)))
     return 0
 
 
@@ -184,6 +184,8 @@ def build_parser() -> argparse.ArgumentParser:
     scale.add_argument("run_dir", metavar="RUN_DIR")
     scale.add_argument("--rollout", type=int, metavar="N", help="rollout workers wanted")
     scale.add_argument("--reward", type=int, metavar="M", help="reward workers wanted")
+    scale.add_argument("--rm-server", type=int, metavar="K",
+                       help="reward-model servers wanted (reward.service)")
     scale.add_argument("--address", help="Ray address of the run's cluster (default: RAY_ADDRESS; none: this "
                        "machine, through RUN_DIR/control.yaml)")
     scale.set_defaults(func=_scale)

@@ -78,7 +78,9 @@ class Config(Section):
                                          f"1 (got {self.train.sync_interval}: the "
                                          "ranks always sample with the weights they train)"),
                  "rollout.autoscale": (not self.rollout.autoscale.enabled, "off (there is no rollout pool)"),
-                 "reward.autoscale": (not self.reward.autoscale.enabled, "off (there is no reward pool)")}
+                 "reward.autoscale": (not self.reward.autoscale.enabled, "off (there is no reward pool)"),
+                 "reward.service.enabled": (not self.reward.service.enabled,
+                                            "false (no reward worker calls it: the ranks load the models)")}
         for field, (ok, wanted) in needs.items():
             if not ok:
                 raise ValueError(f"train.colocate needs {field} {wanted}")

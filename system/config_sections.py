@@ -214,6 +214,28 @@ class ScorerConfig(Section):
         return self
 
 
+class RewardServiceConfig(Section):
+    """Reward models as a shared service: every `type: model` scorer (path or ensemble) is loaded once per
+    server and scored there for all reward workers, requests of several workers batched into one forward
+    (alignray.actors.rm_server); function scorers stay in the workers."""
+
+    enabled: bool = False
+    """Score the model scorers on `num_servers` servers instead of a copy in every reward worker."""
+    num_servers: int = Field(1, ge=1)
+    """Servers, each holding every model scorer; a worker's calls go round robin over the ready ones and fail
+    over from a lost one (`alignray scale RUN_DIR --rm-server K` resizes)."""
+    max_batch_size: int = Field(64, ge=1)
+    """Samples per forward at most, several callers' requests together (a scorer's `batch_size` is unused)."""
+    batch_wait_ms: float = Field(5.0, ge=0)
+    """Once a request arrives, how long a server waits for other callers' requests to fill the batch."""
+    num_cpus: float = Field(1.0, gt=0)
+    """CPUs reserved per server."""
+    num_gpus: float = Field(0.0, ge=0)
+    """GPUs reserved per server (> 0: its models run on that GPU)."""
+    torch_threads: int = Field(1, ge=1)
+    """torch threads of a server's forward."""
+
+
 class RewardConfig(Section):
     num_workers: int = Field(1, ge=1)
     autoscale: AutoscaleConfig = AutoscaleConfig()
@@ -230,6 +252,8 @@ class RewardConfig(Section):
     torch_threads: int = Field(1, ge=1)
     hacking: HackingConfig = HackingConfig()
     """Live reward-hacking alarms (alignray.driver.hacking): warn, or checkpoint and stop."""
+    service: RewardServiceConfig = RewardServiceConfig()
+    """Reward models served to every worker by shared servers, batched across callers (off by default)."""
 
     @model_validator(mode="after")
     def _unique_names(self) -> RewardConfig:
@@ -238,6 +262,10 @@ class RewardConfig(Section):
             raise ValueError(f"reward.scorers names must be unique, got {names}")
         if sum(s.gold for s in self.scorers) > 1:
             raise ValueError("reward.scorers: at most one scorer may be gold")
+        if self.service.enabled and not any(s.type == "model" for s in self.scorers):
+            raise ValueError("reward.service.enabled is true but reward.scorers has no scorer of type "
+                             "'model' (the service serves reward models only): add one, or set "
+                             "reward.service.enabled=false")
         return self
 
 

@@ -36,9 +36,9 @@ def device_for(num_gpus: float, cuda_available: bool, field: str, index: int = 0
 
 
 def _role(field: str) -> str:
-    section = field.split(".")[0]
-    return {"rollout": "rollout worker", "reward": "reward worker", "learner": "learner rank"}.get(
-        section, f"{section} process")
+    section = field.rsplit(".", 1)[0]
+    return {"rollout": "rollout worker", "reward": "reward worker", "learner": "learner rank",
+            "reward.service": "reward-model server"}.get(section, f"{section} process")
 
 
 def actor_device(num_gpus: float, field: str) -> str:

@@ -24,12 +24,15 @@ class Demand:
 
 
 def demands_of(cfg: Config) -> list[Demand]:
-    """The actors a run starts (`train.colocate`: the learner ranks alone, they generate and score too)."""
+    """The actors a run starts (`train.colocate`: the learner ranks alone, they generate and score too; with
+    `reward.service`, the reward-model servers too)."""
     learner = [Demand("learner", cfg.learner.num_ranks, cfg.learner.num_cpus, cfg.learner.num_gpus)]
     if cfg.train.colocate:
         return learner
+    sc = cfg.reward.service
     return learner + [Demand("rollout", cfg.rollout.num_workers, cfg.rollout.num_cpus, cfg.rollout.num_gpus),
-                      Demand("reward", cfg.reward.num_workers, cfg.reward.num_cpus, cfg.reward.num_gpus)]
+                      Demand("reward", cfg.reward.num_workers, cfg.reward.num_cpus, cfg.reward.num_gpus)] + \
+        ([Demand("rm_server", sc.num_servers, sc.num_cpus, sc.num_gpus)] if sc.enabled else [])
 
 
 def _fmt(x: float) -> str:
@@ -38,7 +41,12 @@ def _fmt(x: float) -> str:
 
 def _field(role: str) -> str:
     return {"learner": "learner.num_ranks", "rollout": "rollout.num_workers",
-            "reward": "reward.num_workers"}[role]
+            "reward": "reward.num_workers", "rm_server": "reward.service.num_servers"}[role]
+
+
+def _section(role: str) -> str:
+    """Where a role's per-actor resources are set (`<section>.num_cpus`)."""
+    return "reward.service" if role == "rm_server" else role
 
 
 def infeasible(demands: list[Demand], nodes: list[dict[str, float]],
@@ -61,7 +69,7 @@ def infeasible(demands: list[Demand], nodes: list[dict[str, float]],
     for d in demands:
         for key, need in (("GPU", d.gpus), ("CPU", d.cpus)):
             if need > largest[key]:
-                option = f"{d.role}.num_{key.lower()}s"
+                option = f"{_section(d.role)}.num_{key.lower()}s"
                 if key == "GPU" and largest[key] == 0:
                     return (f"{option}={_fmt(need)}: {d.role} needs {_fmt(need)} GPU per actor, but {where} "
                             "has no GPU")
@@ -75,7 +83,7 @@ def infeasible(demands: list[Demand], nodes: list[dict[str, float]],
             biggest = max(demands, key=lambda d: d.count * (d.gpus if key == "GPU" else d.cpus))
             return (f"the run needs {_fmt(needed)} {key}s ({parts}), but {where} has {_fmt(total[key])} "
                     f"in total; lower {_field(biggest.role)} ({biggest.count}) or the per-actor "
-                    f"{biggest.role}.num_{key.lower()}s")
+                    f"{_section(biggest.role)}.num_{key.lower()}s")
     return None
 
 

@@ -9,7 +9,7 @@ from pathlib import Path
 import yaml
 
 CONTROL_FILE = "control.yaml"
-KEYS = {"rollout": "rollout_workers", "reward": "reward_workers"}
+KEYS = {"rollout": "rollout_workers", "reward": "reward_workers", "rm_server": "rm_servers"}
 """pool role → the file's key."""
 
 
@@ -33,5 +33,6 @@ def read_request(path: Path) -> dict[str, int]:
     roles = {key: role for role, key in KEYS.items()}
     wanted = {roles[k]: int(v) for k, v in data.items() if k in roles}
     if not wanted or any(n < 1 for n in wanted.values()):
-        raise ValueError("expected 'rollout_workers: N' and/or 'reward_workers: M' with N, M >= 1")
+        raise ValueError("expected 'rollout_workers: N', 'reward_workers: M' and/or 'rm_servers: K', "
+                         "each >= 1")
     return wanted

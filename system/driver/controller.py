@@ -25,7 +25,7 @@ import ray
 
 from alignray.actors.calls import ActorFault, kill, wait_calls
 from alignray.actors.cluster import check_capacity, connect_ray
-from alignray.actors.groups import LearnerGroup, RankPool, reward_pool, rollout_pool
+from alignray.actors.groups import LearnerGroup, RankPool, reward_pool, rm_server_pool, rollout_pool
 from alignray.actors.recorder import RolloutRecorder
 from alignray.actors.watchdog import WATCHDOG
 from alignray.config import Config
@@ -74,8 +74,10 @@ class Controller:
         else:
             self.rollout = rollout_pool(cfg, self.faults, lambda: self.current_update)
             self.reward = reward_pool(cfg, self.faults)
-        self.rollout.reconcile()  # start the placed members now: they boot while the learner ranks do
-        self.reward.reconcile()
+        # reward.service: the reward models live on these servers, called by the reward workers
+        self.servers = rm_server_pool(cfg, self.faults) if cfg.reward.service.enabled else None
+        for pool in self._pools().values():  # start the placed members now: they boot while the ranks do
+            pool.reconcile()
         self.learners = self._start_learners()
         self.recorder = (RolloutRecorder.options(scheduling_strategy=ray.util.scheduling_strategies.
                                                  NodeAffinitySchedulingStrategy(ray.get_runtime_context()
@@ -88,10 +90,16 @@ class Controller:
         self._initial = self._controller_state()  # where a learner recovery with no snapshot goes back to
         self.in_flight: deque[list[Shard]] = deque()  # one entry per step: its rollout shards
         self.planned = self.step
-        self.shards = ShardPipeline(cfg, self.prompts, self.ledger, self.rollout, self.reward, self.faults)
+        self.shards = ShardPipeline(cfg, self.prompts, self.ledger, self.rollout, self.reward, self.faults,
+                                    self.servers)
         gold = next((s.name for s in cfg.reward.scorers if s.gold), None)
         self.hacking = HackingAlarm(cfg.reward.hacking, gold)
-        self.scaler = Scaler(cfg, self.run_dir, {"rollout": self.rollout, "reward": self.reward}, self.faults)
+        self.scaler = Scaler(cfg, self.run_dir, self._pools(), self.faults)
+
+    def _pools(self) -> dict:
+        """The run's elastic pools by role: rollout, reward, and rm_server with reward.service."""
+        pools = {"rollout": self.rollout, "reward": self.reward}
+        return pools | ({"rm_server": self.servers} if self.servers is not None else {})
 
     # ---- the loop ------------------------------------------------------------------------------------------
     def run(self, on_step=None) -> list[dict]:
@@ -126,8 +134,8 @@ class Controller:
 
     def _start_up(self) -> None:
         self.sync_weights()
-        self.rollout.wait_ready()
-        self.reward.wait_ready()
+        for pool in self._pools().values():
+            pool.wait_ready()
 
     def train_one_step(self) -> dict:
         cfg, step = self.cfg.train, self.step + 1
@@ -243,7 +251,7 @@ class Controller:
             self.log.close()
             return
         try:
-            for part in (self.scaler, self.rollout, self.reward, self.learners):
+            for part in (self.scaler, *self._pools().values(), self.learners):
                 part.close()
             if self.recorder is not None:
                 _, lost = wait_calls({"recorder": self.recorder.flush.remote()},

@@ -1,4 +1,5 @@
-"""`alignray scale RUN_DIR --rollout N [--reward M]` and `alignray status RUN_DIR`, from another terminal.
+"""`alignray scale RUN_DIR --rollout N [--reward M] [--rm-server K]` and `alignray status RUN_DIR`, from
+another terminal.
 
 With a Ray address (`--address` or RAY_ADDRESS: a run on a cluster, e.g. submitted with `ray job submit`) they
 talk to the run's control actor (alignray.actors.control), found by the run directory's name. Without one (a
@@ -33,10 +34,12 @@ def _control(run_dir: str, address: str):
                             "was not found)") from None
 
 
-def scale_main(run_dir: str, rollout: int | None, reward: int | None, address: str | None) -> dict:
-    wanted = {role: n for role, n in (("rollout", rollout), ("reward", reward)) if n is not None}
+def scale_main(run_dir: str, rollout: int | None, reward: int | None, address: str | None,
+               rm_server: int | None = None) -> dict:
+    wanted = {role: n for role, n in (("rollout", rollout), ("reward", reward), ("rm_server", rm_server))
+              if n is not None}
     if not wanted:
-        raise AlignrayError("alignray scale: give --rollout N and/or --reward M")
+        raise AlignrayError("alignray scale: give --rollout N, --reward M and/or --rm-server K")
     if any(n < 1 for n in wanted.values()):
         raise AlignrayError(f"alignray scale: pool sizes must be at least 1 (got {wanted})")
     address = address or os.environ.get("RAY_ADDRESS")

@@ -83,7 +83,11 @@ class Scaler:
         return [wanted]
 
     def scale(self, role: str, target: int, why: str) -> None:
-        pool = self.pools[role]
+        pool = self.pools.get(role)
+        if pool is None:  # rm_server without reward.service
+            print(f"alignray: {role} scale request to {target} ignored: this run has no {role} pool "
+                  "(reward.service.enabled is false)", file=sys.stderr, flush=True)
+            return
         if target == pool.target:
             return
         if not pool.elastic:  # train.colocate: the learner ranks do this role's work
@@ -135,8 +139,8 @@ class Scaler:
             "generate_wait_share": wait_share(self.waits["rollout"][-3:], window),
             "score_wait_share": wait_share(self.waits["reward"][-3:], window),
             "pools": {role: {"target": pool.target, "members": pool.states(),
-                             "autoscale": (self.autoscale[role].model_dump() if self.autoscale[role].enabled
-                                           else None)}
+                             "autoscale": (self.autoscale[role].model_dump() if role in self.autoscale
+                                           and self.autoscale[role].enabled else None)}
                       for role, pool in self.pools.items()},
             "recent_faults": [e.line() for e in self.faults.recent],
             "calls": WATCHDOG.in_flight(),

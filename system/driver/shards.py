@@ -5,7 +5,9 @@ reference.
 Faults are handled per shard, so one death costs only its own work: a rollout worker that dies or hangs is
 replaced and its prompts are requeued and generated again (same step, same part, same seed); a reward worker
 that dies or hangs is replaced and the same rollout batch is re-scored; a rollout batch lost with its node is
-regenerated. A prompt is therefore never lost, and never trained twice.
+regenerated. A prompt is therefore never lost, and never trained twice. With `reward.service` each score call
+carries the ready reward-model servers; a server its reward worker found lost is replaced, and a batch whose
+servers were all lost (or hung) is re-scored.
 
 With algo.dynamic_sampling a step may take further generation rounds (`collect`): their shards are parts of
 the same step, drawn from the ledger and recovered like the first round's.
@@ -21,8 +23,9 @@ from dataclasses import dataclass, field
 
 import ray
 
-from alignray.actors.calls import HUNG, OBJECT_LOST, ActorFault, classify
+from alignray.actors.calls import DIED, HUNG, OBJECT_LOST, ActorFault, classify
 from alignray.actors.pool import Pool
+from alignray.actors.rm_client import LOST_KEY
 from alignray.actors.watchdog import WATCHDOG
 from alignray.algorithms.dynamic_sampling import prompts_to_add
 from alignray.config import Config
@@ -56,9 +59,10 @@ class Shard:
 
 class ShardPipeline:
     def __init__(self, cfg: Config, prompts: PromptSet, ledger: PromptLedger, rollout: Pool,
-                 reward: Pool, faults: FaultLog):
+                 reward: Pool, faults: FaultLog, servers: Pool | None = None):
+        """`servers`: the reward-model servers (reward.service), sent with every score call."""
         self.cfg, self.prompts, self.ledger = cfg, prompts, ledger
-        self.rollout, self.reward, self.faults = rollout, reward, faults
+        self.rollout, self.reward, self.faults, self.servers = rollout, reward, faults, servers
         self.timeouts = cfg.train.call_timeout_s
         self._turn = itertools.count()
         self._said_short = False  # algo.dynamic_sampling: a step short of informative groups is said once
@@ -113,8 +117,9 @@ class ShardPipeline:
         order."""
         todo, done = list(shards), []
         while todo:
-            self.rollout.reconcile()
-            self.reward.reconcile()
+            for pool in (self.rollout, self.reward, self.servers):
+                if pool is not None:
+                    pool.reconcile()
             waiting = {}
             for shard in todo:
                 if shard.meta_ref is None:
@@ -144,7 +149,6 @@ class ShardPipeline:
             return False
         try:
             shard.stats = ray.get(ref)
-            return True
         except Exception as exc:  # noqa: BLE001 - classified as above
             fault = classify(shard.scorer, exc)
             if fault.cause == OBJECT_LOST:  # the rollout batch went with its node: generate it again
@@ -152,16 +156,21 @@ class ShardPipeline:
             else:
                 self._scorer_lost(shard, fault)
             return False
+        for name, why in shard.stats.pop(LOST_KEY, {}).items():  # its worker failed over from them
+            self._server_lost(ActorFault(name, DIED, why), "its callers failed over")
+        return True
 
     def _score(self, shard: Shard) -> None:
         names = self.reward.ready()
-        if not names:
-            return  # every reward member is starting or pending: scored once one is ready
+        servers = (None if self.servers is None  # reward.service: the ready servers go with the call
+                   else {n: self.servers.actor(n) for n in self.servers.ready()})
+        if not names or servers == {}:
+            return  # every reward member (or server) is starting or pending: scored once one is ready
         # the member that generated it when it also scores (train.colocate: a learner rank), else round robin
         shard.scorer = shard.worker if shard.worker in names else names[next(self._turn) % len(names)]
         shard.scored_ref, shard.stats_ref = WATCHDOG.launch("reward", shard.scorer,
-                                                            self.reward.actor(shard.scorer),
-                                                            "score", shard.ref)
+                                                            self.reward.actor(shard.scorer), "score",
+                                                            shard.ref, *([servers] if servers else []))
         shard.score_started = time.monotonic()
 
     def _relaunch(self, shard: Shard) -> None:
@@ -188,8 +197,16 @@ class ShardPipeline:
     def _scorer_lost(self, shard: Shard, fault: ActorFault) -> None:
         if fault.actor in self.reward.members:
             self.reward.replace(fault, "batch re-scored")
+        else:  # a reward-model server its worker called (reward.service)
+            self._server_lost(fault, "batch re-scored")
         self.faults.add("rescored", 1)
         shard.scorer = shard.scored_ref = shard.stats_ref = None
+
+    def _server_lost(self, fault: ActorFault, action: str) -> None:
+        """Replace a reward-model server a reward worker found dead or hung (once: others may report it
+        too)."""
+        if self.servers is not None and fault.actor in self.servers.members:
+            self.servers.replace(fault, action)
 
     def _check_hung(self, todo: list[Shard]) -> None:
         now = time.monotonic()

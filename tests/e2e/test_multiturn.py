@@ -1,8 +1,8 @@
 """Multi-turn episodes for real: a user's environment (tests/e2e/episode_env.py, not alignray's) drives 2-turn
-episodes through `alignray train` in both layouts — rollout and reward workers, and colocated learner ranks —
-its reward rises over 30 steps, and the rollouts Parquet shows the turns with the observation masked out; a
-rollout worker killed in the middle of an episode (and once more at a seeded random moment) costs its shard's
-whole episodes, which are generated again, and every invariant holds."""
+episodes through `alignray train` in both layouts — rollout and reward workers (its reward rises over
+30 steps), and colocated learner ranks — and the rollouts Parquet shows the turns with the observation masked
+out; a rollout worker killed in the middle of an episode (and once more at a seeded random moment) costs its
+shard's whole episodes, which are generated again, and every invariant holds."""
 
 from __future__ import annotations
 
@@ -53,26 +53,37 @@ def check_run(run_dir: Path) -> tuple[list[dict], list[dict]]:
     return metrics, rows
 
 
-@pytest.mark.parametrize("layout", ["workers", "colocate"])
-def test_a_users_environment_learns_in_both_layouts(tmp_path, layout):
-    """`alignray train rollout.env=episode_env:Quiz rollout.max_turns=2 "reward.scorers=[]"`, 30 steps of 16
-    prompts × 4 samples: the environment's reward (the vowel share of the answer after the instruction)
-    rises from ≈0.03 to ≈0.4 (measured, both layouts)."""
+def train_episodes(tmp_path: Path, steps: int, colocate: bool) -> tuple[list[dict], list[dict]]:
+    """`alignray train rollout.env=episode_env:Quiz rollout.max_turns=2 "reward.scorers=[]"`, `steps` steps of
+    16 prompts × 4 samples; the run's metrics and rollouts, checked by `check_run`."""
     env = {**os.environ, "PYTHONPATH": str(HERE), "DS_ACCELERATOR": "cpu"}
-    overrides = tiny_overrides(**{**EPISODES, "rollout.env": "episode_env:Quiz", "train.steps": 30,
+    overrides = tiny_overrides(**{**EPISODES, "rollout.env": "episode_env:Quiz", "train.steps": steps,
                                   "train.prompts_per_step": 16, "rollout.samples_per_prompt": 4,
-                                  "train.colocate": layout == "colocate"})
+                                  "train.colocate": colocate})
     run = subprocess.run([sys.executable, "-m", "alignray.cli", "train", "--run-dir", str(tmp_path / "run"),
                           *overrides], env=env, capture_output=True, text=True)
     assert run.returncode == 0, run.stderr[-3000:]
     assert "Traceback" not in run.stderr
     metrics, rows = check_run(tmp_path / "run")
-    assert len(rows) == 30 * 16 * 4
-    curve = [m["reward/env/mean"] for m in metrics]
-    assert [m["reward/mean"] for m in metrics] == curve  # the environment's is the only reward
+    assert len(rows) == steps * 16 * 4
+    assert [m["reward/mean"] for m in metrics] == [m["reward/env/mean"] for m in metrics]  # the env's only
     assert all(m["episode/turns/mean"] == 2.0 for m in metrics)
+    return metrics, rows
+
+
+def test_a_users_environment_learns(tmp_path):
+    """30 steps: the environment's reward (the vowel share of the answer after the instruction) rises from
+    ≈0.03 to ≈0.4 (measured, in both layouts; the colocated layout's learning with one-turn rewards is
+    tests/e2e/test_colocate.py's)."""
+    metrics, _ = train_episodes(tmp_path, 30, colocate=False)
+    curve = [m["reward/env/mean"] for m in metrics]
     first, last = np.mean(curve[:6]), np.mean(curve[-6:])
     assert last > first + 0.15, curve
+
+
+def test_colocated_ranks_run_whole_episodes(tmp_path):
+    """The colocated layout: the learner ranks play the episodes (whole, masked, rewarded per turn)."""
+    train_episodes(tmp_path, 3, colocate=True)
 
 
 def test_a_rollout_worker_killed_mid_episode_costs_whole_episodes(ray_cluster, tmp_path, capsys):
