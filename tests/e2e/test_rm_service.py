@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 
 import numpy as np
+import psutil
 import pyarrow.parquet as pq
 import pytest
 import ray
@@ -97,13 +98,12 @@ def test_concurrent_callers_are_batched_into_fewer_forwards(servers):
                                rtol=0)  # each caller got its own rows back
 
 
-def dead(actor) -> bool:
-    """Wait until `actor` answers or is gone (a killed actor's calls fail: no clock needed)."""
-    try:
-        ray.get(actor.pid.remote())
-        return False
-    except ray.exceptions.RayActorError:
-        return True
+def kill_and_wait(actor) -> None:
+    """`kill -9` of the actor's process, returning once the process is gone (no clock: the call that follows
+    certainly meets a dead actor; `ray.kill` alone returns before the actor has died)."""
+    process = psutil.Process(ray.get(actor.pid.remote()))
+    process.kill()
+    process.wait()
 
 
 def test_a_run_scores_through_the_service_survives_a_dead_server_and_scales(ray_cluster, rm_dirs, tmp_path):
@@ -118,9 +118,7 @@ def test_a_run_scores_through_the_service_survives_a_dead_server_and_scales(ray_
 
     def disturb(metrics: dict) -> None:
         if metrics["step"] == 1:
-            victim = controller.servers.actor("rm_server-1")
-            ray.kill(victim, no_restart=True)
-            assert dead(victim)
+            kill_and_wait(controller.servers.actor("rm_server-1"))
         if metrics["step"] == 2:
             (tmp_path / "run" / "control.yaml").write_text("rm_servers: 1\n")
 
