@@ -15,6 +15,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 from alignray.algorithms.estimators import ALGORITHMS
 from alignray.driver.hacking import HackingConfig
 from alignray.envs.config import EpisodeFields
+from alignray.rewards.batcher import RewardServiceConfig
 
 
 class Section(BaseModel):
@@ -212,28 +213,6 @@ class ScorerConfig(Section):
             raise ValueError(f"scorer '{self.name}' has type 'model': give exactly one of 'path' and "
                              "'ensemble'")
         return self
-
-
-class RewardServiceConfig(Section):
-    """Reward models as a shared service: every `type: model` scorer (path or ensemble) is loaded once per
-    server and scored there for all reward workers, requests of several workers batched into one forward
-    (alignray.actors.rm_server); function scorers stay in the workers."""
-
-    enabled: bool = False
-    """Score the model scorers on `num_servers` servers instead of a copy in every reward worker."""
-    num_servers: int = Field(1, ge=1)
-    """Servers, each holding every model scorer; a worker's calls go round robin over the ready ones and fail
-    over from a lost one (`alignray scale RUN_DIR --rm-server K` resizes)."""
-    max_batch_size: int = Field(64, ge=1)
-    """Samples per forward at most, several callers' requests together (a scorer's `batch_size` is unused)."""
-    batch_wait_ms: float = Field(5.0, ge=0)
-    """Once a request arrives, how long a server waits for other callers' requests to fill the batch."""
-    num_cpus: float = Field(1.0, gt=0)
-    """CPUs reserved per server."""
-    num_gpus: float = Field(0.0, ge=0)
-    """GPUs reserved per server (> 0: its models run on that GPU)."""
-    torch_threads: int = Field(1, ge=1)
-    """torch threads of a server's forward."""
 
 
 class RewardConfig(Section):

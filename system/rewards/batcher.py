@@ -7,7 +7,8 @@ concatenated, run through the model in forwards of at most `max_batch_size` samp
 back per request. Forwards run one at a time on one thread of their own (torch modules are not safe to call
 from several threads at once); requests arriving meanwhile queue up and make the next batch larger.
 
-Pure asyncio + numpy: the model call is injected (`forward`), so the rule is testable without Ray or torch.
+Pure asyncio, numpy and pydantic: the model call is injected (`forward`), so the rule is testable without
+Ray or torch. The service's config section (`reward.service`) is here too, next to the rule its fields set.
 """
 
 from __future__ import annotations
@@ -19,6 +20,32 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
 import numpy as np
+from pydantic import BaseModel, ConfigDict, Field
+
+
+class RewardServiceConfig(BaseModel):
+    """Reward models as a shared service: every `type: model` scorer (path or ensemble) is loaded once per
+    server and scored there for all reward workers, requests of several workers batched into one forward
+    (alignray.actors.rm_server); function scorers stay in the workers."""
+
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+    enabled: bool = False
+    """Score the model scorers on `num_servers` servers instead of a copy in every reward worker."""
+    num_servers: int = Field(1, ge=1)
+    """Servers, each holding every model scorer; a worker's calls go round robin over the ready ones and fail
+    over from a lost one (`alignray scale RUN_DIR --rm-server K` resizes)."""
+    max_batch_size: int = Field(64, ge=1)
+    """Samples per forward at most, several callers' requests together (a scorer's `batch_size` is unused)."""
+    batch_wait_ms: float = Field(5.0, ge=0)
+    """Once a request arrives, how long a server waits for other callers' requests to fill the batch."""
+    num_cpus: float = Field(1.0, gt=0)
+    """CPUs reserved per server."""
+    num_gpus: float = Field(0.0, ge=0)
+    """GPUs reserved per server (> 0: its models run on that GPU)."""
+    torch_threads: int = Field(1, ge=1)
+    """torch threads of a server's forward."""
+
 
 Forward = Callable[[str, list[str], list[str]], dict[str, np.ndarray]]
 """`forward(scorer, prompts, responses)` → columns [n] each ("reward" at least): one model forward."""

@@ -49,7 +49,7 @@ print([m for m in {HEAVY!r} if m in sys.modules])
 '''
 
 ACTOR_ERROR = WHO_IMPORTS + '''
-import gc, time
+import gc
 import ray
 from alignray.actors.watch import WATCHED, Watched
 from alignray.errors import LibraryError
@@ -70,10 +70,9 @@ except ray.exceptions.RayTaskError as err:
     assert isinstance(err.cause, LibraryError), repr(err.cause)
     print(err.cause)
 dropped = actor.broken.remote()  # never asked for: Ray unpickles its error when the ref is dropped
-time.sleep(3)
+ray.get(actor.pid.remote())  # the actor runs one call at a time: `broken` has failed, its error is here
 del dropped
 gc.collect()
-time.sleep(2)
 print(WhoImports.stack or "", file=sys.stderr)
 print("torch" in sys.modules)
 '''
