@@ -21,15 +21,18 @@ curves) and the plot (same name, `.png`). Per seed:
    samples of the initial policy itself (same weights, prompts, temperature and stop bytes as the GRPO runs;
    ~2 % vowels), else two responses of random byte tokens, each a vowel with probability v = u² (u ~ U(0, 1):
    mass near 0, support up to 1), length ~ U{1..max-1} tokens plus a stop byte, decoded as the rollout worker
-   decodes. (Never one of each: the synthetic answers are longer and richer in vowels, so a mixed pair would
-   tie length to gold.) The higher-gold response is chosen, but pairs where it is the shorter one are kept
-   only with probability `--keep-shorter`, so the chosen response is longer in most pairs; then `--noise` of
-   the labels are flipped. Test pairs: same mix, no selection, clean labels; length is independent of gold in
-   the synthetic pairs only: of two initial-policy answers, the one with a vowel at all is more often the
-   longer one. `rm eval` numbers are on all test pairs, accuracy also per source.
+   decodes; a row names each side's `source` ("initial policy" or "synthetic"). (Never one of each: the
+   synthetic answers are longer and richer in vowels, so a mixed pair would tie length to gold.) The
+   higher-gold response is chosen, but pairs where it is the shorter one are kept only with probability
+   `--keep-shorter`, so the chosen response is longer in most pairs; then `--noise` of the labels are flipped.
+   Test pairs: same mix, no selection, clean labels; length is independent of gold in the synthetic pairs
+   only: of two initial-policy answers, the one with a vowel at all is more often the longer one. `rm eval`
+   numbers are on all test pairs, accuracy also per source.
 4. Reward models on the same pairs (in process, the functions `alignray rm train` runs): BT and causal
    (MMD over 10 quantile bins of `policy_tokens`, the answer's length in policy tokens, a data attribute;
-   conditional, λ `--mmd-lambda`); a tiny random BERT over the same byte tokenizer. (`length_tokens`, the RM
+   conditional, λ `--mmd-lambda`; bins fitted and compared within each `source` of the pairs,
+   `mmd_strata: source` (`--mmd-strata`), the bin pairs' MMD² averaged, `mmd_reduction: mean`
+   (`--mmd-reduction`)); a tiny random BERT over the same byte tokenizer. (`length_tokens`, the RM
    tokenizer's count, differs: a byte that is not valid UTF-8 decodes to U+FFFD and re-encodes as 3 bytes.)
    The ensemble: `--ensemble-size` BT models differing only in seed (the first is the BT model), combined
    per sample by `--ensemble-combine` (a scorer's `ensemble: {members, combine, coef}`). Each is checked
@@ -64,6 +67,7 @@ VOWELS = "aeiou"
 LENGTHS = ("policy_tokens", "length_tokens", "length_chars")
 # importable by the reward worker: main() puts this folder on PYTHONPATH
 GOLD_FN = "reward_hacking:vowel_share"
+SOURCES = {True: "initial policy", False: "synthetic"}  # the pairs' `source` column, the causal RM's strata
 
 
 def vowel_share(prompt: str, response: str, vowels: str = "aeiou") -> float:
@@ -132,7 +136,8 @@ class TextMaker:
             rows.append({"prompt": str(self.rng.choice(self.prompts)), "chosen": chosen[0],
                          "rejected": rejected[0], "chosen_gold": chosen[1], "rejected_gold": rejected[1],
                          "chosen_policy_tokens": chosen[2], "rejected_policy_tokens": rejected[2],
-                         "chosen_from_policy": chosen[3], "rejected_from_policy": rejected[3]})
+                         "chosen_from_policy": chosen[3], "rejected_from_policy": rejected[3],
+                         "chosen_source": SOURCES[chosen[3]], "rejected_source": SOURCES[rejected[3]]})
         return rows
 
 
@@ -190,7 +195,8 @@ def train_rms(args, work: Path, train_rows: list[dict], test_rows: list[dict], t
                          num_attention_heads=4, max_position_embeddings=256, tokenizer=str(tok_dir))
     base = {"tiny_model": tiny, "epochs": args.rm_epochs, "batch_size": 64, "lr": 1e-3, "max_length": 224,
             "mmd_attribute": "policy_tokens", "mmd_bins": "quantile", "mmd_num_bins": 10,
-            "mmd_mode": "conditional", "cf_weight": 0.0}
+            "mmd_mode": "conditional", "cf_weight": 0.0, "mmd_strata": args.mmd_strata,
+            "mmd_reduction": args.mmd_reduction}
     jobs = [("bt", "bt", args.seed)] if {"bt", "ensemble"} & set(kinds) else []
     jobs += [("causal", "causal", args.seed)] if "causal" in kinds else []
     if "ensemble" in kinds:
@@ -352,6 +358,11 @@ def main() -> None:
     p.add_argument("--keep-shorter", type=float, default=0.15, help="share of 'better is shorter' pairs kept")
     p.add_argument("--noise", type=float, default=0.15, help="share of labels flipped")
     p.add_argument("--mmd-lambda", default="1.0", help="causal RM λ: a number or 'auto'")
+    p.add_argument("--mmd-strata", default="source",
+                   help="causal RM mmd_strata: the pairs' column whose values are strata ('none': the "
+                        "paper's unstratified penalty)")
+    p.add_argument("--mmd-reduction", default="mean", choices=["sum", "mean"],
+                   help="causal RM mmd_reduction: the bin pairs' MMD² summed (paper) or averaged")
     p.add_argument("--rm-epochs", type=int, default=3)
     p.add_argument("--ensemble-size", type=int, default=3)
     p.add_argument("--ensemble-combine", default="uwo", choices=["mean", "lcb", "wco", "uwo"])
@@ -360,6 +371,7 @@ def main() -> None:
     p.add_argument("--length-at", type=float, default=0.5, help="reward.hacking.length_at of every run")
     p.add_argument("--window", type=int, default=5, help="steps averaged for the first / last columns")
     args = p.parse_args()
+    args.mmd_strata = None if args.mmd_strata == "none" else args.mmd_strata
     started = time.time()
     from rm_bench.common import quiet_transformers
 
@@ -382,7 +394,8 @@ def main() -> None:
     plot(results["curves"], out.with_suffix(".png"),
          f"GRPO against length-biased reward models, seeds {args.seeds} (mean ± SE): pairs "
          f"{args.policy_share:.0%} initial-policy answers, {args.noise:.0%} labels flipped; causal "
-         f"λ={args.mmd_lambda}; ensemble {args.ensemble_size} BT members, {args.ensemble_combine}; gold: "
+         f"λ={args.mmd_lambda}, strata {args.mmd_strata}, {args.mmd_reduction}; ensemble "
+         f"{args.ensemble_size} BT members, {args.ensemble_combine}; gold: "
          "vowel share, stop byte not counted")
     print(f"wrote {out} and {out.with_suffix('.png')} ({results['seconds']} s)")
 

@@ -89,6 +89,10 @@ class RewardTrainConfig(BaseModel):
     cf_weight: float | Literal["auto"] = "auto"
     # a data attribute, a computed one, or a list (combinations)
     mmd_attribute: str | list[str] = "length_tokens"
+    # a data attribute (chosen_<a>/rejected_<a>, e.g. the source model) whose values are strata: Z's bins are
+    # fitted and compared only within a stratum, r ⟂ Z | label, stratum. For pairs from several sources whose
+    # Z differs for real reasons (one writes shorter and worse): across them Z carries quality.
+    mmd_strata: str | None = None
     mmd_bins: Literal["quantile", "equal_width", "categorical"] = "quantile"
     mmd_num_bins: int = Field(10, ge=2)  # paper: 10, 20 or 30 for length
     # σ of the Gaussian kernel. Default 1.0: BT rewards are in logit units, so one logit is a natural fixed

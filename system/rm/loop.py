@@ -23,7 +23,7 @@ from alignray.rm.auto_lambda import collapsed
 from alignray.rm.backbones import build_word_tokenizer, load_tokenizer, new_backbone
 from alignray.rm.causal import resolve_causal
 from alignray.rm.config import RewardTrainConfig
-from alignray.rm.mmd import fit_bins
+from alignray.rm.mmd import stratified_bins
 from alignray.rm.objectives import preference_objective
 from alignray.rm.preference_data import COMPUTED_ATTRIBUTES, PreferenceData, compute_attribute
 from alignray.rm.sources import resolve_base_model
@@ -78,7 +78,8 @@ def freeze_lower_layers(model: nn.Module, train_layers: int | None) -> None:
 
 
 def attribute_bins(cfg: RewardTrainConfig, data: PreferenceData, tokenizer) -> np.ndarray:
-    """Bin ids [n, 2] (chosen, rejected) of cfg.mmd_attribute, bins fitted on all training responses."""
+    """Bin ids [n, 2] (chosen, rejected) of cfg.mmd_attribute, bins fitted on all training responses (within
+    each stratum of cfg.mmd_strata, if set: mmd.stratified_bins)."""
     names = [cfg.mmd_attribute] if isinstance(cfg.mmd_attribute, str) else list(cfg.mmd_attribute)
     columns = []
     for name in names:
@@ -94,8 +95,14 @@ def attribute_bins(cfg: RewardTrainConfig, data: PreferenceData, tokenizer) -> n
                           axis=1) if len(names) > 1 else columns[0].reshape(-1)
     if len(names) > 1 and cfg.mmd_bins != "categorical":
         raise ValueError("several mmd_attribute names form combinations: use mmd_bins='categorical'")
-    spec = fit_bins(flat, cfg.mmd_bins, cfg.mmd_num_bins)
-    return spec.assign(flat).reshape(len(data), 2)
+    strata = None
+    if cfg.mmd_strata is not None:
+        if cfg.mmd_strata not in data.attributes:
+            raise ValueError(f"mmd_strata '{cfg.mmd_strata}' is not in the data: it needs the columns "
+                             f"chosen_{cfg.mmd_strata} and rejected_{cfg.mmd_strata} "
+                             f"(found {sorted(data.attributes)})")
+        strata = data.attributes[cfg.mmd_strata].reshape(-1)
+    return stratified_bins(flat, strata, cfg.mmd_bins, cfg.mmd_num_bins).reshape(len(data), 2)
 
 
 def collate(tokenizer, data: PreferenceData, index: np.ndarray, max_length: int,
@@ -315,7 +322,8 @@ def train_reward_model(cfg: RewardTrainConfig, data: PreferenceData, tokenizer=N
         model, cfg = _refit_if_collapsed(model, cfg, data, sweep, refit, log)
     if cfg.kind == "causal" and isinstance(model, ScalarRewardModel):
         model.metadata.update(mmd_lambda=cfg.mmd_lambda, cf_weight=cfg.cf_weight,
-                              mmd_condition=cfg.mmd_condition, mmd_mode=cfg.mmd_mode, mmd_auto=sweep)
+                              mmd_condition=cfg.mmd_condition, mmd_mode=cfg.mmd_mode,
+                              mmd_strata=cfg.mmd_strata, mmd_auto=sweep)
     if isinstance(model, HeadsRewardModel) and model.role == "multihead":
         ratings = np.concatenate([data.rating_matrix(0), data.rating_matrix(1)])
         disc = Discretisation(cfg.encore_levels, cfg.encore_low, cfg.encore_high, cfg.encore_log_base)

@@ -15,6 +15,8 @@ Choices this module makes (the paper leaves them open):
 - Bins with fewer than `min_bin_size` (default 2) samples in the batch are skipped; bin id -1 means "no bin".
 - Bin edges come from the whole training set (`fit_bins`), not the minibatch, so a bin means the same thing in
   every step.
+- Strata (`stratified_bins`): a bin id carries its stratum as `stratum * STRATUM_STRIDE + bin`, and only bins
+  of one stratum are compared (r ⟂ Z | stratum). Ids below the stride are one stratum: the paper's penalty.
 """
 
 from __future__ import annotations
@@ -26,6 +28,7 @@ import numpy as np
 import torch
 
 MULTI_BANDWIDTH_FACTORS = (0.25, 0.5, 1.0, 2.0, 4.0)
+STRATUM_STRIDE = 1_000_000  # bin ids of stratum s are s * STRATUM_STRIDE + 0..num_bins-1
 BandwidthRule = Literal["median", "multi"] | float
 
 
@@ -73,7 +76,8 @@ def causal_penalty(
     min_bin_size: int = 2,
     reduction: Literal["sum", "mean"] = "sum",
 ) -> torch.Tensor:
-    """Σ_{m<m'} MMD²_b(P_m, P_m') over the bins present in the batch with >= min_bin_size samples.
+    """Σ_{m<m'} MMD²_b(P_m, P_m') over the bins present in the batch with >= min_bin_size samples, m and m' of
+    the same stratum (module docstring).
 
     values [n] (scalar rewards) or [n, d] (pooled representations); bins [n] integer bin ids, -1 = ignore. One
     kernel matrix K over the batch; with A = Bᵀ K B for the count-normalised bin indicator B [n, M], MMD²(m,
@@ -96,8 +100,12 @@ def causal_penalty(
     bin_means = indicator.T @ kernel @ indicator
     diag = bin_means.diagonal()
     pair_mmd = diag.unsqueeze(0) + diag.unsqueeze(1) - 2.0 * bin_means
-    upper = torch.triu_indices(kept.numel(), kept.numel(), offset=1, device=values.device).unbind(0)
-    pairs = pair_mmd[upper]
+    rows, cols = torch.triu_indices(kept.numel(), kept.numel(), offset=1, device=values.device).unbind(0)
+    stratum = torch.div(kept, STRATUM_STRIDE, rounding_mode="floor")
+    same = stratum[rows] == stratum[cols]
+    if not bool(same.any()):
+        return values.sum() * 0.0
+    pairs = pair_mmd[rows[same], cols[same]]
     return pairs.sum() if reduction == "sum" else pairs.mean()
 
 
@@ -145,6 +153,26 @@ class BinSpec:
             return np.searchsorted(np.asarray(self.edges, dtype=float), z.astype(float), side="right")
         lookup = {cat: i for i, cat in enumerate(self.categories)}
         return np.array([lookup.get(_category_key(row), -1) for row in z], dtype=np.int64)
+
+
+def stratified_bins(z: np.ndarray, strata: np.ndarray | None, rule: BinRule = "quantile",
+                    num_bins: int = 10) -> np.ndarray:
+    """Bin ids of z [n] (or [n, a] categorical): without strata, `fit_bins(z).assign(z)`; with strata [n] (any
+    hashable values), bins fitted inside each stratum (its own quantiles) and offset by the stratum's index ×
+    STRATUM_STRIDE, so `causal_penalty` compares bins only within a stratum."""
+    z = np.asarray(z)
+    if strata is None:
+        return fit_bins(z, rule, num_bins).assign(z)
+    strata = np.asarray(strata)
+    if strata.shape[0] != z.shape[0]:
+        raise ValueError(f"strata has {strata.shape[0]} values but the attribute {z.shape[0]}")
+    ids = np.empty(z.shape[0], dtype=np.int64)
+    keys = [_category_key(s) for s in strata]
+    for index, value in enumerate(sorted(set(keys), key=lambda t: tuple(map(str, t)))):
+        rows = np.array([key == value for key in keys])
+        local = fit_bins(z[rows], rule, num_bins).assign(z[rows])
+        ids[rows] = np.where(local >= 0, local + index * STRATUM_STRIDE, -1)
+    return ids
 
 
 def _category_key(row) -> tuple:

@@ -12,7 +12,8 @@ from alignray.rm import RewardTrainConfig
 from alignray.rm.backbones import TinyModelSpec
 from alignray.rm.cli import rm_bench_main, rm_eval_main
 from alignray.rm.evaluate import evaluate_reward_model, format_table
-from alignray.rm.loop import collate, reward_loss, train_reward_model
+from alignray.rm.loop import attribute_bins, collate, reward_loss, train_reward_model
+from alignray.rm.mmd import STRATUM_STRIDE
 from alignray.rm.preference_data import PreferenceData
 
 TINY = TinyModelSpec(arch="bert", hidden_size=32, intermediate_size=64, num_hidden_layers=1,
@@ -69,6 +70,23 @@ def test_causal_loss_adds_mmd_and_trains(tmp_path):
     loss, stats = reward_loss(model.train(), collate(model.tokenizer, data, np.arange(16), 32, bins), on_rep)
     loss.backward()
     assert stats["mmd"] > 0 and loss.item() == pytest.approx(stats["bt_loss"] + stats["mmd"], rel=1e-4)
+
+
+def test_causal_rm_with_strata_bins_and_compares_within_each_source():
+    data = toy_data(64, 0)
+    source = np.where(np.arange(2 * len(data)).reshape(-1, 2) % 3 == 0, "model-a", "model-b")
+    data.attributes["source"] = source
+    cfg = RewardTrainConfig(kind="causal", tiny_model=TINY, mmd_attribute="length", mmd_num_bins=2,
+                            mmd_strata="source", mmd_lambda=1.0, mmd_reduction="mean", epochs=1, lr=3e-3,
+                            max_length=32)
+    bins = attribute_bins(cfg, data, None)
+    # a bin id carries its stratum (sources in sorted order), its bin is one of that source's own 2 quantiles
+    assert ((bins // STRATUM_STRIDE) == (source == "model-b")).all()
+    assert set((bins % STRATUM_STRIDE).ravel().tolist()) == {0, 1}
+    model = train_reward_model(cfg, data)
+    assert model.metadata["mmd_strata"] == "source"
+    with pytest.raises(ValueError, match="mmd_strata .model. is not in the data.*chosen_model and rejected_"):
+        attribute_bins(cfg.model_copy(update={"mmd_strata": "model"}), data, None)
 
 
 def test_multihead_encore_and_linear_head_ensemble(tmp_path):

@@ -3,11 +3,13 @@ import pytest
 import torch
 
 from alignray.rm.mmd import (
+    STRATUM_STRIDE,
     bandwidths_for,
     causal_penalty,
     conditional_causal_penalty,
     fit_bins,
     median_bandwidth,
+    stratified_bins,
 )
 
 
@@ -113,3 +115,33 @@ def test_categorical_bins_for_attribute_combinations():
     assert spec.assign(np.array([["young", "f"]])).tolist() == [-1]
     binary = fit_bins(np.array([True, False, True]), "categorical")
     assert binary.assign(np.array([False, True])).tolist() == [0, 1]
+
+
+def test_penalty_compares_bins_only_within_a_stratum():
+    # stratum 0: bins {0} vs {1} (MMD_0_1); stratum 1: bins {0} vs {2} (MMD_0_2). Across strata the pairs
+    # (0, 2), (1, 0), ... are not compared: their rewards may differ for a real reason.
+    s = STRATUM_STRIDE
+    values = torch.tensor([0.0, 0.0, 1.0, 1.0, 0.0, 0.0, 2.0, 2.0])
+    bins = torch.tensor([0, 0, 1, 1, s, s, s + 1, s + 1])
+    assert causal_penalty(values, bins, 1.0).item() == pytest.approx(MMD_0_1 + MMD_0_2, abs=1e-6)
+    assert causal_penalty(values, bins, 1.0, reduction="mean").item() == pytest.approx(
+        (MMD_0_1 + MMD_0_2) / 2, abs=1e-6)
+    # one bin per stratum: no pair within a stratum, so 0 (still attached to the graph)
+    lone = torch.tensor([0.0, 0.0, 5.0, 5.0], requires_grad=True)
+    penalty = causal_penalty(lone, torch.tensor([0, 0, s, s]), 1.0)
+    assert penalty.item() == 0.0
+    penalty.backward()
+    assert lone.grad is not None
+
+
+def test_stratified_bins_fit_quantiles_inside_each_stratum():
+    # stratum "a" has short values, "b" long ones: pooled quantile bins would put all of "a" low and all of
+    # "b" high; per stratum each gets its own two halves
+    z = np.array([1, 2, 3, 4, 101, 102, 103, 104])
+    strata = np.array(["a"] * 4 + ["b"] * 4)
+    ids = stratified_bins(z, strata, "quantile", 2)
+    s = STRATUM_STRIDE
+    assert ids.tolist() == [0, 0, 1, 1, s, s, s + 1, s + 1]
+    assert stratified_bins(z, None, "quantile", 2).tolist() == fit_bins(z, "quantile", 2).assign(z).tolist()
+    with pytest.raises(ValueError, match="strata has 3 values"):
+        stratified_bins(z, strata[:3])
