@@ -45,8 +45,8 @@ def prepare_rank(torch_threads: int, num_gpus: float) -> bool:
 
     torch.set_num_threads(torch_threads)
     use_gpu = num_gpus > 0 and torch.cuda.is_available()
-    if not use_gpu:
-        os.environ.setdefault("DS_ACCELERATOR", "cpu")
+    if not use_gpu and not os.environ.get("DS_ACCELERATOR"):  # unset or empty (DeepSpeed refuses "")
+        os.environ["DS_ACCELERATOR"] = "cpu"
     return use_gpu
 
 

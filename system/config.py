@@ -62,9 +62,10 @@ class Config(Section):
             raise ValueError(f"algo.dynamic_sampling needs a group-based algo.name "
                              f"({', '.join(GROUP_BASED)}): it drops prompt groups whose samples share one "
                              f"reward (got {a.name})")
-        budget = self.rollout.max_new_tokens
+        budget = self.rollout.episode_tokens  # L_max: what a sample may hold after its prompt
+        name = "the episode's token budget" if self.rollout.env else "rollout.max_new_tokens"
         if a.overlong.mode == "penalty" and not 1 <= a.overlong.buffer <= budget:
-            raise ValueError(f"algo.overlong.buffer must be 1 … rollout.max_new_tokens ({budget}) with "
+            raise ValueError(f"algo.overlong.buffer must be 1 … {name} ({budget}) with "
                              f"algo.overlong.mode=penalty (got {a.overlong.buffer})")
 
     def _check_colocate(self) -> None:

@@ -76,12 +76,16 @@ def peak_flops(device_name: str | None, dtype: str) -> float | None:
     return None
 
 
-def mfu(params: float, tokens: float, seconds: float, peak: float, devices: int = 1) -> float:
-    """Model FLOPs utilisation = 6 · params · tokens / seconds / (peak · devices).
+def mfu(params: float, tokens: float, seconds: float, peak: float, devices: int = 1,
+        trainable: float | None = None) -> float:
+    """Model FLOPs utilisation = (4 · params + 2 · trainable) · tokens / seconds / (peak · devices).
 
-    6 · params FLOPs per token trained (2 forward, 4 backward; attention and the frozen forwards not counted),
-    over what `devices` devices of peak FLOP/s could do in `seconds`; 0 when seconds or peak is not
-    positive."""
+    Per token trained: 2 · params forward, 2 · params backward through the activations, 2 · trainable for the
+    weight gradients — 6 · params in full fine-tuning (trainable = params, the default), about 4 · params with
+    LoRA, whose frozen base gets no weight gradients. Attention and the frozen forwards (reference, old
+    log-probs) are not counted. Over what `devices` devices of peak FLOP/s could do in `seconds`; 0 when
+    seconds or peak is not positive."""
     if seconds <= 0 or peak <= 0 or devices <= 0:
         return 0.0
-    return 6.0 * params * tokens / seconds / (peak * devices)
+    trainable = params if trainable is None else trainable
+    return (4.0 * params + 2.0 * trainable) * tokens / seconds / (peak * devices)

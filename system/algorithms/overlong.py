@@ -7,7 +7,9 @@ quality. `algo.overlong.mode`:
   `loss_agg` normaliser and their row in no sequence or row count (`truncated_rows`, then the learner's
   `loss_rows`); their reward still counts in their group's baseline;
 - `penalty` (soft overlong punishment): a length-aware penalty is added to every answer's reward before the
-  advantages (`overlong_penalty`), with L_max = `rollout.max_new_tokens` and L_cache = `algo.overlong.buffer`:
+  advantages (`overlong_penalty`), with L_max = the sample's token budget (`rollout.max_new_tokens`; in
+  multi-turn episodes the episode's, `rollout.max_episode_tokens`, which counts the observations' tokens too,
+  and so does |y|) and L_cache = `algo.overlong.buffer`:
 
       R_len(y) = 0                              if |y| ≤ L_max − L_cache
                = ((L_max − L_cache) − |y|) / L_cache    if L_max − L_cache < |y| ≤ L_max

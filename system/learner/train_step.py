@@ -99,6 +99,8 @@ class LearnerStep:
             row_tokens = auto_row_tokens(getattr(getattr(module, "config", None), "hidden_size", 1024))
         self.packing = Packing(cfg.model.attn_implementation, row_tokens) if cfg.learner.packing else None
         self.params = sum(getattr(p, "ds_numel", 0) or p.numel() for p in module.parameters())
+        self.trainable = sum(getattr(p, "ds_numel", 0) or p.numel() for p in module.parameters()
+                             if p.requires_grad)
         name = torch.cuda.get_device_name(device) if device.type == "cuda" else None
         self.peak_flops = cfg.learner.peak_flops or peak_flops(name, cfg.model.dtype)
 
@@ -158,11 +160,13 @@ class LearnerStep:
 
     def _throughput(self, seconds: float, tokens: float, epochs: int) -> dict[str, float]:
         """`learner/tokens_per_s` = the step's tokens (prompt + response, all ranks) / the step's seconds (the
-        mean over ranks); `learner/mfu` = mfu(policy params, tokens × ppo_epochs, seconds, peak, ranks), only
-        where the peak is known (`learner.peak_flops` or a known GPU; never on CPU)."""
+        mean over ranks); `learner/mfu` = mfu(policy params, tokens × ppo_epochs, seconds, peak, ranks, the
+        trainable params: fewer with LoRA), only where the peak is known (`learner.peak_flops` or a known GPU;
+        never on CPU)."""
         out = {"learner/tokens_per_s": tokens / seconds if seconds > 0 else 0.0}
         if self.peak_flops:
-            out["learner/mfu"] = mfu(self.params, tokens * epochs, seconds, self.peak_flops, self.world)
+            out["learner/mfu"] = mfu(self.params, tokens * epochs, seconds, self.peak_flops, self.world,
+                                     self.trainable)
         return out
 
     def run(self, batch: pa.RecordBatch, version: int,
@@ -181,7 +185,7 @@ class LearnerStep:
         mine = np.concatenate([idx for micro in plan for idx in micro])
         # This rank's rows in plan order; micro-batches become index ranges into them.
         local = sequences_from_batch(batch.take(pa.array(mine if len(mine) else [0], type=pa.int64())),
-                                     self.pad_id, algo.overlong, cfg.rollout.max_new_tokens)
+                                     self.pad_id, algo.overlong, cfg.rollout.episode_tokens)
         if not len(mine):
             local.response_mask = torch.zeros_like(local.response_mask)
         bounds = np.cumsum([0] + [len(idx) for micro in plan for idx in micro])
@@ -212,7 +216,7 @@ class LearnerStep:
         advantages, returns = advantages_for(local, old_logp, ref_logp, values, algo, reduce=all_reduce_sum)
         tally = Tally()
         if algo.overlong.mode == "penalty":  # the mean R_len that sequences_from_batch added to the rewards
-            penalty = overlong_penalty(local.response_lengths[:len(mine)], cfg.rollout.max_new_tokens,
+            penalty = overlong_penalty(local.response_lengths[:len(mine)], cfg.rollout.episode_tokens,
                                        algo.overlong.buffer)
             tally.add("batch/overlong_penalty", float(penalty.sum()), float(len(mine)))
         optimizer_steps = 0

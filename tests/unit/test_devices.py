@@ -73,3 +73,26 @@ def test_mfu_formula():
     # 6 · 1e9 · 1e4 / 1 / 1e15 = 0.06
     assert mfu(1e9, 1e4, 1.0, 1e15) == pytest.approx(0.06)
     assert mfu(1e9, 1e4, 0.0, 1e15) == 0.0 and mfu(1e9, 1e4, 1.0, 0.0) == 0.0
+    # LoRA: 1e7 trainable of 1e9: (4 · 1e9 + 2 · 1e7) · 1e4 / 1 / 1e15 = 0.0402 (not 0.06: no weight gradients
+    # for the frozen base)
+    assert mfu(1e9, 1e4, 1.0, 1e15, trainable=1e7) == pytest.approx(0.0402)
+    assert mfu(1e9, 1e4, 1.0, 1e15, trainable=1e9) == pytest.approx(0.06)
+
+
+def test_a_cpu_rank_takes_an_empty_ds_accelerator_as_unset(monkeypatch):
+    """DeepSpeed refuses DS_ACCELERATOR="" with a traceback; a CPU rank sets "cpu" then, and keeps a user's
+    value."""
+    import os
+
+    from alignray.actors.ranks import prepare_rank
+
+    threads = torch.get_num_threads()
+    try:
+        monkeypatch.setenv("DS_ACCELERATOR", "")
+        assert prepare_rank(threads, 0.0) is False
+        assert os.environ["DS_ACCELERATOR"] == "cpu"
+        monkeypatch.setenv("DS_ACCELERATOR", "xpu")
+        prepare_rank(threads, 0.0)
+        assert os.environ["DS_ACCELERATOR"] == "xpu"
+    finally:
+        torch.set_num_threads(threads)

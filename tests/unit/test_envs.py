@@ -88,6 +88,13 @@ def test_episode_fields_and_their_checks():
     assert cfg.rollout.env_reward_weight == 1.0
     cfg = load_config(None, ["rollout.env=calc", "rollout.max_episode_tokens=20"])
     assert cfg.rollout.episode_tokens == 20 and cfg.rollout.policy_tokens == 20
+    # overlong shaping's L_max is the episode's budget (which counts observation tokens, as |y| does), so a
+    # buffer longer than one turn's max_new_tokens is fine; past the budget it is refused, naming it
+    episodes = ["rollout.env=calc", "rollout.max_turns=3", "rollout.max_new_tokens=10",
+                "algo.overlong.mode=penalty"]
+    assert load_config(None, [*episodes, "algo.overlong.buffer=40"]).algo.overlong.buffer == 40
+    with pytest.raises(ConfigError, match=r"buffer must be 1 … the episode's token budget \(60\)"):
+        load_config(None, [*episodes, "algo.overlong.buffer=61"])
     plain = load_config(None, [])
     assert (plain.rollout.episode_tokens, plain.rollout.policy_tokens, plain.rollout.env_reward_weight) == \
         (32, 32, None)
