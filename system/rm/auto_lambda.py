@@ -3,9 +3,12 @@
 Rule (documented in docs/reward-models.md; the whole sweep is saved with the model and in the run directory):
 1. Split the training pairs (seeded) into fit (1 - holdout) and held-out (holdout, default 20 %).
 2. Train BT (λ = 0) and the causal RM at every λ of the grid on the fit part; score the held-out part.
-3. Feasible: held-out accuracy (against the possibly noisy labels) >= BT's - tolerance (default 0.02), and
-   not collapsed: the held-out reward spread (std) at least COLLAPSE_RATIO (1e-3) of BT's — a penalty strong
-   enough to flatten the reward can keep a noisy-label accuracy by chance but ranks nothing.
+3. Feasible: held-out *balanced* accuracy >= BT's - tolerance (default 0.02), and not collapsed: the held-out
+   reward spread (std) at least COLLAPSE_RATIO (1e-3) of BT's — a penalty strong enough to flatten the reward
+   can keep a noisy-label accuracy by chance but ranks nothing. Balanced accuracy (`balanced_accuracy`) is the
+   mean accuracy over the pairs whose chosen response has the higher bin of Z, the lower one and the same one:
+   labels that follow Z (a length-biased annotator) reward a Z-biased model on the large group where they
+   agree with Z and punish it only on the small one; weighing the groups equally does not trust that bias.
 4. Bias score, lower is better:
    - held-out rows carry counterfactuals of the attribute → the counterfactual sensitivity
      mean|r(x, y) - r(x, y_cf)| / std(r). It measures invariance directly, so over-correction (a reward
@@ -26,7 +29,7 @@ import numpy as np
 import torch
 
 from alignray.rm.evaluate import pairwise_accuracy
-from alignray.rm.mmd import conditional_causal_penalty
+from alignray.rm.mmd import STRATUM_STRIDE, conditional_causal_penalty
 from alignray.rm.preference_data import PreferenceData
 
 AUTO_GRID = (0.03, 0.1, 0.3, 1.0, 3.0, 10.0)
@@ -46,14 +49,35 @@ def heldout_split(n: int, fraction: float, seed: int) -> tuple[np.ndarray, np.nd
     return np.sort(order[held:]), np.sort(order[:held])
 
 
+MIN_GROUP_PAIRS = 10
+"""A group of `balanced_accuracy` counts only with at least this many held-out pairs."""
+
+
+def balanced_accuracy(r_chosen: np.ndarray, r_rejected: np.ndarray, bins: np.ndarray) -> float:
+    """Mean pairwise accuracy over the groups of pairs whose chosen response's bin of Z is higher than, lower
+    than or the same as the rejected one's (bins [n, 2]; pairs across strata or with an unbinned side count as
+    the same; categorical bins compare by id, which still splits "Z on the chosen side" from "on the
+    rejected side" for a binary Z), groups of fewer than MIN_GROUP_PAIRS pairs left out; the plain accuracy
+    when fewer than two groups are left."""
+    bins = np.asarray(bins)
+    side = np.sign(bins[:, 0] - bins[:, 1])
+    side[(bins[:, 0] // STRATUM_STRIDE != bins[:, 1] // STRATUM_STRIDE) | (bins.min(axis=1) < 0)] = 0
+    groups = [side == s for s in (-1, 0, 1) if (side == s).sum() >= MIN_GROUP_PAIRS]
+    if len(groups) < 2:
+        return pairwise_accuracy(r_chosen, r_rejected)
+    return float(np.mean([pairwise_accuracy(r_chosen[g], r_rejected[g]) for g in groups]))
+
+
 def bias_scores(model, held: PreferenceData, attribute: str, bins: np.ndarray, batch_size: int = 64
                 ) -> dict[str, Any]:
-    """Held-out accuracy, counterfactual sensitivity of `attribute` (None without counterfactual rows) and the
-    within-label MMD² of the standardised reward between bins (bins [n, 2]: chosen, rejected)."""
+    """Held-out accuracy (plain and balanced), counterfactual sensitivity of `attribute` (None without
+    counterfactual rows) and the within-label MMD² of the standardised reward between bins (bins [n, 2]:
+    chosen, rejected)."""
     rc = model.score(held.prompts, held.chosen, batch_size)["reward"]
     rr = model.score(held.prompts, held.rejected, batch_size)["reward"]
     std = max(float(np.concatenate([rc, rr]).std()), 1e-12)
-    row: dict[str, Any] = {"accuracy": pairwise_accuracy(rc, rr), "counterfactual": None,
+    row: dict[str, Any] = {"accuracy": pairwise_accuracy(rc, rr),
+                           "balanced_accuracy": balanced_accuracy(rc, rr, bins), "counterfactual": None,
                            "spread": float(np.concatenate([rc, rr]).std())}
     cf = held.counterfactuals.get(attribute)
     rows = [i for i, text in enumerate(cf or []) if text is not None]
@@ -68,10 +92,11 @@ def bias_scores(model, held: PreferenceData, attribute: str, bins: np.ndarray, b
 
 def choose_lambda(baseline: dict[str, Any], rows: list[dict[str, Any]], tolerance: float) -> tuple[float,
                                                                                                    str]:
-    """Apply steps 3-5 of the module rule to sweep rows ({"lambda", "accuracy", "counterfactual", "mmd"});
+    """Apply steps 3-5 of the module rule to sweep rows ({"lambda", "balanced_accuracy", "counterfactual",
+    "mmd", "spread"});
     returns (λ, the metric used)."""
     rows = sorted(rows, key=lambda r: r["lambda"])
-    feasible = [r for r in rows if r["accuracy"] >= baseline["accuracy"] - tolerance
+    feasible = [r for r in rows if r["balanced_accuracy"] >= baseline["balanced_accuracy"] - tolerance
                 and not collapsed(r.get("spread", np.inf), baseline.get("spread", 0.0))]
     use_cf = all(r["counterfactual"] is not None for r in rows) and baseline["counterfactual"] is not None
     metric = "counterfactual" if use_cf else "mmd"

@@ -12,11 +12,12 @@ import torch.nn.functional as F
 from conftest import records_of, write_jsonl
 
 from alignray.rm import RewardTrainConfig
-from alignray.rm.auto_lambda import choose_lambda, heldout_split
+from alignray.rm.auto_lambda import MIN_GROUP_PAIRS, balanced_accuracy, choose_lambda, heldout_split
 from alignray.rm.backbones import TinyModelSpec
 from alignray.rm.cli import rm_eval_main
 from alignray.rm.evaluate import bias_gaps, over_correction
 from alignray.rm.loop import train_reward_model
+from alignray.rm.mmd import STRATUM_STRIDE
 from alignray.rm.objectives import grouped_values, invariance_penalty, preference_objective
 from alignray.rm.preference_data import PreferenceData
 
@@ -54,7 +55,7 @@ def test_estimate_conditioning_removes_the_noise_induced_pull():
 
 
 def row(lam, acc, cf, mmd):
-    return {"lambda": lam, "accuracy": acc, "counterfactual": cf, "mmd": mmd}
+    return {"lambda": lam, "balanced_accuracy": acc, "counterfactual": cf, "mmd": mmd}
 
 
 def test_choose_lambda_rule():
@@ -73,6 +74,27 @@ def test_choose_lambda_rule():
     assert choose_lambda(base, rows, 0.02) == (1.0, "counterfactual")
     fit, held = heldout_split(10, 0.2, 0)
     assert len(held) == 2 and sorted(np.concatenate([fit, held]).tolist()) == list(range(10))
+
+
+def test_balanced_accuracy_weighs_the_pairs_where_labels_follow_z_and_where_they_do_not_equally():
+    # 30 pairs whose chosen response has the higher bin of Z, 10 with the lower one: a Z-biased model gets all
+    # 30 right and 2 of the 10 → plain 32/40 = 0.8, balanced (1.0 + 0.2) / 2 = 0.6; a model that ranks on
+    # quality gets 24 and 8 → plain 0.8 too, balanced (0.8 + 0.8) / 2 = 0.8
+    bins = np.array([[1, 0]] * 30 + [[0, 1]] * 10)
+    biased = np.array([True] * 30 + [True, True] + [False] * 8)
+    fair = np.array([True] * 24 + [False] * 6 + [True] * 8 + [False] * 2)
+    for won, want in ((biased, 0.6), (fair, 0.8)):
+        rc, rr = won.astype(float), (~won).astype(float)
+        assert balanced_accuracy(rc, rr, bins) == pytest.approx(want)
+    # a group of fewer than MIN_GROUP_PAIRS pairs is left out; one group left: the plain accuracy
+    few = np.array([[1, 0]] * 30 + [[0, 1]] * (MIN_GROUP_PAIRS - 1))
+    rc, rr = np.ones(len(few)), np.zeros(len(few))
+    assert balanced_accuracy(rc, rr, few) == 1.0
+    # pairs across strata (or with an unbinned side) are the "same" group, not compared by bin id
+    s = STRATUM_STRIDE
+    across = np.array([[s, 0]] * 10 + [[-1, 3]] * 10 + [[1, 0]] * 10)
+    won = np.array([False] * 20 + [True] * 10)
+    assert balanced_accuracy(won.astype(float), (~won).astype(float), across) == pytest.approx(0.5)
 
 
 def test_bias_gaps_and_over_correction_by_hand():
