@@ -93,8 +93,7 @@ def bias_scores(model, held: PreferenceData, attribute: str, bins: np.ndarray, b
 def choose_lambda(baseline: dict[str, Any], rows: list[dict[str, Any]], tolerance: float) -> tuple[float,
                                                                                                    str]:
     """Apply steps 3-5 of the module rule to sweep rows ({"lambda", "balanced_accuracy", "counterfactual",
-    "mmd", "spread"});
-    returns (λ, the metric used)."""
+    "mmd", "spread"}); returns (λ, the metric used)."""
     rows = sorted(rows, key=lambda r: r["lambda"])
     feasible = [r for r in rows if r["balanced_accuracy"] >= baseline["balanced_accuracy"] - tolerance
                 and not collapsed(r.get("spread", np.inf), baseline.get("spread", 0.0))]
