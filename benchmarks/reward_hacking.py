@@ -270,18 +270,12 @@ def run_policy(args, work: Path, kind: str) -> list[dict]:
                                        os.environ.get("PYTHONPATH")) if p)
     env = {**os.environ, "DS_ACCELERATOR": os.environ.get("DS_ACCELERATOR", "cpu"), "PYTHONPATH": path}
     subprocess.run(cmd, check=True, env=env)  # PYTHONPATH: the driver and the Ray workers import GOLD_FN
-    metrics = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()
-               if line.strip()]
+    from alignray.driver.runlog import read_events, read_metrics
+
+    metrics = read_metrics(run_dir)
     alarms = [e["step"] for e in read_events(run_dir) if e.get("cause") == "hacking suspected"]
     return [{**m, SERIES["stop"]: stop_share(run_dir, m["step"]),
              SERIES["alarm"]: bool(alarms) and m["step"] >= alarms[0]} for m in metrics]
-
-
-def read_events(run_dir: Path) -> list[dict]:
-    path = run_dir / "events.jsonl"
-    if not path.is_file():
-        return []
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
 
 
 def stop_share(run_dir: Path, step: int) -> float:

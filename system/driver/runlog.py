@@ -102,3 +102,11 @@ class RunLog:
 def read_metrics(run_dir: str | Path) -> list[dict]:
     path = Path(run_dir) / "metrics.jsonl"
     return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+def read_events(run_dir: str | Path) -> list[dict]:
+    """RUN_DIR/events.jsonl's records (alignray.driver.events); [] when the run had none."""
+    path = Path(run_dir) / "events.jsonl"
+    if not path.is_file():
+        return []
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
